@@ -1,0 +1,226 @@
+"""The `langdock-budget` command line (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from daemon import __version__
+from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from daemon.ingest import PollReport, poll
+from daemon.langdock import LangdockClient
+from daemon.logs import configure_logging, redactor
+from daemon.report import render_report, spend_report
+from daemon.rules.durations import format_duration
+from daemon.rules.schema import BudgetRule
+from daemon.store import Store, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+log = structlog.get_logger("langdock_budget.cli")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name, default in _GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):  # options given neither before nor after the command
+            setattr(args, name, default)
+    configure_logging(args.log_format, args.log_level)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# Defaults applied after parsing: `set_defaults` would leak into the shared parent actions.
+_GLOBAL_DEFAULTS = {"config": None, "log_format": "json", "log_level": "info"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="config file (default: $LANGDOCK_BUDGET_CONFIG, then "
+                        f"{DEFAULT_CONFIG_PATH})")
+    common.add_argument("--log-format", choices=("json", "console"), default=argparse.SUPPRESS,
+                        help="log lines on stderr: json (default) or console")
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="langdock-budget", parents=[common],
+        description="Budget and anomaly alerts for Langdock API usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"langdock-budget {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", parents=[common], help="validate config and rules; no network")
+    check.set_defaults(handler=cmd_check)
+
+    once = sub.add_parser("once", parents=[common],
+                          help="one cycle: fetch, store, evaluate, print a summary; then exit")
+    once.add_argument("--dry-run", action="store_true", help="send no notifications")
+    once.set_defaults(handler=cmd_once)
+
+    status = sub.add_parser("status", parents=[common], help="spend from the store; no network")
+    status.set_defaults(handler=cmd_status)
+
+    from daemon.demo import add_demo_parser
+
+    add_demo_parser(sub, common)
+    return parser
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    env = os.environ.get("LANGDOCK_BUDGET_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load(args: argparse.Namespace) -> Config:
+    config = load_config(config_path(args))
+    redactor.set_secrets(config.secrets())
+    return config
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args)
+    print(describe_config(config))
+    return EXIT_OK
+
+
+def describe_config(config: Config) -> str:
+    lines = [
+        f"config      {config.source}  (valid)",
+        f"langdock    {config.langdock.base_url}  (<= {config.langdock.max_requests_per_minute}"
+        " requests/min)",
+        f"timezone    {config.timezone}",
+        f"poll        every {format_duration(config.poll.interval)}, backfill"
+        f" {format_duration(config.poll.backfill)}",
+        f"state       {config.state.path}",
+        f"metrics     http://{config.metrics.listen}/metrics",
+        f"slack       {_slack_route(config)}",
+        f"rules       {len(config.rules)}",
+    ]
+    for rule in config.rules:
+        scope = ", ".join(f"{k}={v}" for k, v in rule.scope.model_dump().items() if v) or "workspace"
+        each = f" each {rule.each}" if rule.each else ""
+        if isinstance(rule, BudgetRule):
+            limit = (f"${rule.limit_usd}" if rule.limit_usd is not None else
+                     f"{rule.limit_requests} requests" if rule.limit_requests is not None else
+                     f"{rule.limit_tokens} tokens")
+            thresholds = "/".join(f"{t}%" for t in rule.thresholds)
+            what = f"budget {limit} per {rule.window} at {thresholds}"
+            if rule.forecast:
+                what += " + forecast"
+        else:
+            what = (f"anomaly {rule.metric} over {format_duration(rule.window)} vs"
+                    f" {format_duration(rule.baseline)} baseline, sensitivity {rule.sensitivity}")
+        lines.append(f"  - {rule.name}: {what}; scope {scope}{each}")
+    return "\n".join(lines)
+
+
+def _slack_route(config: Config) -> str:
+    if config.slack is None:
+        return "not configured (alerts are only logged)"
+    if config.slack.webhook_url is not None:
+        return "incoming webhook"
+    return f"bot token to {config.slack.channel}"
+
+
+def make_client(config: Config) -> LangdockClient:
+    return LangdockClient(
+        config.langdock.base_url,
+        config.api_key(),
+        timeout=config.langdock.timeout.total_seconds(),
+        max_requests_per_minute=config.langdock.max_requests_per_minute,
+        max_retries=config.langdock.max_retries,
+    )
+
+
+async def poll_once(config: Config, store: Store, client: LangdockClient,
+                    now: Callable[[], datetime] = utc_now) -> PollReport:
+    progress = _progress_bar if sys.stderr.isatty() else None
+    report = await poll(client, store, now=now, tz=config.tz, backfill=config.poll.backfill,
+                        settle_after=config.poll.settle_after, progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    return report
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    print(f"\rfetching [{'#' * filled}{'.' * (width - filled)}] {done}/{total} buckets",
+          end="", file=sys.stderr, flush=True)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config = load(args)
+    store = Store.open(config.state.path)
+    try:
+        report = asyncio.run(_once(config, store))
+        print(render_report(spend_report(store, utc_now(), config.tz)))
+        print(summary_line(report))
+    finally:
+        store.close()
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _once(config: Config, store: Store) -> PollReport:
+    async with make_client(config) as client:
+        return await poll_once(config, store, client)
+
+
+def summary_line(report: PollReport) -> str:
+    text = (f"fetched {report.fetched}/{report.planned} buckets, {report.rows} rows,"
+            f" {report.calls} export calls in {report.seconds:.1f}s")
+    if report.failures:
+        first = report.failures[0]
+        text += f"; {len(report.failures)} failed (first: {first.message})"
+    if report.aborted:
+        text += f"; poll stopped early ({report.aborted}), the next poll retries"
+    return text
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load(args)
+    if not config.state.path.exists():
+        print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
+        return EXIT_OK
+    store = Store.open(config.state.path)
+    try:
+        now = utc_now()
+        print(render_report(spend_report(store, now, config.tz)))
+        print()
+        for export in ("api-keys", "models"):
+            last = store.last_success(export)
+            age = f"{(now - last).total_seconds() / 60:.0f} min ago" if last else "never"
+            print(f"last successful {export} fetch: {age}")
+        failed = [f for f in store.last_fetches(20) if not f.ok]
+        if failed:
+            print(f"recent fetch failures: {len(failed)} (latest: {failed[0].message})")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

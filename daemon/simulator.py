@@ -1,0 +1,408 @@
+"""A loopback stand-in for Langdock's Usage Export API, for `demo` and the tests.
+
+It speaks the same protocol as the real API (SPEC §1): bearer auth, wall-clock dates with a
+zone, ``/export/api-keys`` (optionally ``group_by: model``) and ``/export/models``, answers
+carrying a signed, expiring ``downloadUrl``, 404 "No data found", and the "Export too large"
+400. Usage is synthetic but deterministic: each (key, model) pair has a request rate that
+follows an hour-of-week profile, and counts come from integrating that rate, so any split of
+a range into parts adds up to exactly the whole. One key ("nightly-batch") spikes on one model
+from ``spike_start`` on, so the demo shows movement within a minute.
+
+Tests can script faults (`Fault`, `download_faults`) and read every request the server saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+_ORIGIN = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: hour-of-week 0
+_WEEK = 168
+_MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class SimKey:
+    id: str
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class SimModel:
+    name: str
+    provider: str
+    input_price: Decimal  # USD per 1M tokens
+    output_price: Decimal
+    prompt_per_request: int
+    completion_per_request: int
+    error_rate: float
+    latency_ms: int
+
+
+DEFAULT_KEYS = (
+    SimKey("key_4f1a9c", "prod-web", 1.0),
+    SimKey("key_7b22d0", "prod-search", 0.6),
+    SimKey("key_0c93e1", "staging", 0.15),
+    SimKey("key_a5e870", "nightly-batch", 0.3),
+    SimKey("key_d61f2b", "intern-sandbox", 0.05),
+)
+DEFAULT_MODELS = (
+    SimModel("gpt-4o", "openai", Decimal("2.50"), Decimal("10.00"), 900, 350, 0.01, 1800),
+    SimModel("claude-sonnet-4", "anthropic", Decimal("3.00"), Decimal("15.00"), 1200, 420, 0.008, 2400),
+    SimModel("mistral-large", "mistral", Decimal("2.00"), Decimal("6.00"), 700, 260, 0.015, 1300),
+    SimModel("text-embedding-3-small", "openai", Decimal("0.02"), Decimal("0"), 500, 0, 0.002, 120),
+)
+SPIKE_KEY = "nightly-batch"
+SPIKE_MODEL = "claude-sonnet-4"
+
+
+def _hour_profile() -> list[float]:
+    """Relative traffic per hour of the week (UTC): busy office hours, quiet weekends."""
+    profile = []
+    for how in range(_WEEK):
+        day, hour = divmod(how, 24)
+        daily = 0.25 + 0.75 * max(0.0, math.sin(math.pi * (hour - 6) / 14)) if 6 <= hour <= 20 else 0.25
+        profile.append(daily * (0.35 if day >= 5 else 1.0))
+    return profile
+
+
+_PROFILE = _hour_profile()
+_PREFIX = [0.0]
+for _value in _PROFILE:
+    _PREFIX.append(_PREFIX[-1] + _value)
+
+
+def _profile_integral(t: datetime) -> float:
+    """∫ profile from the origin to ``t``, in profile-hours."""
+    hours = (t - _ORIGIN).total_seconds() / 3600
+    weeks, rest = divmod(hours, _WEEK)
+    whole = int(rest)
+    return weeks * _PREFIX[_WEEK] + _PREFIX[whole] + (rest - whole) * _PROFILE[whole % _WEEK]
+
+
+@dataclass
+class Fault:
+    """A scripted answer to the next export request (instead of the real one)."""
+
+    status: int
+    body: dict[str, Any] | str = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class Simulator:
+    """The simulated workspace plus its HTTP server (`start` / `stop`)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "sim-key",
+        keys: tuple[SimKey, ...] = DEFAULT_KEYS,
+        models: tuple[SimModel, ...] = DEFAULT_MODELS,
+        byok: bool = True,
+        requests_per_hour: float = 1200.0,
+        spike_start: datetime | None = None,
+        spike_factor: float = 40.0,
+        spike_duration: timedelta = timedelta(minutes=45),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        url_ttl: timedelta = timedelta(minutes=10),
+        max_rows: int = 1_000_000,
+        model_header: str = "model",
+    ) -> None:
+        self.api_key = api_key
+        self.keys, self.models, self.byok = keys, models, byok
+        self.requests_per_hour = requests_per_hour
+        self.spike_start, self.spike_factor, self.spike_duration = spike_start, spike_factor, spike_duration
+        self.clock, self.url_ttl, self.max_rows = clock, url_ttl, max_rows
+        self.model_header = model_header
+        self.faults: deque[Fault] = deque()
+        self.download_faults: deque[str] = deque()  # "truncate", "garbage", "expire", "500"
+        self.seen: list[SeenRequest] = []
+        self._files: dict[str, bytes] = {}
+        self._secret = secrets.token_bytes(16)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- the synthetic data
+
+    def _mix(self, key_index: int, model_index: int) -> float:
+        """How much of a key's traffic goes to a model (deterministic, sums to ~1 per key)."""
+        weights = [((key_index + 1) * (m + 2)) % 5 + 1 for m in range(len(self.models))]
+        return weights[model_index] / sum(weights)
+
+    def _cumulative_requests(self, key_index: int, model_index: int, t: datetime) -> float:
+        key, model = self.keys[key_index], self.models[model_index]
+        rate = self.requests_per_hour * key.weight * self._mix(key_index, model_index)
+        total = rate * _profile_integral(t)
+        if self.spike_start is not None and key.name == SPIKE_KEY and model.name == SPIKE_MODEL:
+            spike_end = self.spike_start + self.spike_duration
+            overlap = (min(t, spike_end) - self.spike_start).total_seconds()
+            total += max(0.0, overlap) / 3600 * self.requests_per_hour * self.spike_factor
+        return total
+
+    def pair_usage(self, key_index: int, model_index: int, start: datetime, end: datetime) -> dict[str, Any]:
+        """Exact usage of one (key, model) over [start, end), clamped to the simulator's now."""
+        end = min(end, self.clock())
+        if end <= start:
+            return {"requests": 0, "prompt": 0, "completion": 0, "errors": 0, "cost": Decimal(0)}
+        model = self.models[model_index]
+        a = self._cumulative_requests(key_index, model_index, start)
+        b = self._cumulative_requests(key_index, model_index, end)
+        requests = math.floor(b) - math.floor(a)
+        prompt = math.floor(b * model.prompt_per_request) - math.floor(a * model.prompt_per_request)
+        completion = math.floor(b * model.completion_per_request) - math.floor(
+            a * model.completion_per_request
+        )
+        errors = math.floor(b * model.error_rate) - math.floor(a * model.error_rate)
+        cost = prompt * model.input_price / _MILLION + completion * model.output_price / _MILLION
+        return {"requests": requests, "prompt": prompt, "completion": completion, "errors": errors,
+                "cost": cost}
+
+    def api_keys_csv(self, start: datetime, end: datetime, *, grouped: bool) -> tuple[str, int]:
+        header = ["period_start", "period_end", "org_id", "api_key_id", "api_key_name"]
+        if grouped:
+            header.append(self.model_header)
+        header += ["requests", "total_cost_usd"]
+        if self.byok:
+            header += ["sum_prompt_tokens", "sum_completion_tokens", "cached_prompt_tokens",
+                       "cache_creation_tokens", "no_cache_tokens"]
+        lines = [",".join(header)]
+        for ki, key in enumerate(self.keys):
+            groups = [[mi] for mi in range(len(self.models))] if grouped else [list(range(len(self.models)))]
+            for group in groups:
+                usages = [self.pair_usage(ki, mi, start, end) for mi in group]
+                requests = sum(u["requests"] for u in usages)
+                if requests == 0:
+                    continue
+                cost = sum((u["cost"] for u in usages), Decimal(0))
+                row = [start.isoformat(), end.isoformat(), "org_sim", key.id, _csv_text(key.name)]
+                if grouped:
+                    row.append(self.models[group[0]].name)
+                row += [str(requests), str(cost)]
+                if self.byok:
+                    prompt = sum(u["prompt"] for u in usages)
+                    completion = sum(u["completion"] for u in usages)
+                    row += [str(prompt), str(completion), "0", "0", str(prompt)]
+                lines.append(",".join(row))
+        return "\r\n".join(lines) + "\r\n", len(lines) - 1
+
+    def models_csv(self, start: datetime, end: datetime) -> tuple[str, int]:
+        header = ["period_start", "period_end", "org_id", "name", "provider", "bring_your_keys",
+                  "requests"]
+        if self.byok:
+            header += ["sum_prompt_tokens", "sum_completion_tokens", "sum_cached_prompt_tokens",
+                       "sum_cache_creation_tokens", "no_cache_tokens", "total_cost_usd"]
+        header += ["error_count", "avg_response_time_ms"]
+        lines = [",".join(header)]
+        for mi, model in enumerate(self.models):
+            usages = [self.pair_usage(ki, mi, start, end) for ki in range(len(self.keys))]
+            requests = sum(u["requests"] for u in usages)
+            if requests == 0:
+                continue
+            row = [start.isoformat(), end.isoformat(), "org_sim", model.name, model.provider,
+                   str(self.byok).lower(), str(requests)]
+            if self.byok:
+                prompt = sum(u["prompt"] for u in usages)
+                completion = sum(u["completion"] for u in usages)
+                cost = sum((u["cost"] for u in usages), Decimal(0))
+                row += [str(prompt), str(completion), "0", "0", str(prompt), str(cost)]
+            row += [str(sum(u["errors"] for u in usages)), str(model.latency_ms)]
+            lines.append(",".join(row))
+        return "\r\n".join(lines) + "\r\n", len(lines) - 1
+
+    # ---------------------------------------------------------------- HTTP
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the simulator first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def do_POST(self) -> None:
+                sim._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                sim._handle(self, "GET")
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="langdock-sim", daemon=True)
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Simulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def export_requests(self) -> list[SeenRequest]:
+        with self._lock:
+            return [r for r in self.seen if r.method == "POST"]
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self._lock:
+            self.seen.append(SeenRequest(method, handler.path, headers, body))
+        path = urlsplit(handler.path).path
+        if method == "GET" and path.startswith("/download/"):
+            self._download(handler, path.rsplit("/", 1)[1], headers)
+            return
+        if method == "POST" and "/export/" in path:
+            self._export(handler, path, headers, body)
+            return
+        _send_json(handler, 404, {"error": "Not found"})
+
+    def _export(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str], body: Any) -> None:
+        with self._lock:
+            fault = self.faults.popleft() if self.faults else None
+        if fault is not None:
+            if isinstance(fault.body, str):
+                _send(handler, fault.status, fault.body.encode(), "text/plain", fault.headers)
+            else:
+                _send_json(handler, fault.status, fault.body, fault.headers)
+            return
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            _send_json(handler, 401, {"error": "Invalid API key"})
+            return
+        if "origin" in headers:
+            _send_json(handler, 403, {"error": "Browser requests are not allowed"})
+            return
+        kind = path.split("/export/", 1)[1].removesuffix("/csv").strip("/")
+        try:
+            start = _parse_point(body["from"])
+            end = _parse_point(body["to"]) + timedelta(milliseconds=1)
+        except (KeyError, TypeError, ValueError) as exc:
+            _send_json(handler, 400, {"error": f"Invalid date range: {exc}"})
+            return
+        group_by = body.get("group_by")
+        if kind == "api-keys":
+            if group_by not in (None, "model"):
+                _send_json(handler, 400, {"error": f"Unsupported group_by: {group_by}"})
+                return
+            text, count = self.api_keys_csv(start, end, grouped=group_by == "model")
+        elif kind == "models":
+            text, count = self.models_csv(start, end)
+        else:
+            _send_json(handler, 400, {"error": f"Unsupported export type: {kind}"})
+            return
+        if count == 0:
+            _send_json(handler, 404, {"error": "No data found"})
+            return
+        if count > self.max_rows:
+            _send_json(handler, 400, {"error": f"Export too large: {count} rows exceeds limit of"
+                                      f" {self.max_rows}. Please narrow the date range."})
+            return
+        token = secrets.token_hex(8)
+        expires = int((self.clock() + self.url_ttl).timestamp())
+        with self._lock:
+            self._files[token] = text.encode("utf-8")
+        signature = self._sign(token, expires)
+        url = f"{self.base_url}/download/{token}?expires={expires}&signature={signature}"
+        _send_json(handler, 200, {"success": True, "data": {
+            "filePath": f"api-usage/org_sim/{kind}-{token}.csv",
+            "downloadUrl": url,
+            "dataType": kind,
+            "recordCount": count,
+            "dateRange": {"from": body["from"]["date"], "to": body["to"]["date"]},
+        }})
+
+    def _sign(self, token: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{token}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _download(self, handler: BaseHTTPRequestHandler, token: str, headers: dict[str, str]) -> None:
+        query = parse_qs(urlsplit(handler.path).query)
+        expires = int(query.get("expires", ["0"])[0])
+        signature = query.get("signature", [""])[0]
+        with self._lock:
+            fault = self.download_faults.popleft() if self.download_faults else None
+            data = self._files.get(token)
+        if "authorization" in headers:
+            _send(handler, 400, b"<Error>Only one auth mechanism allowed</Error>", "application/xml")
+            return
+        expired = fault == "expire" or expires < self.clock().timestamp()
+        if data is None or expired or not hmac.compare_digest(signature, self._sign(token, expires)):
+            _send(handler, 403, b"<Error><Code>AccessDenied</Code>Request has expired</Error>",
+                  "application/xml")
+            return
+        if fault == "500":
+            _send(handler, 500, b"internal error", "text/plain")
+            return
+        if fault == "garbage":
+            data = b"\x00\xff\xfe garbage \x00" * 20
+        if fault == "truncate":
+            cut = data[: max(1, len(data) // 2)]
+            data = cut[: cut.rfind(b"\n") + 1] if b"\n" in cut else cut
+        _send(handler, 200, data, "text/csv")
+
+
+def _csv_text(value: str) -> str:
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _parse_point(point: dict[str, str]) -> datetime:
+    text = point["date"].removesuffix("Z")
+    local = datetime.fromisoformat(text)
+    return local.replace(tzinfo=ZoneInfo(point.get("timezone") or "UTC")).astimezone(UTC)
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str,
+          headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any,
+               headers: dict[str, str] | None = None) -> None:
+    _send(handler, status, json.dumps(payload).encode(), "application/json", headers)

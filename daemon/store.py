@@ -1,0 +1,370 @@
+"""The embedded usage store: SQLite, WAL, schema migrations through ``PRAGMA user_version``.
+
+Usage lives in buckets (one local hour of the configured zone, see `rules.windows`) per
+(api_key_id, model), and per model for the models export. A fetch replaces a whole bucket in
+one transaction, so fetching the same hour twice gives the same totals and a failed or
+truncated fetch leaves the earlier data untouched. Money is stored as decimal text and summed
+with an exact `Decimal` aggregate, never as a float.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE key_usage (
+        bucket_start INTEGER NOT NULL,
+        bucket_end INTEGER NOT NULL,
+        api_key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        cost_usd TEXT NOT NULL,
+        prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
+        cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
+        PRIMARY KEY (bucket_start, api_key_id, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE model_usage (
+        bucket_start INTEGER NOT NULL,
+        bucket_end INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        byok INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        cost_usd TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
+        cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
+        errors TEXT,
+        response_time_ms TEXT,
+        PRIMARY KEY (bucket_start, model, provider, byok)
+    ) WITHOUT ROWID;
+    CREATE TABLE api_keys (
+        api_key_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE models (
+        model TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE segments (
+        export TEXT NOT NULL,
+        bucket_start INTEGER NOT NULL,
+        bucket_end INTEGER NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        PRIMARY KEY (export, bucket_start)
+    ) WITHOUT ROWID;
+    CREATE TABLE fetch_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        export TEXT NOT NULL,
+        range_start INTEGER NOT NULL,
+        range_end INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        reason TEXT,
+        message TEXT
+    );
+    """,
+}
+_FETCH_LOG_KEEP = 5000
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says what to do."""
+
+
+class _DecimalSum:
+    """SQLite aggregate ``dec_sum(text)``: exact decimal sum, returned as text."""
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+        self.seen = False
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total += Decimal(value)
+            self.seen = True
+
+    def finalize(self) -> str | None:
+        return str(self.total) if self.seen else None
+
+
+def _ts(instant: datetime) -> int:
+    return int(instant.timestamp())
+
+
+def _dt(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyModelTotal:
+    api_key_id: str
+    api_key_name: str
+    model: str
+    requests: int
+    cost_usd: Decimal
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    export: str
+    range_start: datetime
+    range_end: datetime
+    at: datetime
+    ok: bool
+    rows: int
+    reason: str | None
+    message: str | None
+
+
+class Store:
+    """One SQLite database file; all methods are synchronous and short."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        try:
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.create_aggregate("dec_sum", 1, _DecimalSum)
+            store = cls(conn, path)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open the store {path}: {exc}; check state.path, its permissions, and"
+                " that no other langdock-budget process uses it"
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store {path}: {exc.strerror}; check state.path and permissions"
+            ) from None
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {self.path} has schema {version}, newer than this version knows"
+                f" ({SCHEMA_VERSION}); upgrade langdock-budget or point state.path elsewhere"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction():
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={target}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    # ---------------------------------------------------------------- writes
+
+    def replace_key_usage(
+        self, start: datetime, end: datetime, rows: Iterable[KeyUsage], fetched_at: datetime
+    ) -> int:
+        """Replace the bucket [start, end) of the grouped api-keys export; return row count."""
+        totals: dict[tuple[str, str], list[object]] = {}
+        names: dict[str, str] = {}
+        count = 0
+        for row in rows:
+            count += 1
+            names[row.api_key_id] = row.api_key_name
+            key = (row.api_key_id, row.model)
+            tokens = [getattr(row, f) for f in TOKEN_FIELDS]
+            if key in totals:
+                _accumulate(totals[key], [row.requests, row.cost_usd, *tokens])
+            else:
+                totals[key] = [row.requests, row.cost_usd, *tokens]
+        s, e = _ts(start), _ts(end)
+        with self._transaction():
+            self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))
+            self._conn.executemany(
+                "INSERT INTO key_usage VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    (s, e, key_id, model, vals[0], str(vals[1]), *vals[2:])
+                    for (key_id, model), vals in totals.items()
+                ),
+            )
+            self._conn.executemany(
+                """INSERT INTO api_keys VALUES (?, ?, ?, ?)
+                ON CONFLICT (api_key_id) DO UPDATE SET
+                    name = CASE WHEN excluded.last_seen >= api_keys.last_seen
+                                THEN excluded.name ELSE api_keys.name END,
+                    first_seen = min(api_keys.first_seen, excluded.first_seen),
+                    last_seen = max(api_keys.last_seen, excluded.last_seen)""",
+                ((key_id, name, s, e) for key_id, name in names.items()),
+            )
+            self._upsert_models({model for _, model in totals if model}, s, e)
+            self._mark_segment("api-keys", s, e, fetched_at, count)
+        return count
+
+    def replace_model_usage(
+        self, start: datetime, end: datetime, rows: Iterable[ModelUsage], fetched_at: datetime
+    ) -> int:
+        """Replace the bucket [start, end) of the models export; return row count."""
+        totals: dict[tuple[str, str, bool], list[object]] = {}
+        count = 0
+        for row in rows:
+            count += 1
+            key = (row.model, row.provider, row.byok)
+            latency_weight = (
+                row.response_time_ms * row.requests if row.response_time_ms is not None else None
+            )
+            vals = [row.requests, row.cost_usd, *(getattr(row, f) for f in TOKEN_FIELDS),
+                    row.errors, latency_weight]
+            if key in totals:
+                _accumulate(totals[key], vals)
+            else:
+                totals[key] = vals
+        s, e = _ts(start), _ts(end)
+        with self._transaction():
+            self._conn.execute("DELETE FROM model_usage WHERE bucket_start = ?", (s,))
+            self._conn.executemany(
+                "INSERT INTO model_usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    (s, e, model, provider, int(byok), v[0], _text(v[1]), *v[2:7], _text(v[7]),
+                     _text(_mean(v[8], v[0])))
+                    for (model, provider, byok), v in totals.items()
+                ),
+            )
+            self._upsert_models({model for model, _, _ in totals}, s, e)
+            self._mark_segment("models", s, e, fetched_at, count)
+        return count
+
+    def _upsert_models(self, models: set[str], s: int, e: int) -> None:
+        self._conn.executemany(
+            """INSERT INTO models VALUES (?, ?, ?) ON CONFLICT (model) DO UPDATE SET
+                first_seen = min(models.first_seen, excluded.first_seen),
+                last_seen = max(models.last_seen, excluded.last_seen)""",
+            ((m, s, e) for m in models),
+        )
+
+    def _mark_segment(self, export: str, s: int, e: int, fetched_at: datetime, rows: int) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?)",
+            (export, s, e, _ts(fetched_at), rows),
+        )
+        self._log(export, s, e, fetched_at, True, rows, None, None)
+
+    def record_failure(
+        self, export: str, start: datetime, end: datetime, at: datetime, reason: str, message: str
+    ) -> None:
+        with self._transaction():
+            self._log(export, _ts(start), _ts(end), at, False, 0, reason, message)
+
+    def _log(self, export: str, s: int, e: int, at: datetime, ok: bool, rows: int,
+             reason: str | None, message: str | None) -> None:
+        cur = self._conn.execute(
+            "INSERT INTO fetch_log (export, range_start, range_end, at, ok, rows, reason, message)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (export, s, e, _ts(at), int(ok), rows, reason, message),
+        )
+        if cur.lastrowid is not None and cur.lastrowid % 500 == 0:
+            self._conn.execute("DELETE FROM fetch_log WHERE id <= ?", (cur.lastrowid - _FETCH_LOG_KEEP,))
+
+    # ---------------------------------------------------------------- reads
+
+    def fetched_segments(self, export: str, since: datetime) -> dict[datetime, datetime]:
+        """Bucket start → time of the last successful fetch, for buckets from ``since`` on."""
+        rows = self._conn.execute(
+            "SELECT bucket_start, fetched_at FROM segments WHERE export = ? AND bucket_start >= ?",
+            (export, _ts(since)),
+        )
+        return {_dt(s): _dt(f) for s, f in rows}
+
+    def key_model_totals(self, start: datetime, end: datetime) -> list[KeyModelTotal]:
+        """Spend per (key, model) over buckets that start in [start, end)."""
+        token_sum = " + ".join(f"coalesce(sum(u.{f}), 0)" for f in TOKEN_FIELDS[:2])
+        rows = self._conn.execute(
+            f"""SELECT u.api_key_id, coalesce(k.name, u.api_key_id), u.model,
+                       sum(u.requests), dec_sum(u.cost_usd), {token_sum}
+                FROM key_usage u LEFT JOIN api_keys k ON k.api_key_id = u.api_key_id
+                WHERE u.bucket_start >= ? AND u.bucket_start < ?
+                GROUP BY u.api_key_id, u.model""",
+            (_ts(start), _ts(end)),
+        )
+        return [
+            KeyModelTotal(key_id, name, model, int(req), Decimal(cost or 0), int(tokens))
+            for key_id, name, model, req, cost, tokens in rows
+        ]
+
+    def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
+        rows = self._conn.execute(
+            "SELECT export, range_start, range_end, at, ok, rows, reason, message"
+            " FROM fetch_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            FetchRecord(x, _dt(s), _dt(e), _dt(at), bool(ok), rows_, reason, msg)
+            for x, s, e, at, ok, rows_, reason, msg in rows
+        ]
+
+    def last_success(self, export: str) -> datetime | None:
+        row = self._conn.execute(
+            "SELECT max(at) FROM fetch_log WHERE export = ? AND ok = 1", (export,)
+        ).fetchone()
+        return _dt(row[0]) if row and row[0] is not None else None
+
+    def api_key_names(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT api_key_id, name FROM api_keys"))
+
+    def models(self) -> list[str]:
+        return [m for (m,) in self._conn.execute("SELECT model FROM models ORDER BY model")]
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _accumulate(into: list[object], values: list[object]) -> None:
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        current = into[i]
+        into[i] = value if current is None else current + value  # type: ignore[operator]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _mean(weighted: object, requests: object) -> Decimal | None:
+    if weighted is None or not requests:
+        return None
+    assert isinstance(weighted, Decimal) and isinstance(requests, int)
+    return weighted / requests
