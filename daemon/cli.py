@@ -56,15 +56,24 @@ _GLOBAL_DEFAULTS = {"config": None, "log_format": "json", "log_level": "info"}
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="config file (default: $LANGDOCK_BUDGET_CONFIG, then "
-                        f"{DEFAULT_CONFIG_PATH})")
-    common.add_argument("--log-format", choices=("json", "console"), default=argparse.SUPPRESS,
-                        help="log lines on stderr: json (default) or console")
-    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        default=argparse.SUPPRESS)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"config file (default: $LANGDOCK_BUDGET_CONFIG, then {DEFAULT_CONFIG_PATH})",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=argparse.SUPPRESS,
+        help="log lines on stderr: json (default) or console",
+    )
+    common.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS
+    )
     parser = argparse.ArgumentParser(
-        prog="langdock-budget", parents=[common],
+        prog="langdock-budget",
+        parents=[common],
         description="Budget and anomaly alerts for Langdock API usage.",
     )
     parser.add_argument("--version", action="version", version=f"langdock-budget {__version__}")
@@ -73,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="validate config and rules; no network")
     check.set_defaults(handler=cmd_check)
 
-    once = sub.add_parser("once", parents=[common],
-                          help="one cycle: fetch, store, evaluate, print a summary; then exit")
+    once = sub.add_parser(
+        "once",
+        parents=[common],
+        help="one cycle: fetch, store, evaluate, print a summary; then exit",
+    )
     once.add_argument("--dry-run", action="store_true", help="send no notifications")
     once.set_defaults(handler=cmd_once)
 
@@ -120,19 +132,27 @@ def describe_config(config: Config) -> str:
         f"rules       {len(config.rules)}",
     ]
     for rule in config.rules:
-        scope = ", ".join(f"{k}={v}" for k, v in rule.scope.model_dump().items() if v) or "workspace"
+        scope = (
+            ", ".join(f"{k}={v}" for k, v in rule.scope.model_dump().items() if v) or "workspace"
+        )
         each = f" each {rule.each}" if rule.each else ""
         if isinstance(rule, BudgetRule):
-            limit = (f"${rule.limit_usd}" if rule.limit_usd is not None else
-                     f"{rule.limit_requests} requests" if rule.limit_requests is not None else
-                     f"{rule.limit_tokens} tokens")
+            limit = (
+                f"${rule.limit_usd}"
+                if rule.limit_usd is not None
+                else f"{rule.limit_requests} requests"
+                if rule.limit_requests is not None
+                else f"{rule.limit_tokens} tokens"
+            )
             thresholds = "/".join(f"{t}%" for t in rule.thresholds)
             what = f"budget {limit} per {rule.window} at {thresholds}"
             if rule.forecast:
                 what += " + forecast"
         else:
-            what = (f"anomaly {rule.metric} over {format_duration(rule.window)} vs"
-                    f" {format_duration(rule.baseline)} baseline, sensitivity {rule.sensitivity}")
+            what = (
+                f"anomaly {rule.metric} over {format_duration(rule.window)} vs"
+                f" {format_duration(rule.baseline)} baseline, sensitivity {rule.sensitivity}"
+            )
         lines.append(f"  - {rule.name}: {what}; scope {scope}{each}")
     return "\n".join(lines)
 
@@ -155,11 +175,19 @@ def make_client(config: Config) -> LangdockClient:
     )
 
 
-async def poll_once(config: Config, store: Store, client: LangdockClient,
-                    now: Callable[[], datetime] = utc_now) -> PollReport:
+async def poll_once(
+    config: Config, store: Store, client: LangdockClient, now: Callable[[], datetime] = utc_now
+) -> PollReport:
     progress = _progress_bar if sys.stderr.isatty() else None
-    report = await poll(client, store, now=now, tz=config.tz, backfill=config.poll.backfill,
-                        settle_after=config.poll.settle_after, progress=progress)
+    report = await poll(
+        client,
+        store,
+        now=now,
+        tz=config.tz,
+        backfill=config.poll.backfill,
+        settle_after=config.poll.settle_after,
+        progress=progress,
+    )
     if progress is not None:
         print(file=sys.stderr)
     return report
@@ -168,8 +196,12 @@ async def poll_once(config: Config, store: Store, client: LangdockClient,
 def _progress_bar(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
-    print(f"\rfetching [{'#' * filled}{'.' * (width - filled)}] {done}/{total} buckets",
-          end="", file=sys.stderr, flush=True)
+    print(
+        f"\rfetching [{'#' * filled}{'.' * (width - filled)}] {done}/{total} buckets",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -190,8 +222,10 @@ async def _once(config: Config, store: Store) -> PollReport:
 
 
 def summary_line(report: PollReport) -> str:
-    text = (f"fetched {report.fetched}/{report.planned} buckets, {report.rows} rows,"
-            f" {report.calls} export calls in {report.seconds:.1f}s")
+    text = (
+        f"fetched {report.fetched}/{report.planned} buckets, {report.rows} rows,"
+        f" {report.calls} export calls in {report.seconds:.1f}s"
+    )
     if report.failures:
         first = report.failures[0]
         text += f"; {len(report.failures)} failed (first: {first.message})"

@@ -226,7 +226,9 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     name = str(path)
     raw = _read_yaml(path, name)
     if not isinstance(raw, dict):
-        raise ConfigError([f"{name}: (top level): expected a mapping of settings; see config.example.yaml"])
+        raise ConfigError(
+            [f"{name}: (top level): expected a mapping of settings; see config.example.yaml"]
+        )
     errors: list[str] = []
     data = _interpolate(raw, env, name, "", errors)
     base = path.parent
@@ -240,7 +242,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         matches = sorted(glob.glob(str(base / str(pattern))))
         if not matches:
             errors.append(
-                f"{name}: rule_files: {pattern!r} matches no file (relative to {base}); fix the glob"
+                f"{name}: rule_files: {pattern!r} matches no file (relative to {base});"
+                " fix the glob"
             )
         for match in matches:
             loaded = _interpolate(_read_rule_file(Path(match), errors), env, match, "", errors)
@@ -269,7 +272,9 @@ def _read_yaml(path: Path, name: str) -> Any:
             [f"{name}: file not found; pass --config PATH or set LANGDOCK_BUDGET_CONFIG"]
         ) from None
     except OSError as exc:
-        raise ConfigError([f"{name}: cannot read ({exc.strerror}); check the path and permissions"]) from None
+        raise ConfigError(
+            [f"{name}: cannot read ({exc.strerror}); check the path and permissions"]
+        ) from None
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -293,7 +298,9 @@ def _read_rule_file(path: Path, errors: list[str]) -> list[Any]:
     return data
 
 
-def _interpolate(value: Any, env: Mapping[str, str], name: str, where: str, errors: list[str]) -> Any:
+def _interpolate(
+    value: Any, env: Mapping[str, str], name: str, where: str, errors: list[str]
+) -> Any:
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -308,7 +315,9 @@ def _interpolate(value: Any, env: Mapping[str, str], name: str, where: str, erro
 
         return _VAR.sub(replace, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, env, name, _join(where, str(k)), errors) for k, v in value.items()}
+        return {
+            k: _interpolate(v, env, name, _join(where, str(k)), errors) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_interpolate(v, env, name, f"{where}[{i}]", errors) for i, v in enumerate(value)]
     return value
@@ -318,8 +327,11 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-_SECRET_FILES = (("langdock", "api_key_file", "api_key"), ("slack", "webhook_url_file", "webhook_url"),
-                 ("slack", "token_file", "token"))
+_SECRET_FILES = (
+    ("langdock", "api_key_file", "api_key"),
+    ("slack", "webhook_url_file", "webhook_url"),
+    ("slack", "token_file", "token"),
+)
 
 
 _SECRET_KEYS = {"api_key", "webhook_url", "token"}
@@ -344,7 +356,9 @@ def _resolve_secret_files(data: dict[str, Any], base: Path, name: str, errors: l
             )
             continue
         if not secret:
-            errors.append(f"{name}: {section}.{file_key}: {secret_path} is empty; put the secret in it")
+            errors.append(
+                f"{name}: {section}.{file_key}: {secret_path} is empty; put the secret in it"
+            )
             continue
         block[key] = secret
 
@@ -356,7 +370,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(update={"state": state})
 
 
-def _validate_rules(rules: list[Any], sources: list[tuple[str, int]], errors: list[str]) -> list[Any]:
+def _validate_rules(
+    rules: list[Any], sources: list[tuple[str, int]], errors: list[str]
+) -> list[Any]:
     adapter: TypeAdapter[Any] = TypeAdapter(Rule)
     validated: list[Any] = []
     index = 0

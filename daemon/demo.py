@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ langdock:
 timezone: {timezone}
 poll:
   interval: {interval}
-  backfill: 26h
+  backfill: {backfill}
 state:
   path: state.db
 metrics:
@@ -36,13 +36,20 @@ metrics:
 
 
 def add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    demo = sub.add_parser("demo", parents=[common],
-                          help="run against the bundled Langdock simulator (throw-away store)")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run against the bundled Langdock simulator (throw-away store)",
+    )
     demo.add_argument("--interval", default="15s", help="poll interval (default 15s)")
     demo.add_argument("--cycles", type=int, default=0, help="stop after N polls (default: never)")
+    demo.add_argument("--backfill", default="26h", help="history to fetch first (default 26h)")
     demo.add_argument("--timezone", default="Europe/Berlin", help="zone for calendar windows")
-    demo.add_argument("--spike-after", default="30s",
-                      help="when the simulated nightly-batch key starts spiking (default 30s)")
+    demo.add_argument(
+        "--spike-after",
+        default="30s",
+        help="when the simulated nightly-batch key starts spiking (default 30s)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -59,19 +66,29 @@ async def run_demo(args: argparse.Namespace) -> bool:
     from daemon.store import Store
 
     interval = parse_duration(args.interval)
-    simulator = Simulator(api_key=DEMO_KEY,
-                          spike_start=datetime.now(UTC) + parse_duration(args.spike_after))
+    simulator = Simulator(
+        api_key=DEMO_KEY, spike_start=datetime.now(UTC) + parse_duration(args.spike_after)
+    )
     base_url = simulator.start()
     ok = True
     with tempfile.TemporaryDirectory(prefix="langdock-budget-demo-") as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(_CONFIG.format(base_url=base_url, api_key=DEMO_KEY,
-                                       timezone=args.timezone, interval=args.interval))
+        path.write_text(
+            _CONFIG.format(
+                base_url=base_url,
+                api_key=DEMO_KEY,
+                timezone=args.timezone,
+                interval=args.interval,
+                backfill=args.backfill,
+            )
+        )
         config = load_config(path)
         store = Store.open(config.state.path)
         print(f"demo: simulator at {base_url}, throw-away store in {tmp}; Ctrl-C stops.")
-        print(f"demo: polling every {args.interval}; the 'nightly-batch' key starts spiking"
-              f" {args.spike_after} in.\n")
+        print(
+            f"demo: polling every {args.interval}; the 'nightly-batch' key starts spiking"
+            f" {args.spike_after} in.\n"
+        )
         try:
             async with make_client(config) as client:
                 cycle = 0
@@ -90,5 +107,3 @@ async def run_demo(args: argparse.Namespace) -> bool:
             store.close()
             simulator.stop()
     return ok
-
-

@@ -161,8 +161,12 @@ class _Row:
         )
 
 
-def _records(lines: Iterable[str], aliases: Mapping[str, tuple[str, ...]],
-             required: tuple[str, ...], what: str) -> Iterator[_Row]:
+def _records(
+    lines: Iterable[str],
+    aliases: Mapping[str, tuple[str, ...]],
+    required: tuple[str, ...],
+    what: str,
+) -> Iterator[_Row]:
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -177,7 +181,9 @@ def _records(lines: Iterable[str], aliases: Mapping[str, tuple[str, ...]],
                 continue
             yield _Row(record, cols, reader.line_num, what)
     except csv.Error as exc:
-        raise ExportFormatError(f"{what} export: line {reader.line_num}: unreadable CSV ({exc})") from None
+        raise ExportFormatError(
+            f"{what} export: line {reader.line_num}: unreadable CSV ({exc})"
+        ) from None
 
 
 def _tokens(row: _Row) -> dict[str, int | None]:

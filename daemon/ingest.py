@@ -100,7 +100,9 @@ async def poll(
     for export in EXPORTS:
         fetched = store.fetched_segments(export, started - backfill - timedelta(hours=2))
         work += [(b, export) for b in plan_buckets(started, tz, backfill, settle_after, fetched)]
-    work.sort(key=lambda item: item[0].start, reverse=True)  # newest first: current windows fill first
+    work.sort(
+        key=lambda item: item[0].start, reverse=True
+    )  # newest first: current windows fill first
     report.planned = len(work)
     log.info("poll_started", due_buckets=len(work))
     for done, (bucket, export) in enumerate(work, start=1):
@@ -110,8 +112,13 @@ async def poll(
         except LangdockError as exc:
             failure = FetchFailure(export, bucket, exc.reason, str(exc))
             report.failures.append(failure)
-            log.warning("fetch_failed", export=export, bucket=bucket.start.isoformat(),
-                        reason=exc.reason, error=str(exc))
+            log.warning(
+                "fetch_failed",
+                export=export,
+                bucket=bucket.start.isoformat(),
+                reason=exc.reason,
+                error=str(exc),
+            )
             _record(store, failure, now())
             if isinstance(exc, TransientError) or exc.reason in ("auth", "bad_request"):
                 report.aborted = exc.reason
@@ -119,21 +126,37 @@ async def poll(
         except Exception as exc:  # the store failed (disk full, locked): stop, keep running
             report.aborted = "store"
             report.failures.append(FetchFailure(export, bucket, "store", str(exc)))
-            log.error("store_write_failed", export=export, error=str(exc),
-                      fix="check disk space and that no other process holds the store")
+            log.error(
+                "store_write_failed",
+                export=export,
+                error=str(exc),
+                fix="check disk space and that no other process holds the store",
+            )
             break
         if progress is not None:
             progress(done, len(work))
     report.calls = client.requests_sent - calls_before
     report.seconds = time.perf_counter() - wall
-    log.info("poll_finished", planned=report.planned, fetched=report.fetched, rows=report.rows,
-             calls=report.calls, failures=len(report.failures), aborted=report.aborted,
-             duration_s=round(report.seconds, 3))
+    log.info(
+        "poll_finished",
+        planned=report.planned,
+        fetched=report.fetched,
+        rows=report.rows,
+        calls=report.calls,
+        failures=len(report.failures),
+        aborted=report.aborted,
+        duration_s=round(report.seconds, 3),
+    )
     return report
 
 
-async def _fetch_bucket(client: LangdockClient, store: Store, export: ExportKind, bucket: Period,
-                        now: Callable[[], datetime]) -> int:
+async def _fetch_bucket(
+    client: LangdockClient,
+    store: Store,
+    export: ExportKind,
+    bucket: Period,
+    now: Callable[[], datetime],
+) -> int:
     if export == "api-keys":
         key_rows = await client.key_usage(bucket.start, bucket.end)
         return store.replace_key_usage(bucket.start, bucket.end, key_rows, now())
@@ -143,7 +166,13 @@ async def _fetch_bucket(client: LangdockClient, store: Store, export: ExportKind
 
 def _record(store: Store, failure: FetchFailure, at: datetime) -> None:
     try:
-        store.record_failure(failure.export, failure.bucket.start, failure.bucket.end, at,
-                             failure.reason, failure.message)
-    except Exception as exc:  # noqa: BLE001 - a broken store must not hide the fetch error
+        store.record_failure(
+            failure.export,
+            failure.bucket.start,
+            failure.bucket.end,
+            at,
+            failure.reason,
+            failure.message,
+        )
+    except Exception as exc:  # a broken store must not hide the fetch error
         log.error("store_write_failed", error=str(exc))

@@ -26,13 +26,20 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from daemon import __version__
-from daemon.exports import ExportFormatError, KeyUsage, ModelUsage, parse_key_usage, parse_model_usage
+from daemon.exports import (
+    ExportFormatError,
+    KeyUsage,
+    ModelUsage,
+    parse_key_usage,
+    parse_model_usage,
+)
 
 ExportKind = Literal["api-keys", "models"]
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 T = TypeVar("T")
 
+_UTC_ZONE = ZoneInfo("UTC")
 _MAX_BACKOFF = 120.0
 _MAX_RETRY_AFTER = 300.0
 _SPOOL_BYTES = 8 * 1024 * 1024
@@ -82,8 +89,14 @@ class _ExportInfo:
 class TokenBucket:
     """Client-side pacing: at most ``per_minute`` requests a minute, ``burst`` at once."""
 
-    def __init__(self, per_minute: float, burst: int = 3, *, clock: Clock = time.monotonic,
-                 sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int = 3,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.rate = per_minute / 60.0
         self.capacity = float(burst)
         self.tokens = float(burst)
@@ -98,8 +111,8 @@ class TokenBucket:
                 now = self._clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
                 self._last = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                if self.tokens >= 1 - 1e-9:  # tolerate float rounding of the refill
+                    self.tokens = max(0.0, self.tokens - 1)
                     return
                 wait = (1 - self.tokens) / self.rate
                 self.waited += wait
@@ -170,7 +183,7 @@ class LangdockClient:
         timeout: float = 30.0,
         max_requests_per_minute: float = 30.0,
         max_retries: int = 5,
-        request_zone: ZoneInfo = ZoneInfo("UTC"),
+        request_zone: ZoneInfo = _UTC_ZONE,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
@@ -223,8 +236,14 @@ class LangdockClient:
 
     # ------------------------------------------------------------------ internals
 
-    async def _export(self, kind: ExportKind, start: datetime, end: datetime,
-                      parse: Callable[[IO[str]], list[T]], **extra: str) -> list[T]:
+    async def _export(
+        self,
+        kind: ExportKind,
+        start: datetime,
+        end: datetime,
+        parse: Callable[[IO[str]], list[T]],
+        **extra: str,
+    ) -> list[T]:
         try:
             return await self._export_once(kind, start, end, parse, extra)
         except _TooLarge:
@@ -238,8 +257,14 @@ class LangdockClient:
             first = await self._export(kind, start, middle, parse, **extra)
             return first + await self._export(kind, middle, end, parse, **extra)
 
-    async def _export_once(self, kind: ExportKind, start: datetime, end: datetime,
-                           parse: Callable[[IO[str]], list[T]], extra: dict[str, str]) -> list[T]:
+    async def _export_once(
+        self,
+        kind: ExportKind,
+        start: datetime,
+        end: datetime,
+        parse: Callable[[IO[str]], list[T]],
+        extra: dict[str, str],
+    ) -> list[T]:
         body = export_body(start, end, self.request_zone, **extra)
         for fresh_url_attempt in range(2):
             info = await self._request_export(kind, body)
@@ -256,7 +281,9 @@ class LangdockClient:
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _request_export(self, kind: ExportKind, body: dict[str, object]) -> _ExportInfo | None:
+    async def _request_export(
+        self, kind: ExportKind, body: dict[str, object]
+    ) -> _ExportInfo | None:
         url = export_endpoint(self.base_url, kind)
         last_problem = ""
         reason = "server"
@@ -310,19 +337,26 @@ class LangdockClient:
         try:
             payload = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{kind} export: HTTP 200 but the body is not JSON", "bad_response") from None
+            raise DataError(
+                f"{kind} export: HTTP 200 but the body is not JSON", "bad_response"
+            ) from None
         if not isinstance(payload, dict) or payload.get("success") is not True:
             detail = _error_text(response)
-            raise DataError(f"{kind} export: Langdock answered success=false ({detail})", "unsuccessful")
+            raise DataError(
+                f"{kind} export: Langdock answered success=false ({detail})", "unsuccessful"
+            )
         data = payload.get("data") or {}
         url = data.get("downloadUrl") if isinstance(data, dict) else None
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise DataError(f"{kind} export: the answer has no usable downloadUrl", "bad_response")
         count = data.get("recordCount")
-        return _ExportInfo(url, int(count) if isinstance(count, int | str) and str(count).isdigit() else None)
+        return _ExportInfo(
+            url, int(count) if isinstance(count, int | str) and str(count).isdigit() else None
+        )
 
-    async def _download_rows(self, kind: ExportKind, info: _ExportInfo,
-                             parse: Callable[[IO[str]], list[T]]) -> list[T]:
+    async def _download_rows(
+        self, kind: ExportKind, info: _ExportInfo, parse: Callable[[IO[str]], list[T]]
+    ) -> list[T]:
         where = _safe_url(info.download_url)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
             try:
@@ -346,13 +380,15 @@ class LangdockClient:
                     "download",
                 ) from None
             spool.seek(0)
-            text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")  # type: ignore[type-var]
+            text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")
             try:
                 rows = parse(text)
             except ExportFormatError as exc:
                 raise DataError(f"{exc}; nothing stored", "parse") from None
             except UnicodeDecodeError:
-                raise DataError(f"{kind} export: the file is not UTF-8 text; nothing stored", "parse") from None
+                raise DataError(
+                    f"{kind} export: the file is not UTF-8 text; nothing stored", "parse"
+                ) from None
             finally:
                 text.detach()
         if info.record_count is not None and len(rows) != info.record_count:

@@ -31,8 +31,10 @@ class SecretRedactor:
                     value = value.replace(secret, REDACTED)
             return value
         if isinstance(value, dict):
-            return {k: REDACTED if str(k).lower() in _SECRET_KEYS else self.redact(v)
-                    for k, v in value.items()}
+            return {
+                k: REDACTED if str(k).lower() in _SECRET_KEYS else self.redact(v)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.redact(v) for v in value]
         if isinstance(value, BaseException):

@@ -47,7 +47,9 @@ def spend_report(store: Store, now: datetime, tz: ZoneInfo) -> SpendReport:
     total = SpendRow("TOTAL")
     for window, (start, end) in window_ranges(now, tz).items():
         for row in store.key_model_totals(start, end):
-            key = keys.setdefault(row.api_key_id, SpendRow(f"{row.api_key_name} ({row.api_key_id})"))
+            key = keys.setdefault(
+                row.api_key_id, SpendRow(f"{row.api_key_name} ({row.api_key_id})")
+            )
             model = models.setdefault(row.model or "(unknown)", SpendRow(row.model or "(unknown)"))
             for target in (key, model, total):
                 target.spend[window] = target.spend.get(window, Decimal(0)) + row.cost_usd
@@ -74,13 +76,19 @@ def _table(title: str, rows: Sequence[SpendRow], total: SpendRow) -> list[str]:
         return [f"{title}: no usage stored yet"]
     headers = [title, "requests today", *WINDOWS]
     body = [
-        [row.label, f"{row.requests_today:,}", *(format_usd(row.spend.get(w, Decimal(0))) for w in WINDOWS)]
+        [
+            row.label,
+            f"{row.requests_today:,}",
+            *(format_usd(row.spend.get(w, Decimal(0))) for w in WINDOWS),
+        ]
         for row in [*rows, total]
     ]
     widths = [max(len(r[i]) for r in [headers, *body]) for i in range(len(headers))]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+        return "  ".join(
+            c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
+        )
 
     rule = "  ".join("-" * w for w in widths)
     return [fmt(headers), rule, *(fmt(r) for r in body[:-1]), rule, fmt(body[-1])]

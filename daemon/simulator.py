@@ -62,7 +62,9 @@ DEFAULT_KEYS = (
 )
 DEFAULT_MODELS = (
     SimModel("gpt-4o", "openai", Decimal("2.50"), Decimal("10.00"), 900, 350, 0.01, 1800),
-    SimModel("claude-sonnet-4", "anthropic", Decimal("3.00"), Decimal("15.00"), 1200, 420, 0.008, 2400),
+    SimModel(
+        "claude-sonnet-4", "anthropic", Decimal("3.00"), Decimal("15.00"), 1200, 420, 0.008, 2400
+    ),
     SimModel("mistral-large", "mistral", Decimal("2.00"), Decimal("6.00"), 700, 260, 0.015, 1300),
     SimModel("text-embedding-3-small", "openai", Decimal("0.02"), Decimal("0"), 500, 0, 0.002, 120),
 )
@@ -75,7 +77,9 @@ def _hour_profile() -> list[float]:
     profile = []
     for how in range(_WEEK):
         day, hour = divmod(how, 24)
-        daily = 0.25 + 0.75 * max(0.0, math.sin(math.pi * (hour - 6) / 14)) if 6 <= hour <= 20 else 0.25
+        daily = (
+            0.25 + 0.75 * max(0.0, math.sin(math.pi * (hour - 6) / 14)) if 6 <= hour <= 20 else 0.25
+        )
         profile.append(daily * (0.35 if day >= 5 else 1.0))
     return profile
 
@@ -133,7 +137,11 @@ class Simulator:
         self.api_key = api_key
         self.keys, self.models, self.byok = keys, models, byok
         self.requests_per_hour = requests_per_hour
-        self.spike_start, self.spike_factor, self.spike_duration = spike_start, spike_factor, spike_duration
+        self.spike_start, self.spike_factor, self.spike_duration = (
+            spike_start,
+            spike_factor,
+            spike_duration,
+        )
         self.clock, self.url_ttl, self.max_rows = clock, url_ttl, max_rows
         self.model_header = model_header
         self.faults: deque[Fault] = deque()
@@ -162,7 +170,9 @@ class Simulator:
             total += max(0.0, overlap) / 3600 * self.requests_per_hour * self.spike_factor
         return total
 
-    def pair_usage(self, key_index: int, model_index: int, start: datetime, end: datetime) -> dict[str, Any]:
+    def pair_usage(
+        self, key_index: int, model_index: int, start: datetime, end: datetime
+    ) -> dict[str, Any]:
         """Exact usage of one (key, model) over [start, end), clamped to the simulator's now."""
         end = min(end, self.clock())
         if end <= start:
@@ -177,8 +187,13 @@ class Simulator:
         )
         errors = math.floor(b * model.error_rate) - math.floor(a * model.error_rate)
         cost = prompt * model.input_price / _MILLION + completion * model.output_price / _MILLION
-        return {"requests": requests, "prompt": prompt, "completion": completion, "errors": errors,
-                "cost": cost}
+        return {
+            "requests": requests,
+            "prompt": prompt,
+            "completion": completion,
+            "errors": errors,
+            "cost": cost,
+        }
 
     def api_keys_csv(self, start: datetime, end: datetime, *, grouped: bool) -> tuple[str, int]:
         header = ["period_start", "period_end", "org_id", "api_key_id", "api_key_name"]
@@ -186,11 +201,20 @@ class Simulator:
             header.append(self.model_header)
         header += ["requests", "total_cost_usd"]
         if self.byok:
-            header += ["sum_prompt_tokens", "sum_completion_tokens", "cached_prompt_tokens",
-                       "cache_creation_tokens", "no_cache_tokens"]
+            header += [
+                "sum_prompt_tokens",
+                "sum_completion_tokens",
+                "cached_prompt_tokens",
+                "cache_creation_tokens",
+                "no_cache_tokens",
+            ]
         lines = [",".join(header)]
         for ki, key in enumerate(self.keys):
-            groups = [[mi] for mi in range(len(self.models))] if grouped else [list(range(len(self.models)))]
+            groups = (
+                [[mi] for mi in range(len(self.models))]
+                if grouped
+                else [list(range(len(self.models)))]
+            )
             for group in groups:
                 usages = [self.pair_usage(ki, mi, start, end) for mi in group]
                 requests = sum(u["requests"] for u in usages)
@@ -209,11 +233,24 @@ class Simulator:
         return "\r\n".join(lines) + "\r\n", len(lines) - 1
 
     def models_csv(self, start: datetime, end: datetime) -> tuple[str, int]:
-        header = ["period_start", "period_end", "org_id", "name", "provider", "bring_your_keys",
-                  "requests"]
+        header = [
+            "period_start",
+            "period_end",
+            "org_id",
+            "name",
+            "provider",
+            "bring_your_keys",
+            "requests",
+        ]
         if self.byok:
-            header += ["sum_prompt_tokens", "sum_completion_tokens", "sum_cached_prompt_tokens",
-                       "sum_cache_creation_tokens", "no_cache_tokens", "total_cost_usd"]
+            header += [
+                "sum_prompt_tokens",
+                "sum_completion_tokens",
+                "sum_cached_prompt_tokens",
+                "sum_cache_creation_tokens",
+                "no_cache_tokens",
+                "total_cost_usd",
+            ]
         header += ["error_count", "avg_response_time_ms"]
         lines = [",".join(header)]
         for mi, model in enumerate(self.models):
@@ -221,8 +258,15 @@ class Simulator:
             requests = sum(u["requests"] for u in usages)
             if requests == 0:
                 continue
-            row = [start.isoformat(), end.isoformat(), "org_sim", model.name, model.provider,
-                   str(self.byok).lower(), str(requests)]
+            row = [
+                start.isoformat(),
+                end.isoformat(),
+                "org_sim",
+                model.name,
+                model.provider,
+                str(self.byok).lower(),
+                str(requests),
+            ]
             if self.byok:
                 prompt = sum(u["prompt"] for u in usages)
                 completion = sum(u["completion"] for u in usages)
@@ -238,7 +282,7 @@ class Simulator:
     def base_url(self) -> str:
         assert self._server is not None, "start() the simulator first"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         sim = self
@@ -257,7 +301,9 @@ class Simulator:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="langdock-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="langdock-sim", daemon=True
+        )
         self._thread.start()
         return self.base_url
 
@@ -297,7 +343,9 @@ class Simulator:
             return
         _send_json(handler, 404, {"error": "Not found"})
 
-    def _export(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str], body: Any) -> None:
+    def _export(
+        self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str], body: Any
+    ) -> None:
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
         if fault is not None:
@@ -334,8 +382,14 @@ class Simulator:
             _send_json(handler, 404, {"error": "No data found"})
             return
         if count > self.max_rows:
-            _send_json(handler, 400, {"error": f"Export too large: {count} rows exceeds limit of"
-                                      f" {self.max_rows}. Please narrow the date range."})
+            _send_json(
+                handler,
+                400,
+                {
+                    "error": f"Export too large: {count} rows exceeds limit of"
+                    f" {self.max_rows}. Please narrow the date range."
+                },
+            )
             return
         token = secrets.token_hex(8)
         expires = int((self.clock() + self.url_ttl).timestamp())
@@ -343,18 +397,29 @@ class Simulator:
             self._files[token] = text.encode("utf-8")
         signature = self._sign(token, expires)
         url = f"{self.base_url}/download/{token}?expires={expires}&signature={signature}"
-        _send_json(handler, 200, {"success": True, "data": {
-            "filePath": f"api-usage/org_sim/{kind}-{token}.csv",
-            "downloadUrl": url,
-            "dataType": kind,
-            "recordCount": count,
-            "dateRange": {"from": body["from"]["date"], "to": body["to"]["date"]},
-        }})
+        _send_json(
+            handler,
+            200,
+            {
+                "success": True,
+                "data": {
+                    "filePath": f"api-usage/org_sim/{kind}-{token}.csv",
+                    "downloadUrl": url,
+                    "dataType": kind,
+                    "recordCount": count,
+                    "dateRange": {"from": body["from"]["date"], "to": body["to"]["date"]},
+                },
+            },
+        )
 
     def _sign(self, token: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{token}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self._secret, f"{token}:{expires}".encode(), hashlib.sha256).hexdigest()[
+            :32
+        ]
 
-    def _download(self, handler: BaseHTTPRequestHandler, token: str, headers: dict[str, str]) -> None:
+    def _download(
+        self, handler: BaseHTTPRequestHandler, token: str, headers: dict[str, str]
+    ) -> None:
         query = parse_qs(urlsplit(handler.path).query)
         expires = int(query.get("expires", ["0"])[0])
         signature = query.get("signature", [""])[0]
@@ -362,12 +427,22 @@ class Simulator:
             fault = self.download_faults.popleft() if self.download_faults else None
             data = self._files.get(token)
         if "authorization" in headers:
-            _send(handler, 400, b"<Error>Only one auth mechanism allowed</Error>", "application/xml")
+            _send(
+                handler, 400, b"<Error>Only one auth mechanism allowed</Error>", "application/xml"
+            )
             return
         expired = fault == "expire" or expires < self.clock().timestamp()
-        if data is None or expired or not hmac.compare_digest(signature, self._sign(token, expires)):
-            _send(handler, 403, b"<Error><Code>AccessDenied</Code>Request has expired</Error>",
-                  "application/xml")
+        if (
+            data is None
+            or expired
+            or not hmac.compare_digest(signature, self._sign(token, expires))
+        ):
+            _send(
+                handler,
+                403,
+                b"<Error><Code>AccessDenied</Code>Request has expired</Error>",
+                "application/xml",
+            )
             return
         if fault == "500":
             _send(handler, 500, b"internal error", "text/plain")
@@ -392,8 +467,13 @@ def _parse_point(point: dict[str, str]) -> datetime:
     return local.replace(tzinfo=ZoneInfo(point.get("timezone") or "UTC")).astimezone(UTC)
 
 
-def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str,
-          headers: dict[str, str] | None = None) -> None:
+def _send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    data: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(data)))
@@ -403,6 +483,10 @@ def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_typ
     handler.wfile.write(data)
 
 
-def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any,
-               headers: dict[str, str] | None = None) -> None:
+def _send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    payload: Any,
+    headers: dict[str, str] | None = None,
+) -> None:
     _send(handler, status, json.dumps(payload).encode(), "application/json", headers)

@@ -151,7 +151,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.create_aggregate("dec_sum", 1, _DecimalSum)
+            conn.create_aggregate("dec_sum", 1, _DecimalSum)  # type: ignore[arg-type]
             store = cls(conn, path)
             store._migrate()
         except sqlite3.DatabaseError as exc:
@@ -238,8 +238,13 @@ class Store:
             latency_weight = (
                 row.response_time_ms * row.requests if row.response_time_ms is not None else None
             )
-            vals = [row.requests, row.cost_usd, *(getattr(row, f) for f in TOKEN_FIELDS),
-                    row.errors, latency_weight]
+            vals = [
+                row.requests,
+                row.cost_usd,
+                *(getattr(row, f) for f in TOKEN_FIELDS),
+                row.errors,
+                latency_weight,
+            ]
             if key in totals:
                 _accumulate(totals[key], vals)
             else:
@@ -250,8 +255,18 @@ class Store:
             self._conn.executemany(
                 "INSERT INTO model_usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    (s, e, model, provider, int(byok), v[0], _text(v[1]), *v[2:7], _text(v[7]),
-                     _text(_mean(v[8], v[0])))
+                    (
+                        s,
+                        e,
+                        model,
+                        provider,
+                        int(byok),
+                        v[0],
+                        _text(v[1]),
+                        *v[2:7],
+                        _text(v[7]),
+                        _text(_mean(v[8], v[0])),
+                    )
                     for (model, provider, byok), v in totals.items()
                 ),
             )
@@ -280,15 +295,26 @@ class Store:
         with self._transaction():
             self._log(export, _ts(start), _ts(end), at, False, 0, reason, message)
 
-    def _log(self, export: str, s: int, e: int, at: datetime, ok: bool, rows: int,
-             reason: str | None, message: str | None) -> None:
+    def _log(
+        self,
+        export: str,
+        s: int,
+        e: int,
+        at: datetime,
+        ok: bool,
+        rows: int,
+        reason: str | None,
+        message: str | None,
+    ) -> None:
         cur = self._conn.execute(
             "INSERT INTO fetch_log (export, range_start, range_end, at, ok, rows, reason, message)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (export, s, e, _ts(at), int(ok), rows, reason, message),
         )
         if cur.lastrowid is not None and cur.lastrowid % 500 == 0:
-            self._conn.execute("DELETE FROM fetch_log WHERE id <= ?", (cur.lastrowid - _FETCH_LOG_KEEP,))
+            self._conn.execute(
+                "DELETE FROM fetch_log WHERE id <= ?", (cur.lastrowid - _FETCH_LOG_KEEP,)
+            )
 
     # ---------------------------------------------------------------- reads
 

@@ -17,7 +17,8 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(0)
     if not _WHOLE.match(cleaned):
         raise ValueError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 30s, 5m, 4h, 14d"
+            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w,"
+            " e.g. 30s, 5m, 4h, 14d"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(cleaned))
     return timedelta(seconds=seconds)

@@ -105,7 +105,9 @@ class BudgetRule(_RuleBase):
     def _one_limit(self) -> BudgetRule:
         limits = [self.limit_usd, self.limit_requests, self.limit_tokens]
         if sum(limit is not None for limit in limits) != 1:
-            raise ValueError("a budget rule needs exactly one of limit_usd, limit_requests, limit_tokens")
+            raise ValueError(
+                "a budget rule needs exactly one of limit_usd, limit_requests, limit_tokens"
+            )
         if isinstance(self.severity, dict):
             missing = [t for t in self.thresholds if int(t) not in self.severity]
             if missing:

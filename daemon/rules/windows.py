@@ -150,8 +150,8 @@ def window_period(window: str, now: datetime, tz: ZoneInfo) -> Period:
     rolling windows give ``[now - duration, now)`` with the id ``rolling-<duration>``.
     """
     now = require_aware(now)
-    if window in CALENDAR_UNITS:
-        unit: CalendarUnit = window  # type: ignore[assignment]
-        return calendar_period(unit, now, tz)
+    for unit in CALENDAR_UNITS:
+        if window == unit:
+            return calendar_period(unit, now, tz)
     length = parse_duration(window)
     return Period(id=f"rolling-{window}", start=now - length, end=now)

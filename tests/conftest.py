@@ -1,0 +1,74 @@
+"""Shared fixtures: a fixed clock, the loopback Langdock simulator, and a client wired to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.langdock import LangdockClient
+from daemon.simulator import Simulator
+from daemon.store import Store
+
+NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)  # a Friday
+API_KEY = "sk-test-4c7d1e9f0a2b"
+
+
+class FakeClock:
+    """Wall clock (aware UTC) and monotonic clock that only move when told to."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+        self.monotonic = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+        self.monotonic += delta.total_seconds()
+
+    async def sleep(self, seconds: float) -> None:
+        """Recorded instead of slept; time moves on as if we had waited."""
+        self.sleeps.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        self.monotonic += seconds
+
+    def mono(self) -> float:
+        return self.monotonic
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def simulator(clock: FakeClock) -> Iterator[Simulator]:
+    sim = Simulator(api_key=API_KEY, clock=clock)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+async def client(simulator: Simulator, clock: FakeClock) -> AsyncIterator[LangdockClient]:
+    async with LangdockClient(
+        simulator.base_url,
+        API_KEY,
+        max_requests_per_minute=6000,
+        max_retries=3,
+        sleep=clock.sleep,
+        clock=clock.mono,
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "state.db")
+    yield s
+    s.close()
