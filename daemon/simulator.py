@@ -289,6 +289,7 @@ class Simulator:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one response, no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
@@ -302,7 +303,7 @@ class Simulator:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="langdock-sim", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="langdock-sim", daemon=True
         )
         self._thread.start()
         return self.base_url
