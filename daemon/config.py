@@ -239,7 +239,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         errors.append(f"{name}: rules: expected a list of rules (each starting with `- name:`)")
     rule_sources: list[tuple[str, int]] = [(name, len(rules))]
     for pattern in data.get("rule_files") or []:
-        matches = sorted(glob.glob(str(base / str(pattern))))
+        matches = [
+            m
+            for m in sorted(glob.glob(str(base / str(pattern))))
+            if Path(m).resolve() != path.resolve()
+        ]  # a broad glob may hit this file
         if not matches:
             errors.append(
                 f"{name}: rule_files: {pattern!r} matches no file (relative to {base});"
@@ -361,6 +365,7 @@ def _resolve_secret_files(data: dict[str, Any], base: Path, name: str, errors: l
             )
             continue
         block[key] = secret
+        del block[file_key]
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

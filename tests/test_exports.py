@@ -87,12 +87,22 @@ def test_models_export_with_byok_errors_and_latency() -> None:
 
 
 def test_documented_models_columns_without_byok() -> None:
-    text = "period_start,period_end,org_id,name,provider,bring_your_keys,requests\nx,y,o,m,p,false,7\n"
+    text = (
+        "period_start,period_end,org_id,name,provider,bring_your_keys,requests\nx,y,o,m,p,false,7\n"
+    )
     (row,) = parse_model_usage(lines(text))
-    assert (row.model, row.provider, row.requests, row.cost_usd, row.errors) == ("m", "p", 7, None, None)
+    assert (row.model, row.provider, row.requests, row.cost_usd, row.errors) == (
+        "m",
+        "p",
+        7,
+        None,
+        None,
+    )
 
 
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+names = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
+)
 money = st.decimals(min_value=0, max_value=10**9, places=10, allow_nan=False, allow_infinity=False)
 
 

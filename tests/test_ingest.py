@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,13 +26,14 @@ def test_first_start_plans_the_whole_backfill_newest_first() -> None:
     plan = plan_buckets(NOW, BERLIN, timedelta(days=2), SETTLE, {})
     assert len(plan) == 49  # 48 complete hours plus the running one
     assert plan[0].start <= NOW < plan[0].end
-    assert all(a.start > b.start for a, b in zip(plan, plan[1:], strict=False))
+    assert all(a.start > b.start for a, b in pairwise(plan))
 
 
 @settings(max_examples=12, deadline=None)
 @given(
-    start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1),
-                       timezones=st.just(UTC)),
+    start=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)
+    ),
     interval_minutes=st.sampled_from([2, 5, 15]),
     zone=st.sampled_from(["Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe"]),
 )
@@ -69,8 +71,9 @@ def test_downtime_gap_is_filled() -> None:
 async def test_poll_stores_exactly_what_langdock_reports(
     client: LangdockClient, simulator: Simulator, store: Store, clock: FakeClock
 ) -> None:
-    report = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(days=2),
-                        settle_after=SETTLE)
+    report = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(days=2), settle_after=SETTLE
+    )
     assert report.ok and report.planned == report.fetched == 2 * 49
     assert report.calls == 98
     day = calendar_period("day", NOW - timedelta(days=1), BERLIN)
@@ -84,28 +87,32 @@ async def test_poll_stores_exactly_what_langdock_reports(
     assert got == expected
     # the next poll, five minutes on, only refreshes the running hour of both exports
     clock.advance(timedelta(minutes=5))
-    again = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(days=2),
-                       settle_after=SETTLE)
+    again = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(days=2), settle_after=SETTLE
+    )
     assert again.ok and again.calls == len(EXPORTS)
 
 
 async def test_langdock_outage_stores_nothing_partial_and_recovers(
     client: LangdockClient, simulator: Simulator, store: Store, clock: FakeClock
 ) -> None:
-    first = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                       settle_after=SETTLE)
+    first = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+    )
     assert first.ok
     before = store.key_model_totals(NOW - timedelta(hours=3), NOW)
     clock.advance(timedelta(minutes=5))
     simulator.faults.extend(Fault(503, {"error": "down"}) for _ in range(4))
-    failed = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                        settle_after=SETTLE)
+    failed = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+    )
     assert not failed.ok and failed.aborted == "server" and failed.fetched == 0
     assert store.key_model_totals(NOW - timedelta(hours=3), NOW) == before
     assert not store.last_fetches(1)[0].ok
     clock.advance(timedelta(minutes=5))
-    recovered = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                           settle_after=SETTLE)
+    recovered = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+    )
     assert recovered.ok and recovered.fetched == 2
 
 
@@ -114,21 +121,28 @@ async def test_a_bad_file_fails_one_bucket_and_is_refetched(
     fault: str, client: LangdockClient, simulator: Simulator, store: Store, clock: FakeClock
 ) -> None:
     simulator.download_faults.append(fault)
-    report = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                        settle_after=SETTLE)
+    report = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+    )
     assert len(report.failures) == 1 and report.aborted is None
     assert report.fetched == report.planned - 1
     failed = report.failures[0]
     assert failed.bucket.start not in store.fetched_segments(failed.export, NOW - timedelta(days=1))
     clock.advance(timedelta(minutes=5))
-    retry = await poll(client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                       settle_after=SETTLE)
+    retry = await poll(
+        client, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+    )
     assert retry.ok
     assert failed.bucket.start in store.fetched_segments(failed.export, NOW - timedelta(days=1))
 
 
-async def test_auth_failure_stops_the_poll(simulator: Simulator, store: Store, clock: FakeClock) -> None:
-    async with LangdockClient(simulator.base_url, "wrong", sleep=clock.sleep, clock=clock.mono) as c:
-        report = await poll(c, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3),
-                            settle_after=SETTLE)
+async def test_auth_failure_stops_the_poll(
+    simulator: Simulator, store: Store, clock: FakeClock
+) -> None:
+    async with LangdockClient(
+        simulator.base_url, "wrong", sleep=clock.sleep, clock=clock.mono
+    ) as c:
+        report = await poll(
+            c, store, now=clock, tz=BERLIN, backfill=timedelta(hours=3), settle_after=SETTLE
+        )
     assert report.aborted == "auth" and report.calls == 1

@@ -24,7 +24,9 @@ HOUR = (NOW.replace(minute=0) - timedelta(hours=1), NOW.replace(minute=0))
 
 def test_body_is_local_wall_clock_time_plus_zone() -> None:
     start = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # 01:00 CET; 02:00 does not exist that day
-    body = export_body(start, start + timedelta(hours=2), ZoneInfo("Europe/Berlin"), group_by="model")
+    body = export_body(
+        start, start + timedelta(hours=2), ZoneInfo("Europe/Berlin"), group_by="model"
+    )
     assert body == {
         "from": {"date": "2026-03-29T01:00:00.000", "timezone": "Europe/Berlin"},
         "to": {"date": "2026-03-29T03:59:59.999", "timezone": "Europe/Berlin"},
@@ -50,8 +52,9 @@ async def test_request_and_download_headers(client: LangdockClient, simulator: S
 
 
 async def test_dedicated_deployment_base_url(simulator: Simulator, clock: FakeClock) -> None:
-    async with LangdockClient(f"{simulator.base_url}/api/public", API_KEY, sleep=clock.sleep,
-                              clock=clock.mono) as c:
+    async with LangdockClient(
+        f"{simulator.base_url}/api/public", API_KEY, sleep=clock.sleep, clock=clock.mono
+    ) as c:
         assert await c.model_usage(*HOUR)
     assert simulator.seen[0].path == "/api/public/export/models"
 
@@ -62,10 +65,15 @@ async def test_no_data_is_zero_rows(client: LangdockClient, simulator: Simulator
     assert len(simulator.seen) == 1  # a 404 "No data found" needs no download
 
 
-async def test_retry_after_is_honoured(client: LangdockClient, simulator: Simulator,
-                                       clock: FakeClock) -> None:
-    simulator.faults.extend([Fault(429, {"error": "Too many requests"}, {"Retry-After": "7"}),
-                             Fault(503, {"error": "busy"})])
+async def test_retry_after_is_honoured(
+    client: LangdockClient, simulator: Simulator, clock: FakeClock
+) -> None:
+    simulator.faults.extend(
+        [
+            Fault(429, {"error": "Too many requests"}, {"Retry-After": "7"}),
+            Fault(503, {"error": "busy"}),
+        ]
+    )
     assert await client.model_usage(*HOUR)
     assert clock.sleeps[0] == 7.0
     assert 1.0 <= clock.sleeps[1] <= 3.0  # exponential backoff (2 s) with jitter
@@ -81,9 +89,12 @@ async def test_retries_are_bounded(client: LangdockClient, simulator: Simulator)
     assert len(simulator.export_requests()) == 4
 
 
-async def test_bad_key_is_an_auth_error_without_the_key(simulator: Simulator, clock: FakeClock) -> None:
-    async with LangdockClient(simulator.base_url, "sk-wrong-key-123", sleep=clock.sleep,
-                              clock=clock.mono) as c:
+async def test_bad_key_is_an_auth_error_without_the_key(
+    simulator: Simulator, clock: FakeClock
+) -> None:
+    async with LangdockClient(
+        simulator.base_url, "sk-wrong-key-123", sleep=clock.sleep, clock=clock.mono
+    ) as c:
         with pytest.raises(AuthError) as err:
             await c.key_usage(*HOUR)
     assert "USAGE_EXPORT_API" in str(err.value)
@@ -108,24 +119,33 @@ async def test_export_too_large_is_split(client: LangdockClient, simulator: Simu
     day = (NOW - timedelta(days=1), NOW)
     whole = await client.key_usage(*day)
     simulator.seen.clear()
-    too_large = {"error": "Export too large: 1500000 rows exceeds limit of 1000000. Please narrow"
-                 " the date range."}
+    too_large = {
+        "error": "Export too large: 1500000 rows exceeds limit of 1000000. Please narrow"
+        " the date range."
+    }
     simulator.faults.extend([Fault(400, too_large), Fault(400, too_large)])
     parts = await client.key_usage(*day)
     bodies = [r.body for r in simulator.export_requests()]
     # whole day refused, first half refused, its two quarters, then the second half
     assert [b["from"]["date"] for b in bodies] == [
-        "2026-11-19T10:30:00.000", "2026-11-19T10:30:00.000", "2026-11-19T10:30:00.000",
-        "2026-11-19T16:30:00.000", "2026-11-19T22:30:00.000",
+        "2026-11-19T10:30:00.000",
+        "2026-11-19T10:30:00.000",
+        "2026-11-19T10:30:00.000",
+        "2026-11-19T16:30:00.000",
+        "2026-11-19T22:30:00.000",
     ]
     assert bodies[-1]["to"]["date"] == "2026-11-20T10:29:59.999"
     summed: dict[tuple[str, str], int] = {}
     for row in parts:
-        summed[(row.api_key_id, row.model)] = summed.get((row.api_key_id, row.model), 0) + row.requests
+        summed[(row.api_key_id, row.model)] = (
+            summed.get((row.api_key_id, row.model), 0) + row.requests
+        )
     assert summed == {(r.api_key_id, r.model): r.requests for r in whole}
 
 
-async def test_expired_url_gets_one_fresh_export(client: LangdockClient, simulator: Simulator) -> None:
+async def test_expired_url_gets_one_fresh_export(
+    client: LangdockClient, simulator: Simulator
+) -> None:
     simulator.download_faults.append("expire")
     assert await client.key_usage(*HOUR)
     assert len(simulator.export_requests()) == 2
@@ -135,7 +155,9 @@ async def test_expired_url_gets_one_fresh_export(client: LangdockClient, simulat
     assert err.value.reason == "download_expired"
 
 
-async def test_truncated_download_is_a_failed_fetch(client: LangdockClient, simulator: Simulator) -> None:
+async def test_truncated_download_is_a_failed_fetch(
+    client: LangdockClient, simulator: Simulator
+) -> None:
     simulator.download_faults.append("truncate")
     with pytest.raises(DataError) as err:
         await client.key_usage(*HOUR)
@@ -143,14 +165,18 @@ async def test_truncated_download_is_a_failed_fetch(client: LangdockClient, simu
     assert "announced" in str(err.value)
 
 
-async def test_garbage_download_is_a_parse_failure(client: LangdockClient, simulator: Simulator) -> None:
+async def test_garbage_download_is_a_parse_failure(
+    client: LangdockClient, simulator: Simulator
+) -> None:
     simulator.download_faults.append("garbage")
     with pytest.raises(DataError) as err:
         await client.key_usage(*HOUR)
     assert err.value.reason == "parse"
 
 
-async def test_signed_url_query_is_not_in_errors(client: LangdockClient, simulator: Simulator) -> None:
+async def test_signed_url_query_is_not_in_errors(
+    client: LangdockClient, simulator: Simulator
+) -> None:
     simulator.download_faults.append("500")
     with pytest.raises(DataError) as err:
         await client.key_usage(*HOUR)
@@ -168,8 +194,9 @@ async def test_token_bucket_paces_requests() -> None:
 
 
 async def test_client_paces_against_the_simulator(simulator: Simulator, clock: FakeClock) -> None:
-    async with LangdockClient(simulator.base_url, API_KEY, max_requests_per_minute=30,
-                              sleep=clock.sleep, clock=clock.mono) as c:
+    async with LangdockClient(
+        simulator.base_url, API_KEY, max_requests_per_minute=30, sleep=clock.sleep, clock=clock.mono
+    ) as c:
         for _ in range(5):
             await c.model_usage(*HOUR)
     assert sum(clock.sleeps) == pytest.approx(4.0)

@@ -22,8 +22,9 @@ H = timedelta(hours=1)
 
 
 def usage(key: str, model: str, cost: str, requests: int = 1, name: str | None = None) -> KeyUsage:
-    return KeyUsage(key, name or key, model, requests, Decimal(cost), prompt_tokens=10,
-                    completion_tokens=5)
+    return KeyUsage(
+        key, name or key, model, requests, Decimal(cost), prompt_tokens=10, completion_tokens=5
+    )
 
 
 def totals(store: Store, start: datetime, end: datetime) -> dict[tuple[str, str], Decimal]:
@@ -31,21 +32,32 @@ def totals(store: Store, start: datetime, end: datetime) -> dict[tuple[str, str]
 
 
 def test_fetching_the_same_hour_twice_gives_the_same_totals(store: Store) -> None:
-    rows = [usage("k1", "gpt-4o", "0.10"), usage("k1", "claude", "0.20"), usage("k2", "gpt-4o", "1")]
+    rows = [
+        usage("k1", "gpt-4o", "0.10"),
+        usage("k1", "claude", "0.20"),
+        usage("k2", "gpt-4o", "1"),
+    ]
     store.replace_key_usage(T0, T0 + H, rows, T0 + H)
     first = totals(store, T0, T0 + H)
     store.replace_key_usage(T0, T0 + H, rows, T0 + 2 * H)
-    assert totals(store, T0, T0 + H) == first == {
-        ("k1", "gpt-4o"): Decimal("0.10"), ("k1", "claude"): Decimal("0.20"),
-        ("k2", "gpt-4o"): Decimal("1"),
-    }
+    assert (
+        totals(store, T0, T0 + H)
+        == first
+        == {
+            ("k1", "gpt-4o"): Decimal("0.10"),
+            ("k1", "claude"): Decimal("0.20"),
+            ("k2", "gpt-4o"): Decimal("1"),
+        }
+    )
     # a later fetch of a growing hour replaces, never adds
     store.replace_key_usage(T0, T0 + H, [usage("k1", "gpt-4o", "0.15")], T0 + 3 * H)
     assert totals(store, T0, T0 + H) == {("k1", "gpt-4o"): Decimal("0.15")}
 
 
 def test_duplicate_rows_in_one_export_are_summed(store: Store) -> None:
-    store.replace_key_usage(T0, T0 + H, [usage("k1", "m", "0.1", 2), usage("k1", "m", "0.2", 3)], T0)
+    store.replace_key_usage(
+        T0, T0 + H, [usage("k1", "m", "0.1", 2), usage("k1", "m", "0.2", 3)], T0
+    )
     (total,) = store.key_model_totals(T0, T0 + H)
     assert (total.requests, total.cost_usd, total.tokens) == (5, Decimal("0.3"), 30)
 
@@ -59,8 +71,13 @@ def test_money_sums_are_exact_decimals(store: Store) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False,
-                            allow_infinity=False), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_store_sum_equals_decimal_sum(amounts: list[Decimal]) -> None:
     store = Store.open(Path(":memory:"))
     try:
@@ -112,10 +129,24 @@ def test_key_names_are_the_last_seen(store: Store) -> None:
 
 def test_model_usage_keeps_errors_and_weighted_latency(store: Store) -> None:
     rows = [
-        ModelUsage("gpt-4o", "openai", True, 100, Decimal("1.5"), errors=Decimal(2),
-                   response_time_ms=Decimal(1000)),
-        ModelUsage("gpt-4o", "openai", True, 300, Decimal("0.5"), errors=Decimal(1),
-                   response_time_ms=Decimal(2000)),
+        ModelUsage(
+            "gpt-4o",
+            "openai",
+            True,
+            100,
+            Decimal("1.5"),
+            errors=Decimal(2),
+            response_time_ms=Decimal(1000),
+        ),
+        ModelUsage(
+            "gpt-4o",
+            "openai",
+            True,
+            300,
+            Decimal("0.5"),
+            errors=Decimal(1),
+            response_time_ms=Decimal(2000),
+        ),
     ]
     assert store.replace_model_usage(T0, T0 + H, rows, T0 + H) == 2
     row = store._conn.execute(
