@@ -50,6 +50,11 @@ class SecretRedactor:
 redactor = SecretRedactor()
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """Looks ``sys.stderr`` up at logging time, so a replaced stderr (tests) is honoured."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(fmt: LogFormat = "json", level: str = "info", stream: Any = None) -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
@@ -68,6 +73,6 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info", stream: Any 
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=_stderr_logger if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.langdock import LangdockClient
+from daemon.logs import configure_logging
 from daemon.simulator import Simulator
 from daemon.store import Store
 
@@ -39,6 +40,12 @@ class FakeClock:
 
     def mono(self) -> float:
         return self.monotonic
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    yield
+    configure_logging()  # a test may have pointed logs at a stream that is now closed
 
 
 @pytest.fixture
