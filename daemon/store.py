@@ -3,8 +3,10 @@
 Usage lives in buckets (one local hour of the configured zone, see `rules.windows`) per
 (api_key_id, model), and per model for the models export. A fetch replaces a whole bucket in
 one transaction, so fetching the same hour twice gives the same totals and a failed or
-truncated fetch leaves the earlier data untouched. Money is stored as decimal text and summed
-with an exact `Decimal` aggregate, never as a float.
+truncated fetch leaves the earlier data untouched. Money is never a float: key usage cost is
+split into whole nano-dollars (an INTEGER that SQLite sums exactly and fast) plus, only when
+the amount has more than nine decimals, the exact decimal rest as text, summed by a `Decimal`
+aggregate. The sum of both is exactly the sum of the amounts Langdock reported.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _MIGRATIONS: dict[int, str] = {
         api_key_id TEXT NOT NULL,
         model TEXT NOT NULL,
         requests INTEGER NOT NULL,
-        cost_usd TEXT NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        cost_rest TEXT,
         prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
         cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
         PRIMARY KEY (bucket_start, api_key_id, model)
@@ -101,6 +104,20 @@ class _DecimalSum:
 
     def finalize(self) -> str | None:
         return str(self.total) if self.seen else None
+
+
+def split_nanos(amount: object) -> tuple[int, str | None]:
+    """``Decimal("0.0123456789")`` → ``(12345678, "9E-10")``: whole nano-dollars, exact rest."""
+    assert isinstance(amount, Decimal)
+    nanos = int(amount.scaleb(9))  # truncates toward zero
+    rest = amount - Decimal(nanos).scaleb(-9)
+    return nanos, (str(rest) if rest else None)
+
+
+def join_nanos(nanos: int | None, rest: str | None) -> Decimal:
+    """The exact inverse of summing `split_nanos` parts."""
+    total = Decimal(nanos or 0).scaleb(-9)
+    return total + Decimal(rest) if rest is not None else total
 
 
 def _ts(instant: datetime) -> int:
@@ -207,9 +224,9 @@ class Store:
         with self._transaction():
             self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))
             self._conn.executemany(
-                "INSERT INTO key_usage VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO key_usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    (s, e, key_id, model, vals[0], str(vals[1]), *vals[2:])
+                    (s, e, key_id, model, vals[0], *split_nanos(vals[1]), *vals[2:])
                     for (key_id, model), vals in totals.items()
                 ),
             )
@@ -331,15 +348,16 @@ class Store:
         token_sum = " + ".join(f"coalesce(sum(u.{f}), 0)" for f in TOKEN_FIELDS[:2])
         rows = self._conn.execute(
             f"""SELECT u.api_key_id, coalesce(k.name, u.api_key_id), u.model,
-                       sum(u.requests), dec_sum(u.cost_usd), {token_sum}
+                       sum(u.requests), sum(u.cost_nanos),
+                       dec_sum(u.cost_rest) FILTER (WHERE u.cost_rest IS NOT NULL), {token_sum}
                 FROM key_usage u LEFT JOIN api_keys k ON k.api_key_id = u.api_key_id
                 WHERE u.bucket_start >= ? AND u.bucket_start < ?
                 GROUP BY u.api_key_id, u.model""",
             (_ts(start), _ts(end)),
         )
         return [
-            KeyModelTotal(key_id, name, model, int(req), Decimal(cost or 0), int(tokens))
-            for key_id, name, model, req, cost, tokens in rows
+            KeyModelTotal(key_id, name, model, int(req), join_nanos(nanos, rest), int(tokens))
+            for key_id, name, model, req, nanos, rest, tokens in rows
         ]
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
