@@ -22,7 +22,7 @@ from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule
 from daemon.store import Store, StoreError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = structlog.get_logger("langdock_budget.cli")
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_OK if args.command == "demo" else EXIT_INTERRUPTED
 
 
 # Defaults applied after parsing: `set_defaults` would leak into the shared parent actions.

@@ -86,8 +86,9 @@ async def run_demo(args: argparse.Namespace) -> bool:
         store = Store.open(config.state.path)
         print(f"demo: simulator at {base_url}, throw-away store in {tmp}; Ctrl-C stops.")
         print(
-            f"demo: polling every {args.interval}; the 'nightly-batch' key starts spiking"
-            f" {args.spike_after} in.\n"
+            f"demo: polling every {args.interval}; history starts {args.backfill} back (so"
+            f" 'month' is partial); the 'nightly-batch' key starts spiking {args.spike_after}"
+            " in.\n"
         )
         try:
             async with make_client(config) as client:

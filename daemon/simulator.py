@@ -19,6 +19,7 @@ import json
 import math
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class Fault:
     status: int
     body: dict[str, Any] | str = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to hang before answering (a stuck upstream)
 
 
 @dataclass
@@ -350,6 +352,8 @@ class Simulator:
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
         if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
             if isinstance(fault.body, str):
                 _send(handler, fault.status, fault.body.encode(), "text/plain", fault.headers)
             else:

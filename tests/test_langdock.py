@@ -89,6 +89,17 @@ async def test_retries_are_bounded(client: LangdockClient, simulator: Simulator)
     assert len(simulator.export_requests()) == 4
 
 
+async def test_a_hanging_request_times_out_and_is_retried(
+    simulator: Simulator, clock: FakeClock
+) -> None:
+    simulator.faults.append(Fault(200, {}, delay=1.0))
+    async with LangdockClient(
+        simulator.base_url, API_KEY, timeout=0.2, max_retries=1, sleep=clock.sleep, clock=clock.mono
+    ) as c:
+        assert await c.model_usage(*HOUR)  # the retry gets the real answer
+    assert len(simulator.export_requests()) == 2
+
+
 async def test_bad_key_is_an_auth_error_without_the_key(
     simulator: Simulator, clock: FakeClock
 ) -> None:
