@@ -14,10 +14,11 @@ import structlog
 
 from daemon import __version__
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.ingest import PollReport, poll
+from daemon.cycle import CycleResult, run_cycle
+from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
-from daemon.report import render_report, spend_report
+from daemon.report import render_evaluations, render_report, spend_report
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule
 from daemon.store import Store, StoreError
@@ -175,22 +176,14 @@ def make_client(config: Config) -> LangdockClient:
     )
 
 
-async def poll_once(
+async def cycle_once(
     config: Config, store: Store, client: LangdockClient, now: Callable[[], datetime] = utc_now
-) -> PollReport:
+) -> CycleResult:
     progress = _progress_bar if sys.stderr.isatty() else None
-    report = await poll(
-        client,
-        store,
-        now=now,
-        tz=config.tz,
-        backfill=config.poll.backfill,
-        settle_after=config.poll.settle_after,
-        progress=progress,
-    )
+    result = await run_cycle(config, store, client, now, progress)
     if progress is not None:
         print(file=sys.stderr)
-    return report
+    return result
 
 
 def _progress_bar(done: int, total: int) -> None:
@@ -208,17 +201,25 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
     store = Store.open(config.state.path)
     try:
-        report = asyncio.run(_once(config, store))
-        print(render_report(spend_report(store, utc_now(), config.tz)))
-        print(summary_line(report))
+        result = asyncio.run(_once(config, store))
+        print(render_cycle(store, config, result, utc_now()))
     finally:
         store.close()
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return EXIT_OK if result.poll.ok else EXIT_FAILED
 
 
-async def _once(config: Config, store: Store) -> PollReport:
+async def _once(config: Config, store: Store) -> CycleResult:
     async with make_client(config) as client:
-        return await poll_once(config, store, client)
+        return await cycle_once(config, store, client)
+
+
+def render_cycle(store: Store, config: Config, result: CycleResult, now: datetime) -> str:
+    """What `once` and `demo` print: spend tables, every rule's result, the poll summary."""
+    parts = [render_report(spend_report(store, now, config.tz))]
+    if config.rules:
+        parts.append(render_evaluations(result.engine, config.tz))
+    parts.append(summary_line(result.poll))
+    return "\n\n".join(parts)
 
 
 def summary_line(report: PollReport) -> str:

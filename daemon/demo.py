@@ -32,6 +32,29 @@ state:
   path: state.db
 metrics:
   listen: 127.0.0.1:9464
+rules:
+  - name: per-key-daily
+    kind: budget
+    each: api_key
+    window: day
+    limit_usd: 20
+    thresholds: [50, 80, 100]
+    severity: {{50: info, 80: warning, 100: critical}}
+    forecast: true
+  - name: workspace-monthly
+    kind: budget
+    window: month
+    limit_usd: 2000
+    thresholds: [80, 100]
+    forecast: true
+  - name: model-spend-spike
+    kind: anomaly
+    each: model
+    metric: cost_usd
+    window: 1h
+    baseline: 1d
+    min_baseline_points: 12
+    min_delta_usd: 2
 """
 
 
@@ -60,9 +83,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def run_demo(args: argparse.Namespace) -> bool:
-    from daemon.cli import make_client, poll_once, summary_line, utc_now
+    from daemon.cli import cycle_once, make_client, render_cycle, utc_now
     from daemon.config import load_config
-    from daemon.report import render_report, spend_report
     from daemon.store import Store
 
     interval = parse_duration(args.interval)
@@ -95,10 +117,10 @@ async def run_demo(args: argparse.Namespace) -> bool:
                 cycle = 0
                 while True:
                     cycle += 1
-                    report = await poll_once(config, store, client)
-                    ok = ok and report.ok
-                    print(render_report(spend_report(store, utc_now(), config.tz)))
-                    print(f"poll {cycle}: {summary_line(report)}\n", flush=True)
+                    result = await cycle_once(config, store, client)
+                    ok = ok and result.poll.ok
+                    print(f"--- poll {cycle} ---")
+                    print(render_cycle(store, config, result, utc_now()) + "\n", flush=True)
                     if args.cycles and cycle >= args.cycles:
                         break
                     await asyncio.sleep(interval.total_seconds())

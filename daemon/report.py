@@ -8,7 +8,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from daemon.money import format_usd
+from daemon.money import format_percent, format_usd
+from daemon.rules.anomaly import AnomalyEvaluation
+from daemon.rules.budget import BudgetEvaluation, Condition
+from daemon.rules.engine import EngineResult
+from daemon.rules.lifecycle import AlertState
 from daemon.rules.windows import calendar_period
 from daemon.store import Store
 
@@ -92,3 +96,117 @@ def _table(title: str, rows: Sequence[SpendRow], total: SpendRow) -> list[str]:
 
     rule = "  ".join("-" * w for w in widths)
     return [fmt(headers), rule, *(fmt(r) for r in body[:-1]), rule, fmt(body[-1])]
+
+
+# ------------------------------------------------------------------------------ rule results
+
+
+def format_amount(amount: Decimal, unit: str) -> str:
+    if unit == "usd":
+        return format_usd(amount)
+    return f"{amount.quantize(Decimal(1)):,}"
+
+
+def _alerts_column(conditions: Sequence[Condition], states: dict[str, AlertState]) -> str:
+    parts = []
+    for condition in conditions:
+        state = states.get(condition.key.id)
+        if state is None or state.status == "inactive":
+            continue
+        name = condition.key.condition
+        label = f"{name}%" if name[0].isdigit() else name
+        parts.append(
+            f"{label} {state.status.upper() if state.status == 'firing' else state.status}"
+        )
+    return ", ".join(parts) or "ok"
+
+
+def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
+    budgets = [e for e in result.evaluations if isinstance(e, BudgetEvaluation)]
+    anomalies = [e for e in result.evaluations if isinstance(e, AnomalyEvaluation)]
+    lines: list[str] = []
+    if budgets:
+        rows = []
+        for b in budgets:
+            forecast = "-"
+            if b.forecast is not None:
+                forecast = f"{format_amount(b.forecast.projected, b.unit)} ({b.forecast.method})"
+                if b.forecast.crossing is not None:
+                    forecast += f", 100% at {b.forecast.crossing.astimezone(tz):%m-%d %H:%M}"
+            rows.append(
+                [
+                    b.rule,
+                    b.member.label,
+                    b.period.id,
+                    format_amount(b.spend, b.unit),
+                    format_amount(b.limit, b.unit),
+                    format_percent(b.utilization),
+                    forecast,
+                    _alerts_column(b.conditions, result.states),
+                ]
+            )
+        lines += _grid(
+            ["Budget rule", "member", "period", "spent", "limit", "used", "forecast", "alerts"],
+            rows,
+            right={3, 4, 5},
+        )
+    if anomalies:
+        if lines:
+            lines.append("")
+        rows = []
+        for a in anomalies:
+            observed = _metric_text(a.observed, a.metric)
+            expected = _metric_text(a.expected, a.metric)
+            score = "-" if a.score is None else f"{a.score:+.1f}"
+            local = a.window.start.astimezone(tz)
+            baseline = a.note or f"{a.points} pts, {a.seasonality}"
+            rows.append(
+                [
+                    a.rule,
+                    a.member.label,
+                    a.metric,
+                    f"{local:%m-%d %H:%M}",
+                    observed,
+                    expected,
+                    score,
+                    baseline,
+                    _alerts_column(a.conditions, result.states),
+                ]
+            )
+        lines += _grid(
+            [
+                "Anomaly rule",
+                "member",
+                "metric",
+                "window",
+                "observed",
+                "expected",
+                "score",
+                "baseline",
+                "alerts",
+            ],
+            rows,
+            right={4, 5, 6},
+        )
+    return "\n".join(lines) if lines else "Rules: nothing to evaluate yet (no usage in scope)"
+
+
+def _metric_text(value: Decimal | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    if metric == "cost_usd":
+        return format_usd(value)
+    if metric == "error_rate":
+        return format_percent(value)
+    return f"{value.quantize(Decimal('0.1')):,}"
+
+
+def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    return [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]

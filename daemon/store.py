@@ -20,8 +20,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
+from daemon.rules.lifecycle import AlertKey, AlertState
+from daemon.rules.usage import KeyPoint, ModelPoint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -82,6 +84,21 @@ _MIGRATIONS: dict[int, str] = {
         message TEXT
     );
     """,
+    2: """
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        member TEXT NOT NULL,
+        condition TEXT NOT NULL,
+        period TEXT NOT NULL,
+        status TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        last_true INTEGER,
+        fired_at INTEGER,
+        resolved_at INTEGER,
+        severity TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 _FETCH_LOG_KEEP = 5000
 
@@ -126,6 +143,18 @@ def _ts(instant: datetime) -> int:
 
 def _dt(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _opt_dt(seconds: int | None) -> datetime | None:
+    return None if seconds is None else _dt(seconds)
+
+
+def _opt_ts(instant: datetime | None) -> int | None:
+    return None if instant is None else _ts(instant)
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +388,74 @@ class Store:
             KeyModelTotal(key_id, name, model, int(req), join_nanos(nanos, rest), int(tokens))
             for key_id, name, model, req, nanos, rest, tokens in rows
         ]
+
+    def key_points(self, start: datetime, end: datetime) -> list[KeyPoint]:
+        """Every (key, model) bucket that starts in [start, end), for the rule engine."""
+        rows = self._conn.execute(
+            """SELECT bucket_start, api_key_id, model, cost_nanos, cost_rest, requests,
+                      coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)
+               FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?""",
+            (_ts(start), _ts(end)),
+        )
+        return [
+            KeyPoint(_dt(s), key_id, model, join_nanos(nanos, rest), req, tokens)
+            for s, key_id, model, nanos, rest, req, tokens in rows
+        ]
+
+    def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:
+        rows = self._conn.execute(
+            """SELECT bucket_start, model, requests, errors, response_time_ms FROM model_usage
+               WHERE bucket_start >= ? AND bucket_start < ?""",
+            (_ts(start), _ts(end)),
+        )
+        return [
+            ModelPoint(_dt(s), model, req, _dec(errors), _dec(latency))
+            for s, model, req, errors, latency in rows
+        ]
+
+    def history_start(self) -> datetime | None:
+        """The oldest bucket fetched: baselines and forecasts look no further back."""
+        row = self._conn.execute(
+            "SELECT min(bucket_start) FROM segments WHERE export = 'api-keys'"
+        ).fetchone()
+        return _dt(row[0]) if row and row[0] is not None else None
+
+    def load_alerts(self) -> dict[str, AlertState]:
+        rows = self._conn.execute(
+            "SELECT rule, member, condition, period, status, since, last_true, fired_at,"
+            " resolved_at, severity FROM alerts"
+        )
+        states = {}
+        for rule, member, cond, period, status, since, last_true, fired, resolved, sev in rows:
+            key = AlertKey(rule, member, cond, period)
+            states[key.id] = AlertState(
+                key, status, _dt(since), _opt_dt(last_true), _opt_dt(fired), _opt_dt(resolved), sev
+            )
+        return states
+
+    def save_alerts(self, states: dict[str, AlertState]) -> None:
+        """Replace the stored alert states with ``states`` in one transaction."""
+        with self._transaction():
+            self._conn.execute("DELETE FROM alerts")
+            self._conn.executemany(
+                "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        s.key.id,
+                        s.key.rule,
+                        s.key.member,
+                        s.key.condition,
+                        s.key.period,
+                        s.status,
+                        _ts(s.since),
+                        _opt_ts(s.last_true),
+                        _opt_ts(s.fired_at),
+                        _opt_ts(s.resolved_at),
+                        s.severity,
+                    )
+                    for s in states.values()
+                ),
+            )
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
         rows = self._conn.execute(

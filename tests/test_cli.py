@@ -134,4 +134,5 @@ def test_demo_runs_a_cycle(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--cycles", "1", "--backfill", "2h", "--log-level", "warning"]) == 0
     out = capsys.readouterr().out
     assert "demo: simulator at http://127.0.0.1:" in out
-    assert "prod-web (key_4f1a9c)" in out and "poll 1: fetched" in out
+    assert "prod-web (key_4f1a9c)" in out and "--- poll 1 ---" in out
+    assert "per-key-daily" in out and "model-spend-spike" in out

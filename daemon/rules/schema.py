@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from daemon.rules.durations import format_duration, parse_duration
-from daemon.rules.windows import validate_window
+from daemon.rules.windows import is_calendar, validate_window
 
 
 def _to_timedelta(value: object) -> object:
@@ -107,6 +107,11 @@ class BudgetRule(_RuleBase):
         if sum(limit is not None for limit in limits) != 1:
             raise ValueError(
                 "a budget rule needs exactly one of limit_usd, limit_requests, limit_tokens"
+            )
+        if self.forecast and not is_calendar(self.window):
+            raise ValueError(
+                "forecast needs a calendar window (day, week, month),"
+                f" not the rolling {self.window}"
             )
         if isinstance(self.severity, dict):
             missing = [t for t in self.thresholds if int(t) not in self.severity]

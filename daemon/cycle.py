@@ -1,0 +1,107 @@
+"""One daemon cycle: poll Langdock into the store, then evaluate every rule.
+
+The I/O shell around the pure engine: it decides how much history the rules need, loads it
+from the store into a `UsageIndex`, runs `rules.engine.evaluate` with the stored alert
+states, and saves the new states. `once`, `demo` and (later) `run` all go through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from daemon.config import Config
+from daemon.ingest import PollReport, Progress, poll
+from daemon.langdock import LangdockClient
+from daemon.rules.budget import PROFILE_WEEKS
+from daemon.rules.engine import EngineResult, evaluate
+from daemon.rules.schema import AnomalyRule, BudgetRule
+from daemon.rules.usage import UsageIndex
+from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
+from daemon.store import Store
+
+log = structlog.get_logger("langdock_budget.cycle")
+
+
+@dataclass
+class CycleResult:
+    poll: PollReport
+    engine: EngineResult
+
+
+def history_needed(
+    rules: Sequence[BudgetRule | AnomalyRule], now: datetime, tz: ZoneInfo
+) -> datetime:
+    """The oldest bucket any rule looks at (window, baseline, forecast profile)."""
+    oldest = now
+    for rule in rules:
+        if isinstance(rule, BudgetRule):
+            start = window_period(rule.window, now, tz).start
+            if rule.forecast and is_calendar(rule.window):
+                start -= timedelta(weeks=PROFILE_WEEKS)
+        else:
+            start = bucket_start(now, tz) - rule.window - rule.baseline
+        oldest = min(oldest, start)
+    return oldest
+
+
+def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
+    start = history_needed(config.rules, now, config.tz)
+    end = bucket_end(now, config.tz)
+    return UsageIndex(
+        store.key_points(start, end),
+        store.model_points(start, end),
+        key_names=store.api_key_names(),
+        history_start=store.history_start(),
+    )
+
+
+def evaluate_rules(store: Store, config: Config, now: datetime) -> EngineResult:
+    """Evaluate all rules against the store and persist the new alert states."""
+    if not config.rules:
+        return EngineResult()
+    usage = load_usage(store, config, now)
+    result = evaluate(config.rules, usage, store.load_alerts(), now, config.tz)
+    store.save_alerts(result.states)
+    for notice in result.notices:
+        state = notice.transition.state
+        log.info(
+            "alert_" + notice.transition.kind,
+            rule=state.key.rule,
+            member=state.key.member,
+            condition=state.key.condition,
+            period=state.key.period,
+            severity=state.severity,
+            reason=notice.transition.reason or None,
+        )
+    log.info(
+        "rules_evaluated",
+        rules=len(config.rules),
+        evaluations=len(result.evaluations),
+        firing=len(result.firing),
+        transitions=len(result.notices),
+    )
+    return result
+
+
+async def run_cycle(
+    config: Config,
+    store: Store,
+    client: LangdockClient,
+    now: Callable[[], datetime],
+    progress: Progress | None = None,
+) -> CycleResult:
+    report = await poll(
+        client,
+        store,
+        now=now,
+        tz=config.tz,
+        backfill=config.poll.backfill,
+        settle_after=config.poll.settle_after,
+        progress=progress,
+    )
+    return CycleResult(report, evaluate_rules(store, config, now()))

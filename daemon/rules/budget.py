@@ -1,0 +1,195 @@
+"""Budget rules: spend (or requests, tokens) over a window against a limit, with a forecast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from daemon.rules.lifecycle import AlertKey
+from daemon.rules.schema import BudgetRule, Severity
+from daemon.rules.usage import Member, MemberUsage, Metric, Series, UsageIndex
+from daemon.rules.windows import Period, bucket_start, buckets, is_calendar, window_period
+
+Unit = Literal["usd", "requests", "tokens"]
+WEEK = timedelta(days=7)
+PROFILE_WEEKS = 4
+LINEAR_MIN_ELAPSED = Decimal("0.1")  # a run-rate from the first minutes of a month is noise
+
+
+@dataclass(frozen=True)
+class Forecast:
+    projected: Decimal
+    method: Literal["hour_of_week", "linear"]
+    crossing: datetime | None  # when the projection reaches the limit (None: not in this period)
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: AlertKey
+    holds: bool
+    severity: Severity
+
+
+@dataclass(frozen=True)
+class BudgetEvaluation:
+    rule: str
+    member: Member
+    window: str
+    period: Period
+    now: datetime
+    unit: Unit
+    spend: Decimal
+    limit: Decimal
+    forecast: Forecast | None
+    conditions: tuple[Condition, ...]
+    top_parts: tuple[tuple[str, Decimal], ...] = ()
+
+    @property
+    def utilization(self) -> Decimal:
+        return self.spend / self.limit
+
+
+def rule_unit(rule: BudgetRule) -> tuple[Unit, Decimal]:
+    if rule.limit_usd is not None:
+        return "usd", rule.limit_usd
+    if rule.limit_requests is not None:
+        return "requests", Decimal(rule.limit_requests)
+    assert rule.limit_tokens is not None
+    return "tokens", Decimal(rule.limit_tokens)
+
+
+_METRIC: dict[Unit, Metric] = {"usd": "cost_usd", "requests": "requests", "tokens": "tokens"}
+
+
+def evaluate_budget(
+    rule: BudgetRule, usage: UsageIndex, now: datetime, tz: ZoneInfo
+) -> list[BudgetEvaluation]:
+    """One evaluation per member of ``rule`` at ``now``."""
+    unit, limit = rule_unit(rule)
+    period = window_period(rule.window, now, tz)
+    end = min(now, period.end)
+    results = []
+    for member_usage in usage.members(rule, _METRIC[unit]):
+        spend = member_usage.value.total(period.start, end)
+        forecast = None
+        if rule.forecast and is_calendar(rule.window):
+            forecast = project(
+                member_usage.value, period, now, tz, spend, limit, usage.history_start
+            )
+        conditions = [
+            Condition(
+                AlertKey(rule.name, member_usage.member.id, _pct(t), period.id),
+                spend >= limit * t / 100,
+                rule.severity_for(t),
+            )
+            for t in rule.thresholds
+        ]
+        if forecast is not None:
+            conditions.append(
+                Condition(
+                    AlertKey(rule.name, member_usage.member.id, "forecast", period.id),
+                    forecast.projected >= limit and spend < limit,
+                    rule.severity_for(max(rule.thresholds))
+                    if isinstance(rule.severity, dict)
+                    else rule.severity,
+                )
+            )
+        results.append(
+            BudgetEvaluation(
+                rule.name,
+                member_usage.member,
+                rule.window,
+                period,
+                now,
+                unit,
+                spend,
+                limit,
+                forecast,
+                tuple(conditions),
+                _top_parts(member_usage, period.start, end),
+            )
+        )
+    return results
+
+
+def _pct(threshold: Decimal) -> str:
+    return str(threshold.normalize()) if threshold == threshold.to_integral() else str(threshold)
+
+
+def _top_parts(
+    member: MemberUsage, start: datetime, end: datetime
+) -> tuple[tuple[str, Decimal], ...]:
+    totals = [(label, series.total(start, end)) for label, series in member.parts.items()]
+    totals = [t for t in totals if t[1]]
+    return tuple(sorted(totals, key=lambda t: (-t[1], t[0]))[:3])
+
+
+def project(
+    series: Series,
+    period: Period,
+    now: datetime,
+    tz: ZoneInfo,
+    spend: Decimal,
+    limit: Decimal,
+    history_start: datetime | None,
+) -> Forecast | None:
+    """Projected total of ``period`` from the spend so far.
+
+    With a week or more of history, each remaining bucket is expected to repeat the mean of
+    the same hour of the week over the last (up to four) weeks; otherwise the run-rate so far
+    is extended linearly (once a tenth of the period has passed). At the end of the period
+    the projection is the spend.
+    """
+    if now >= period.end:
+        return Forecast(spend, "linear", None)
+    if history_start is not None and history_start <= now - WEEK:
+        return _profile_forecast(series, period, now, tz, spend, limit, history_start)
+    elapsed = Decimal((now - period.start).total_seconds())
+    length = Decimal(period.duration.total_seconds())
+    if elapsed <= 0 or elapsed / length < LINEAR_MIN_ELAPSED:
+        return None
+    rate = spend / elapsed
+    projected = spend + rate * Decimal((period.end - now).total_seconds())
+    crossing = None
+    if spend < limit <= projected and rate > 0:
+        crossing = now + timedelta(seconds=float((limit - spend) / rate))
+    return Forecast(projected, "linear", crossing)
+
+
+def _profile_forecast(
+    series: Series,
+    period: Period,
+    now: datetime,
+    tz: ZoneInfo,
+    spend: Decimal,
+    limit: Decimal,
+    history_start: datetime,
+) -> Forecast:
+    total = spend
+    crossing = None
+    current = bucket_start(now, tz)
+    for bucket in buckets(current, period.end, tz):
+        samples = [
+            series.total(bucket.start - k * WEEK, bucket.end - k * WEEK)
+            for k in range(1, PROFILE_WEEKS + 1)
+            if bucket.start - k * WEEK >= history_start
+        ]
+        if not samples:
+            continue
+        expected = sum(samples, Decimal(0)) / len(samples)
+        if bucket.start < now:  # the running bucket: only its remaining part is still to come
+            left = Decimal((bucket.end - now).total_seconds()) / Decimal(
+                (bucket.end - bucket.start).total_seconds()
+            )
+            expected *= left
+        if crossing is None and total < limit <= total + expected:
+            share = (limit - total) / expected
+            begin = max(bucket.start, now)
+            crossing = begin + (bucket.end - begin) * float(share)
+        total += expected
+    if spend >= limit:
+        crossing = None
+    return Forecast(total, "hour_of_week", crossing)

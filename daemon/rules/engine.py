@@ -1,0 +1,119 @@
+"""One evaluation cycle: every rule against the usage, then every alert through its lifecycle.
+
+Input: rules, a `UsageIndex`, the previous alert states and ``now``. Output: the evaluations
+(for reports and metrics), the new states (for the store) and the transitions (for the
+notifier). Pure: same input, same output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from daemon.rules.anomaly import AnomalyEvaluation, evaluate_anomaly
+from daemon.rules.budget import BudgetEvaluation, evaluate_budget
+from daemon.rules.lifecycle import AlertState, Transition, end_period, step
+from daemon.rules.schema import AnomalyRule, BudgetRule
+from daemon.rules.usage import UsageIndex
+from daemon.rules.windows import window_period
+
+Evaluation = BudgetEvaluation | AnomalyEvaluation
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A transition with the evaluation that caused it (None: the rule's period ended)."""
+
+    transition: Transition
+    evaluation: Evaluation | None
+
+
+@dataclass
+class EngineResult:
+    evaluations: list[Evaluation] = field(default_factory=list)
+    states: dict[str, AlertState] = field(default_factory=dict)
+    notices: list[Notice] = field(default_factory=list)
+
+    @property
+    def firing(self) -> list[AlertState]:
+        return [s for s in self.states.values() if s.status == "firing"]
+
+
+def evaluate(
+    rules: Sequence[BudgetRule | AnomalyRule],
+    usage: UsageIndex,
+    previous: dict[str, AlertState],
+    now: datetime,
+    tz: ZoneInfo,
+) -> EngineResult:
+    result = EngineResult()
+    seen: set[str] = set()
+    by_name = {rule.name: rule for rule in rules}
+    for rule in rules:
+        evaluations: Sequence[Evaluation] = (
+            evaluate_budget(rule, usage, now, tz)
+            if isinstance(rule, BudgetRule)
+            else evaluate_anomaly(rule, usage, now, tz)
+        )
+        for evaluation in evaluations:
+            result.evaluations.append(evaluation)
+            for condition in evaluation.conditions:
+                key_id = condition.key.id
+                seen.add(key_id)
+                state, transition = step(
+                    previous.get(key_id),
+                    condition.key,
+                    condition.holds,
+                    now,
+                    for_=rule.for_,
+                    keep_firing_for=rule.keep_firing_for,
+                    severity=condition.severity,
+                )
+                if (
+                    transition is not None
+                    and transition.kind == "resolved"
+                    and condition.key.condition == "forecast"
+                    and isinstance(evaluation, BudgetEvaluation)
+                    and evaluation.spend >= evaluation.limit
+                ):
+                    transition = replace(transition, reason="spend reached the limit")
+                _keep(result, key_id, state, transition, evaluation)
+    for key_id, state in previous.items():
+        if key_id in seen:
+            continue
+        known = by_name.get(state.key.rule)
+        if known is None:
+            continue  # the rule was removed from the config: forget its alerts
+        rule = known
+        if (
+            isinstance(rule, BudgetRule)
+            and state.key.period != window_period(rule.window, now, tz).id
+        ):
+            new_state, transition = end_period(state, now)
+        else:  # the member has no usage in the window any more, or could not be judged
+            new_state, transition = step(
+                state,
+                state.key,
+                False,
+                now,
+                for_=rule.for_,
+                keep_firing_for=rule.keep_firing_for,
+                severity=state.severity,
+            )
+        _keep(result, key_id, new_state, transition, None)
+    return result
+
+
+def _keep(
+    result: EngineResult,
+    key_id: str,
+    state: AlertState | None,
+    transition: Transition | None,
+    evaluation: Evaluation | None,
+) -> None:
+    if state is not None:
+        result.states[key_id] = state
+    if transition is not None:
+        result.notices.append(Notice(transition, evaluation))

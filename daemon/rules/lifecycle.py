@@ -1,0 +1,98 @@
+"""Alert lifecycle shared by budget and anomaly rules: inactive → pending → firing → resolved.
+
+`for` is how long a condition must hold before the alert fires (as in Prometheus);
+`keep_firing_for` holds a firing alert that long after its condition cleared, to stop
+flapping. An alert of a calendar period that has ended resolves at once (reason
+``period ended``): a new period starts fresh. The notifier acts on the transitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+Status = Literal["inactive", "pending", "firing", "resolved"]
+TransitionKind = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class AlertKey:
+    """Identity of an alert: (rule, member, threshold or direction, window period)."""
+
+    rule: str
+    member: str
+    condition: str  # "80" (percent), "forecast", "up", "down"
+    period: str  # calendar period id, "rolling-24h", or "" for anomalies
+
+    @property
+    def id(self) -> str:
+        return "|".join((self.rule, self.member, self.condition, self.period))
+
+
+@dataclass(frozen=True)
+class AlertState:
+    key: AlertKey
+    status: Status
+    since: datetime  # when the current status began
+    last_true: datetime | None = None  # last evaluation at which the condition held
+    fired_at: datetime | None = None
+    resolved_at: datetime | None = None
+    severity: str = "warning"
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: TransitionKind
+    state: AlertState
+    reason: str = ""
+
+
+def step(
+    previous: AlertState | None,
+    key: AlertKey,
+    holds: bool,
+    now: datetime,
+    *,
+    for_: timedelta = timedelta(0),
+    keep_firing_for: timedelta = timedelta(0),
+    severity: str = "warning",
+) -> tuple[AlertState | None, Transition | None]:
+    """Advance one alert by one evaluation; ``None`` state means nothing worth keeping."""
+    status = previous.status if previous is not None else "inactive"
+    if status in ("inactive", "resolved"):
+        if not holds:
+            # A resolved alert of a period is remembered until the period ends, so it can't
+            # fire twice in one period from a jittery value; an anomaly's is dropped.
+            keep = previous is not None and status == "resolved" and previous.key.period != ""
+            return (previous if keep else None), None
+        if for_ <= timedelta(0):
+            fired = AlertState(key, "firing", now, now, now, None, severity)
+            return fired, Transition("firing", fired)
+        return AlertState(key, "pending", now, now, severity=severity), None
+    assert previous is not None
+    if status == "pending":
+        if not holds:
+            return None, None
+        if now - previous.since >= for_:
+            fired = replace(
+                previous, status="firing", since=now, last_true=now, fired_at=now, severity=severity
+            )
+            return fired, Transition("firing", fired)
+        return replace(previous, last_true=now, severity=severity), None
+    # firing
+    if holds:
+        return replace(previous, last_true=now, severity=severity), None
+    last_true = previous.last_true or previous.since
+    if now - last_true < keep_firing_for:
+        return previous, None
+    resolved = replace(previous, status="resolved", since=now, resolved_at=now)
+    return resolved, Transition("resolved", resolved, "condition cleared")
+
+
+def end_period(state: AlertState, now: datetime) -> tuple[AlertState | None, Transition | None]:
+    """The calendar period of ``state`` is over: a firing alert resolves, the rest is dropped."""
+    if state.status != "firing":
+        return None, None
+    resolved = replace(state, status="resolved", since=now, resolved_at=now)
+    return resolved, Transition("resolved", resolved, "period ended")

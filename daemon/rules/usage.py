@@ -1,0 +1,252 @@
+"""Usage series as the engine sees them: per-bucket values with prefix sums, and scopes.
+
+The shell loads hourly buckets from the store into a `UsageIndex` once per cycle; every rule
+then selects its members (glob scopes, `each`, `exclude`) and sums any range of buckets in
+O(log n) through prefix sums. Nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from daemon.rules.schema import AnomalyRule, BudgetRule, Scope
+
+Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
+PAIR_METRICS = ("cost_usd", "requests", "tokens")
+WORKSPACE = "*"
+
+
+def ts(instant: datetime) -> int:
+    return int(instant.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPoint:
+    """One stored bucket of one (API key, model) pair."""
+
+    bucket_start: datetime
+    api_key_id: str
+    model: str
+    cost_usd: Decimal
+    requests: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPoint:
+    """One stored bucket of the models export (errors and latency live only here)."""
+
+    bucket_start: datetime
+    model: str
+    requests: int
+    errors: Decimal | None
+    response_time_ms: Decimal | None
+
+
+class Series:
+    """Values per bucket start (unix seconds) with prefix sums for fast range totals."""
+
+    __slots__ = ("_prefix", "starts", "values")
+
+    def __init__(self, points: dict[int, Decimal]) -> None:
+        self.starts = sorted(points)
+        self.values = [points[s] for s in self.starts]
+        prefix = [Decimal(0)]
+        for value in self.values:
+            prefix.append(prefix[-1] + value)
+        self._prefix = prefix
+
+    def total(self, start: datetime, end: datetime) -> Decimal:
+        """Sum over buckets that start in [start, end)."""
+        lo, hi = bisect_left(self.starts, ts(start)), bisect_left(self.starts, ts(end))
+        return self._prefix[hi] - self._prefix[lo] if hi > lo else Decimal(0)
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+
+def merge(series_points: Iterable[dict[int, Decimal]]) -> Series:
+    merged: dict[int, Decimal] = {}
+    for points in series_points:
+        for start, value in points.items():
+            merged[start] = merged.get(start, Decimal(0)) + value
+    return Series(merged)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One alert series of a rule: the workspace (``*``), an API key id, or a model name."""
+
+    id: str
+    label: str
+    dimension: Literal["workspace", "api_key", "model"]
+
+
+@dataclass
+class MemberUsage:
+    """A member's series for one metric (ratio metrics carry numerator and denominator)."""
+
+    member: Member
+    value: Series  # the metric itself, or the numerator of a ratio
+    weight: Series | None = None  # the denominator of a ratio metric (requests)
+    parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
+
+    def total(self, start: datetime, end: datetime) -> Decimal | None:
+        """The metric over [start, end): a sum, or a ratio (None with no requests)."""
+        numerator = self.value.total(start, end)
+        if self.weight is None:
+            return numerator
+        denominator = self.weight.total(start, end)
+        return numerator / denominator if denominator else None
+
+
+class UsageIndex:
+    """All usage the engine may look at in one cycle."""
+
+    def __init__(
+        self,
+        key_points: Iterable[KeyPoint],
+        model_points: Iterable[ModelPoint] = (),
+        *,
+        key_names: dict[str, str] | None = None,
+        history_start: datetime | None = None,
+    ) -> None:
+        self.key_names = dict(key_names or {})
+        self.history_start = history_start
+        # (key id, model) → metric → bucket start → value
+        self.pairs: dict[tuple[str, str], dict[str, dict[int, Decimal]]] = {}
+        for p in key_points:
+            per_metric = self.pairs.setdefault(
+                (p.api_key_id, p.model), {m: {} for m in PAIR_METRICS}
+            )
+            start = ts(p.bucket_start)
+            per_metric["cost_usd"][start] = p.cost_usd
+            per_metric["requests"][start] = Decimal(p.requests)
+            per_metric["tokens"][start] = Decimal(p.tokens)
+        # model → requests / errors / latency×requests per bucket (only buckets that have them)
+        self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
+        for m in model_points:
+            per = self.models.setdefault(
+                m.model,
+                {"requests": {}, "errors": {}, "latency_weight": {}, "latency_requests": {}},
+            )
+            start = ts(m.bucket_start)
+            per["requests"][start] = per["requests"].get(start, Decimal(0)) + m.requests
+            if m.errors is not None:
+                per["errors"][start] = per["errors"].get(start, Decimal(0)) + m.errors
+            if m.response_time_ms is not None and m.requests:
+                weight = m.response_time_ms * m.requests
+                per["latency_weight"][start] = per["latency_weight"].get(start, Decimal(0)) + weight
+                per["latency_requests"][start] = (
+                    per["latency_requests"].get(start, Decimal(0)) + m.requests
+                )
+
+    def name_of(self, key_id: str) -> str:
+        return self.key_names.get(key_id, key_id)
+
+    def known_keys(self) -> set[str]:
+        return {k for k, _ in self.pairs} | set(self.key_names)
+
+    def known_models(self) -> set[str]:
+        return {m for _, m in self.pairs if m} | set(self.models)
+
+    # ------------------------------------------------------------ scope and members
+
+    def _key_matches(self, scope: Scope, exclude: list[str], key_id: str) -> bool:
+        name = self.name_of(key_id)
+        if scope.api_key is not None and not (
+            fnmatchcase(name, scope.api_key) or fnmatchcase(key_id, scope.api_key)
+        ):
+            return False
+        return not any(fnmatchcase(name, g) or fnmatchcase(key_id, g) for g in exclude)
+
+    @staticmethod
+    def _model_matches(scope: Scope, exclude: list[str], model: str) -> bool:
+        if scope.model is not None and not fnmatchcase(model, scope.model):
+            return False
+        return not any(fnmatchcase(model, g) for g in exclude)
+
+    def _member(self, rule: BudgetRule | AnomalyRule, key_id: str, model: str) -> Member:
+        if rule.each == "api_key":
+            return Member(key_id, f"{self.name_of(key_id)} ({key_id})", "api_key")
+        if rule.each == "model":
+            return Member(model, model, "model")
+        return Member(WORKSPACE, _scope_label(rule.scope), "workspace")
+
+    def members(self, rule: BudgetRule | AnomalyRule, metric: Metric) -> list[MemberUsage]:
+        """The rule's members with their series for ``metric``, sorted by member id."""
+        if metric in ("error_rate", "response_time_ms"):
+            return self._model_metric_members(rule, metric)
+        grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
+        for (key_id, model), per_metric in self.pairs.items():
+            if not (
+                self._key_matches(rule.scope, rule.exclude, key_id)
+                and self._model_matches(rule.scope, rule.exclude, model)
+            ):
+                continue
+            member = self._member(rule, key_id, model)
+            part = model if member.dimension == "api_key" else f"{self.name_of(key_id)} ({key_id})"
+            grouped.setdefault(member, []).append((part, per_metric[metric]))
+        result = []
+        for member, parts in sorted(grouped.items(), key=lambda item: item[0].id):
+            by_part: dict[str, list[dict[int, Decimal]]] = {}
+            for label, points in parts:
+                by_part.setdefault(label, []).append(points)
+            result.append(
+                MemberUsage(
+                    member,
+                    merge(points for _, points in parts),
+                    parts={label: merge(p) for label, p in by_part.items()},
+                )
+            )
+        return result
+
+    def _model_metric_members(
+        self, rule: BudgetRule | AnomalyRule, metric: Metric
+    ) -> list[MemberUsage]:
+        numerator, denominator = (
+            ("errors", "requests")
+            if metric == "error_rate"
+            else ("latency_weight", "latency_requests")
+        )
+        grouped: dict[Member, list[dict[str, dict[int, Decimal]]]] = {}
+        for model, per in self.models.items():
+            if not per[numerator] or not self._model_matches(rule.scope, rule.exclude, model):
+                continue
+            member = (
+                Member(model, model, "model")
+                if rule.each == "model"
+                else Member(WORKSPACE, _scope_label(rule.scope), "workspace")
+            )
+            grouped.setdefault(member, []).append(per)
+        return [
+            MemberUsage(
+                member,
+                merge(p[numerator] for p in pers),
+                weight=merge(
+                    # only buckets that reported the numerator count in the denominator
+                    {s: p[denominator].get(s, Decimal(0)) for s in p[numerator]}
+                    for p in pers
+                ),
+            )
+            for member, pers in sorted(grouped.items(), key=lambda item: item[0].id)
+        ]
+
+
+def _scope_label(scope: Scope) -> str:
+    parts = [
+        f"key {scope.api_key}" if scope.api_key else "",
+        f"model {scope.model}" if scope.model else "",
+    ]
+    text = ", ".join(p for p in parts if p)
+    return text or "workspace"
+
+
+def utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
