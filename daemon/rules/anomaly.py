@@ -61,20 +61,30 @@ def robust_score(
     """(expected, spread, score) of ``observed`` against slotted baseline ``samples``.
 
     ``expected`` is the median of the samples in ``slot`` (of all samples when the slot has
-    none); ``spread`` is the scaled MAD of the samples around their own slot medians.
+    none). ``spread`` is the scaled MAD of the samples around their own slot medians; a
+    deviation from the median of n samples understates the spread by about sqrt((n-1)/n), so
+    each is scaled back (slots of one sample say nothing about spread and are skipped). The
+    score divides by the spread of a *new* value against an n-sample estimate,
+    spread * sqrt(1 + 1/n), so two weeks of hour-of-week history (n = 2) is not overconfident.
     """
     by_slot: dict[Hashable, list[Decimal]] = defaultdict(list)
     for sample_slot, value in samples:
         by_slot[sample_slot].append(value)
-    slot_median = {s: median(v) for s, v in by_slot.items()}
-    same = by_slot.get(slot)
-    expected = slot_median[slot] if same else median([v for _, v in samples])
-    spread = median([abs(v - slot_median[s]) for s, v in samples]) * MAD_SCALE
+    deviations = []
+    for values in by_slot.values():
+        if len(values) > 1:
+            centre = median(values)
+            correction = (Decimal(len(values)) / (len(values) - 1)).sqrt()
+            deviations += [abs(v - centre) * correction for v in values]
+    reference = by_slot.get(slot) or [v for _, v in samples]
+    expected = median(reference)
+    spread = median(deviations) * MAD_SCALE if deviations else Decimal(0)
     delta = observed - expected
-    if spread == 0:
+    scale = spread * (1 + Decimal(1) / len(reference)).sqrt()
+    if scale == 0:
         score = 0.0 if delta == 0 else (float("inf") if delta > 0 else float("-inf"))
     else:
-        score = float(delta / spread)
+        score = float(delta / scale)
     return expected, spread, score
 
 

@@ -116,7 +116,7 @@ def evaluate_budget(
 
 
 def _pct(threshold: Decimal) -> str:
-    return str(threshold.normalize()) if threshold == threshold.to_integral() else str(threshold)
+    return format(threshold.normalize(), "f")  # 50 → "50", 80.5 → "80.5"
 
 
 def _top_parts(
