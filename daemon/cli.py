@@ -14,13 +14,14 @@ import structlog
 
 from daemon import __version__
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.cycle import CycleResult, run_cycle
+from daemon.cycle import CycleResult, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
-from daemon.report import render_evaluations, render_report, spend_report
+from daemon.report import render_active, render_evaluations, render_report, spend_report
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule
+from daemon.rules.usage import expand_members
 from daemon.store import Store, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -116,7 +117,31 @@ def load(args: argparse.Namespace) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args)
     print(describe_config(config))
+    if config.rules:
+        print()
+        print(describe_members(config))
     return EXIT_OK
+
+
+def describe_members(config: Config) -> str:
+    """Each rule expanded over the keys and models in the store (read only; no network)."""
+    if not config.state.path.exists():
+        return "members: no store yet, so rules are not expanded (run `once` first)"
+    store = Store.open(config.state.path)
+    try:
+        key_names, models = store.api_key_names(), store.models()
+    finally:
+        store.close()
+    lines = [f"members (from {len(key_names)} keys and {len(models)} models in the store):"]
+    for rule in config.rules:
+        members, warnings = expand_members(rule, key_names, models)
+        shown = ", ".join(members[:8]) + (f", +{len(members) - 8} more" if len(members) > 8 else "")
+        lines.append(f"  - {rule.name}: {shown or '(none yet)'}")
+        lines += [
+            f"    warning: {rule.name}: {w} (new keys and models join when they appear)"
+            for w in warnings
+        ]
+    return "\n".join(lines)
 
 
 def describe_config(config: Config) -> str:
@@ -245,6 +270,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         now = utc_now()
         print(render_report(spend_report(store, now, config.tz)))
         print()
+        if config.rules:
+            stored = store.load_alerts()
+            result = evaluate_rules(store, config, now, persist=False)
+            print(render_evaluations(result, config.tz))
+            print()
+            print(render_active(stored, config.tz))
+            print()
         for export in ("api-keys", "models"):
             last = store.last_success(export)
             age = f"{(now - last).total_seconds() / 60:.0f} min ago" if last else "never"

@@ -60,12 +60,16 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
     )
 
 
-def evaluate_rules(store: Store, config: Config, now: datetime) -> EngineResult:
-    """Evaluate all rules against the store and persist the new alert states."""
+def evaluate_rules(
+    store: Store, config: Config, now: datetime, *, persist: bool = True
+) -> EngineResult:
+    """Evaluate all rules against the store; persist the new alert states unless told not to."""
     if not config.rules:
         return EngineResult()
     usage = load_usage(store, config, now)
     result = evaluate(config.rules, usage, store.load_alerts(), now, config.tz)
+    if not persist:
+        return result
     store.save_alerts(result.states)
     for notice in result.notices:
         state = notice.transition.state

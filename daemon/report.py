@@ -191,6 +191,35 @@ def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
     return "\n".join(lines) if lines else "Rules: nothing to evaluate yet (no usage in scope)"
 
 
+def render_active(states: dict[str, AlertState], tz: ZoneInfo) -> str:
+    """Firing and pending alerts as the daemon last stored them."""
+    active = sorted(
+        (s for s in states.values() if s.status in ("firing", "pending")),
+        key=lambda s: (s.status != "firing", s.key.rule, s.key.member, s.key.condition),
+    )
+    if not active:
+        return "Active alerts: none"
+    rows = [
+        [
+            s.status.upper(),
+            s.severity,
+            s.key.rule,
+            s.key.member,
+            s.key.condition,
+            s.key.period or "-",
+            f"{s.since.astimezone(tz):%Y-%m-%d %H:%M}",
+        ]
+        for s in active
+    ]
+    return "\n".join(
+        _grid(
+            ["Active alert", "severity", "rule", "member", "condition", "period", "since"],
+            rows,
+            right=set(),
+        )
+    )
+
+
 def _metric_text(value: Decimal | None, metric: str) -> str:
     if value is None:
         return "-"

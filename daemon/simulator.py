@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import math
+import random
 import secrets
 import threading
 import time
@@ -32,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 _ORIGIN = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: hour-of-week 0
 _WEEK = 168
+_PERIOD = 7 * _WEEK  # the traffic pattern repeats every 7 weeks
 _MILLION = Decimal(1_000_000)
 
 
@@ -74,14 +76,19 @@ SPIKE_MODEL = "claude-sonnet-4"
 
 
 def _hour_profile() -> list[float]:
-    """Relative traffic per hour of the week (UTC): busy office hours, quiet weekends."""
+    """Relative traffic per hour (UTC): busy office hours, quiet weekends, +-15 % noise.
+
+    The noise is fixed (seeded) and the pattern repeats every `_PERIOD` hours, which keeps
+    the integral in closed form: any range is counted exactly, whatever its length.
+    """
+    noise = random.Random(20261123)
     profile = []
-    for how in range(_WEEK):
-        day, hour = divmod(how, 24)
+    for index in range(_PERIOD):
+        day, hour = divmod(index % _WEEK, 24)
         daily = (
             0.25 + 0.75 * max(0.0, math.sin(math.pi * (hour - 6) / 14)) if 6 <= hour <= 20 else 0.25
         )
-        profile.append(daily * (0.35 if day >= 5 else 1.0))
+        profile.append(daily * (0.35 if day >= 5 else 1.0) * noise.uniform(0.85, 1.15))
     return profile
 
 
@@ -94,9 +101,9 @@ for _value in _PROFILE:
 def _profile_integral(t: datetime) -> float:
     """∫ profile from the origin to ``t``, in profile-hours."""
     hours = (t - _ORIGIN).total_seconds() / 3600
-    weeks, rest = divmod(hours, _WEEK)
+    periods, rest = divmod(hours, _PERIOD)
     whole = int(rest)
-    return weeks * _PREFIX[_WEEK] + _PREFIX[whole] + (rest - whole) * _PROFILE[whole % _WEEK]
+    return periods * _PREFIX[_PERIOD] + _PREFIX[whole] + (rest - whole) * _PROFILE[whole]
 
 
 @dataclass

@@ -80,6 +80,37 @@ def test_once_then_status(
     )
 
 
+def test_rules_in_once_check_and_status(
+    tmp_path: Path,
+    live_simulator: Simulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLI_TEST_KEY", SECRET)
+    path = config_for(tmp_path, live_simulator.base_url)
+    path.write_text(
+        path.read_text()
+        + """rules:
+  - {name: tiny-daily, kind: budget, each: api_key, window: 24h, limit_usd: 0.01}
+  - {name: ghost, kind: budget, scope: {api_key: "ghost-*"}, window: month, limit_usd: 5}
+"""
+    )
+    assert main(["check", "--config", str(path)]) == 0
+    assert "no store yet" in capsys.readouterr().out
+    assert main(["once", "--config", str(path)]) == 0
+    once = capsys.readouterr()
+    assert "tiny-daily" in once.out and "100% FIRING" in once.out
+    assert '"event": "alert_firing"' in once.err
+    assert main(["check", "--config", str(path)]) == 0
+    check = capsys.readouterr().out
+    assert "tiny-daily: intern-sandbox (key_d61f2b), nightly-batch (key_a5e870)" in check
+    assert "warning: ghost: scope.api_key 'ghost-*' matches no API key seen so far" in check
+    assert main(["status", "--config", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert "Active alert" in status and "FIRING    critical" not in status
+    assert status.count("tiny-daily") >= 10  # five budget rows and five active alerts
+
+
 def test_once_fails_with_exit_1_on_a_bad_key(
     tmp_path: Path,
     live_simulator: Simulator,

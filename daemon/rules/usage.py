@@ -158,7 +158,7 @@ class UsageIndex:
 
     # ------------------------------------------------------------ scope and members
 
-    def _key_matches(self, scope: Scope, exclude: list[str], key_id: str) -> bool:
+    def key_matches(self, scope: Scope, exclude: list[str], key_id: str) -> bool:
         name = self.name_of(key_id)
         if scope.api_key is not None and not (
             fnmatchcase(name, scope.api_key) or fnmatchcase(key_id, scope.api_key)
@@ -167,7 +167,7 @@ class UsageIndex:
         return not any(fnmatchcase(name, g) or fnmatchcase(key_id, g) for g in exclude)
 
     @staticmethod
-    def _model_matches(scope: Scope, exclude: list[str], model: str) -> bool:
+    def model_matches(scope: Scope, exclude: list[str], model: str) -> bool:
         if scope.model is not None and not fnmatchcase(model, scope.model):
             return False
         return not any(fnmatchcase(model, g) for g in exclude)
@@ -186,8 +186,8 @@ class UsageIndex:
         grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
         for (key_id, model), per_metric in self.pairs.items():
             if not (
-                self._key_matches(rule.scope, rule.exclude, key_id)
-                and self._model_matches(rule.scope, rule.exclude, model)
+                self.key_matches(rule.scope, rule.exclude, key_id)
+                and self.model_matches(rule.scope, rule.exclude, model)
             ):
                 continue
             member = self._member(rule, key_id, model)
@@ -217,7 +217,7 @@ class UsageIndex:
         )
         grouped: dict[Member, list[dict[str, dict[int, Decimal]]]] = {}
         for model, per in self.models.items():
-            if not per[numerator] or not self._model_matches(rule.scope, rule.exclude, model):
+            if not per[numerator] or not self.model_matches(rule.scope, rule.exclude, model):
                 continue
             member = (
                 Member(model, model, "model")
@@ -250,3 +250,28 @@ def _scope_label(scope: Scope) -> str:
 
 def utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def expand_members(
+    rule: BudgetRule | AnomalyRule, key_names: dict[str, str], models: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The members ``rule`` has over the known keys and models, and warnings for empty globs."""
+    index = UsageIndex([], key_names=key_names)
+    keys = [
+        k
+        for k in sorted(key_names, key=lambda k: key_names[k])
+        if index.key_matches(rule.scope, rule.exclude, k)
+    ]
+    model_list = [
+        m for m in sorted(set(models)) if UsageIndex.model_matches(rule.scope, rule.exclude, m)
+    ]
+    warnings = []
+    if rule.scope.api_key is not None and not keys:
+        warnings.append(f"scope.api_key {rule.scope.api_key!r} matches no API key seen so far")
+    if rule.scope.model is not None and not model_list:
+        warnings.append(f"scope.model {rule.scope.model!r} matches no model seen so far")
+    if rule.each == "api_key":
+        return [f"{key_names[k]} ({k})" for k in keys], warnings
+    if rule.each == "model":
+        return model_list, warnings
+    return [_scope_label(rule.scope)], warnings
