@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Literal
@@ -66,9 +66,6 @@ class Series:
         """Sum over buckets that start in [start, end)."""
         lo, hi = bisect_left(self.starts, ts(start)), bisect_left(self.starts, ts(end))
         return self._prefix[hi] - self._prefix[lo] if hi > lo else Decimal(0)
-
-    def __bool__(self) -> bool:
-        return bool(self.starts)
 
 
 def merge(series_points: Iterable[dict[int, Decimal]]) -> Series:
@@ -149,12 +146,6 @@ class UsageIndex:
 
     def name_of(self, key_id: str) -> str:
         return self.key_names.get(key_id, key_id)
-
-    def known_keys(self) -> set[str]:
-        return {k for k, _ in self.pairs} | set(self.key_names)
-
-    def known_models(self) -> set[str]:
-        return {m for _, m in self.pairs if m} | set(self.models)
 
     # ------------------------------------------------------------ scope and members
 
@@ -246,10 +237,6 @@ def _scope_label(scope: Scope) -> str:
     ]
     text = ", ".join(p for p in parts if p)
     return text or "workspace"
-
-
-def utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def expand_members(
