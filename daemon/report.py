@@ -155,8 +155,8 @@ def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
             lines.append("")
         rows = []
         for a in anomalies:
-            observed = _metric_text(a.observed, a.metric)
-            expected = _metric_text(a.expected, a.metric)
+            observed = format_metric(a.observed, a.metric)
+            expected = format_metric(a.expected, a.metric)
             score = "-" if a.score is None else f"{a.score:+.1f}"
             local = a.window.start.astimezone(tz)
             baseline = a.note or f"{a.points} pts, {a.seasonality}"
@@ -220,14 +220,17 @@ def render_active(states: dict[str, AlertState], tz: ZoneInfo) -> str:
     )
 
 
-def _metric_text(value: Decimal | None, metric: str) -> str:
+def format_metric(value: Decimal | None, metric: str) -> str:
+    """An anomaly metric for people: money, percent, milliseconds or a count."""
     if value is None:
         return "-"
     if metric == "cost_usd":
         return format_usd(value)
     if metric == "error_rate":
         return format_percent(value)
-    return f"{value.quantize(Decimal('0.1')):,}"
+    if metric == "response_time_ms":
+        return f"{value.quantize(Decimal(1)):,} ms"
+    return f"{value.quantize(Decimal(1)):,}"
 
 
 def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:

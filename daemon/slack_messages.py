@@ -1,0 +1,293 @@
+"""Slack messages for alerts (SPEC §4): Block Kit built with `slack_sdk.models.blocks`, plus a
+plain `text` fallback. Pure: evaluations and states in, JSON-ready messages out.
+
+Everything that comes from Langdock (key names, model names) goes through `name`, which
+strips control and bidi-override characters, escapes ``& < >`` for mrkdwn and shows the value
+as inline code, so a key called ``<!channel>`` or ``*x*`` is shown literally and pings no one.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from daemon.money import format_percent
+from daemon.report import format_amount, format_metric
+from daemon.rules.anomaly import AnomalyEvaluation
+from daemon.rules.budget import BudgetEvaluation
+from daemon.rules.durations import format_duration
+from daemon.rules.lifecycle import AlertState
+
+EMOJI = {
+    "info": ":large_blue_circle:",
+    "warning": ":large_orange_circle:",
+    "critical": ":red_circle:",
+    "resolved": ":white_check_mark:",
+}
+MAX_NAME = 80
+MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
+MAX_BLOCKS = 48  # of Slack's 50 per message
+_BIDI = {
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u200e",
+    "\u200f",
+    "\u061c",
+}
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+def escape(text: str) -> str:
+    """Safe mrkdwn for untrusted text: no controls, no bidi tricks, ``& < >`` escaped."""
+    cleaned = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in text
+        if ch not in _BIDI
+    )
+    if len(cleaned) > MAX_NAME:
+        cleaned = cleaned[: MAX_NAME - 1] + "…"
+    return cleaned.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def name(text: str) -> str:
+    """An untrusted name as inline code, so mrkdwn formatting in it shows literally."""
+    return "`" + escape(text).replace("`", "ˋ") + "`"
+
+
+def _when(instant: datetime, tz: ZoneInfo) -> str:
+    return f"{instant.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+
+
+def _period_text(ev: BudgetEvaluation, tz: ZoneInfo) -> str:
+    start = ev.period.start.astimezone(tz)
+    last = (ev.period.end - timedelta(seconds=1)).astimezone(tz)
+    if ev.period.id.startswith("rolling-"):
+        return f"rolling {ev.window} (to {_when(ev.now, tz)})"
+    return f"{ev.window} {ev.period.id} ({start:%b %d} – {last:%b %d %Y}, {tz.key})"
+
+
+def _member_text(label: str) -> str:
+    return name(label)
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=text[:MAX_SECTION]))
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> SectionBlock:
+    return SectionBlock(fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in pairs])
+
+
+def _blocks(*blocks: Block) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in blocks]
+
+
+def budget_message(
+    ev: BudgetEvaluation,
+    state: AlertState,
+    tz: ZoneInfo,
+    *,
+    repeat: bool = False,
+    mention: str | None = None,
+) -> SlackMessage:
+    condition = state.key.condition
+    used = format_percent(ev.utilization)
+    spend = format_amount(ev.spend, ev.unit)
+    limit = format_amount(ev.limit, ev.unit)
+    if condition == "forecast":
+        assert ev.forecast is not None
+        title = f"Budget forecast over 100%: {ev.rule}"
+    else:
+        title = f"Budget {condition}% reached: {ev.rule}"
+    if repeat:
+        title = f"Still firing: {title}"
+    pairs = [
+        ("Member", _member_text(ev.member.label)),
+        ("Window", escape(_period_text(ev, tz))),
+        ("Spend", f"{spend} of {limit} ({used})"),
+        ("Severity", f"{EMOJI[state.severity]} {state.severity}"),
+    ]
+    if ev.forecast is not None:
+        forecast = f"{format_amount(ev.forecast.projected, ev.unit)} by period end"
+        if ev.forecast.crossing is not None:
+            forecast += f"; 100% expected {_when(ev.forecast.crossing, tz)}"
+        pairs.append(("Forecast", f"{forecast} ({ev.forecast.method.replace('_', ' ')})"))
+    if ev.top_parts:
+        top = ", ".join(f"{name(label)} {format_amount(v, ev.unit)}" for label, v in ev.top_parts)
+        pairs.append(("Top contributors", top))
+    text = (
+        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {spend} of {limit}"
+        f" ({used}), {escape(_period_text(ev, tz))}"
+    )
+    return _message(title, state, pairs, text, tz, mention)
+
+
+def anomaly_message(
+    ev: AnomalyEvaluation,
+    state: AlertState,
+    tz: ZoneInfo,
+    *,
+    repeat: bool = False,
+    mention: str | None = None,
+) -> SlackMessage:
+    direction = "above" if state.key.condition == "up" else "below"
+    title = f"Anomaly: {ev.metric} {direction} normal: {ev.rule}"
+    if repeat:
+        title = f"Still firing: {title}"
+    observed, expected = (
+        format_metric(ev.observed, ev.metric),
+        format_metric(ev.expected, ev.metric),
+    )
+    window = f"{_when(ev.window.start, tz)} – {ev.window.end.astimezone(tz):%H:%M}"
+    baseline = (
+        f"{format_duration(ev.baseline.duration)} before the window,"
+        f" {ev.seasonality.replace('_', ' ')}, {ev.points} points"
+    )
+    score = "∞" if ev.score is not None and abs(ev.score) == float("inf") else f"{ev.score:+.1f}"
+    pairs = [
+        ("Member", _member_text(ev.member.label)),
+        ("Window", window),
+        ("Observed vs expected", f"{observed} vs {expected}"),
+        ("Score", f"{score} (robust z)"),
+        ("Baseline", baseline),
+        ("Severity", f"{EMOJI[state.severity]} {state.severity}"),
+    ]
+    if ev.contributors:
+        top = ", ".join(
+            f"{name(label)} {format_metric(v, ev.metric)}" for label, v in ev.contributors
+        )
+        pairs.append(("Top contributors", top))
+    text = (
+        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {observed} vs"
+        f" expected {expected} (score {score}) in {window}"
+    )
+    return _message(title, state, pairs, text, tz, mention)
+
+
+def resolved_message(
+    state: AlertState,
+    label: str,
+    reason: str,
+    tz: ZoneInfo,
+    evaluation: BudgetEvaluation | AnomalyEvaluation | None,
+) -> SlackMessage:
+    key = state.key
+    what = f"{key.condition}%" if key.condition[:1].isdigit() else key.condition
+    title = f"Resolved: {key.rule} ({what})"
+    pairs = [
+        ("Member", _member_text(label)),
+        ("Cleared", f"{_when(state.resolved_at or state.since, tz)} ({escape(reason)})"),
+    ]
+    if state.fired_at is not None:
+        pairs.append(("Fired", _when(state.fired_at, tz)))
+    if key.period:
+        pairs.append(("Period", escape(key.period)))
+    if isinstance(evaluation, BudgetEvaluation):
+        pairs.append(
+            (
+                "Spend now",
+                f"{format_amount(evaluation.spend, evaluation.unit)} of"
+                f" {format_amount(evaluation.limit, evaluation.unit)}",
+            )
+        )
+    elif isinstance(evaluation, AnomalyEvaluation):
+        pairs.append(
+            (
+                "Now",
+                f"{format_metric(evaluation.observed, evaluation.metric)} vs"
+                f" {format_metric(evaluation.expected, evaluation.metric)}",
+            )
+        )
+    text = f"[RESOLVED] {key.rule} ({what}) — {escape(label)}: {escape(reason)}"
+    return SlackMessage(
+        text,
+        _blocks(
+            HeaderBlock(text=f"{EMOJI['resolved']} {title}"[:150]),
+            _fields(pairs),
+            ContextBlock(elements=[MarkdownTextObject(text=f"langdock-budget · {escape(key.id)}")]),
+        ),
+    )
+
+
+def group_message(lines: Sequence[str], worst: str, tz: ZoneInfo, now: datetime) -> SlackMessage:
+    """Many alerts of one cycle to one route as one message, one line each."""
+    title = f"{EMOJI.get(worst, '')} {len(lines)} alert changes from langdock-budget".strip()
+    chunks: list[list[str]] = [[]]
+    for line in lines:
+        if sum(len(x) + 1 for x in chunks[-1]) + len(line) + 1 > MAX_SECTION:
+            chunks.append([])
+        chunks[-1].append(line)
+    room = MAX_BLOCKS - 3
+    if len(chunks) > room:
+        dropped = sum(len(c) for c in chunks[room - 1 :])
+        chunks = [*chunks[: room - 1], [f"…and {dropped} more"]]
+    sections = [_section("\n".join(chunk)) for chunk in chunks if chunk]
+    text = f"{len(lines)} alert changes: " + "; ".join(line.lstrip("• ") for line in lines[:10])
+    return SlackMessage(
+        text[:3000],
+        _blocks(
+            HeaderBlock(text=title[:150]),
+            *sections,
+            ContextBlock(elements=[MarkdownTextObject(text=f"langdock-budget · {_when(now, tz)}")]),
+        ),
+    )
+
+
+def _message(
+    title: str,
+    state: AlertState,
+    pairs: list[tuple[str, str]],
+    text: str,
+    tz: ZoneInfo,
+    mention: str | None,
+) -> SlackMessage:
+    blocks: list[Block] = [HeaderBlock(text=f"{EMOJI[state.severity]} {title}"[:150])]
+    if mention:
+        blocks.append(_section(mention))  # set in config by the operator: not escaped
+    # Slack allows 10 fields per section.
+    blocks += [_fields(pairs[i : i + 10]) for i in range(0, len(pairs), 10)]
+    blocks += [
+        DividerBlock(),
+        ContextBlock(
+            elements=[
+                MarkdownTextObject(
+                    text=f"langdock-budget · {escape(state.key.id)}"
+                    f" · since {_when(state.since, tz)}"
+                )
+            ]
+        ),
+    ]
+    return SlackMessage(f"{mention} {text}" if mention else text, _blocks(*blocks))
+
+
+def summary_line(message: SlackMessage) -> str:
+    """One bullet for a grouped message (the fallback text is already escaped)."""
+    return "• " + message.text
