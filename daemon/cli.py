@@ -18,6 +18,7 @@ from daemon.cycle import CycleResult, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
+from daemon.notify import Sender, SlackSender, route_for, sample_messages
 from daemon.report import render_active, render_evaluations, render_report, spend_report
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="spend from the store; no network")
     status.set_defaults(handler=cmd_status)
+
+    test_alert = sub.add_parser(
+        "test-alert",
+        parents=[common],
+        help="send sample budget and anomaly messages to every route",
+    )
+    test_alert.set_defaults(handler=cmd_test_alert)
 
     from daemon.demo import add_demo_parser
 
@@ -202,10 +210,26 @@ def make_client(config: Config) -> LangdockClient:
 
 
 async def cycle_once(
-    config: Config, store: Store, client: LangdockClient, now: Callable[[], datetime] = utc_now
+    config: Config,
+    store: Store,
+    client: LangdockClient,
+    now: Callable[[], datetime] = utc_now,
+    *,
+    sender: Sender | None = None,
+    console: bool = False,
+    dry_run: bool = False,
 ) -> CycleResult:
     progress = _progress_bar if sys.stderr.isatty() else None
-    result = await run_cycle(config, store, client, now, progress)
+    result = await run_cycle(
+        config,
+        store,
+        client,
+        now,
+        sender=sender,
+        console=console,
+        dry_run=dry_run,
+        progress=progress,
+    )
     if progress is not None:
         print(file=sys.stderr)
     return result
@@ -226,16 +250,17 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
     store = Store.open(config.state.path)
     try:
-        result = asyncio.run(_once(config, store))
+        result = asyncio.run(_once(config, store, dry_run=args.dry_run))
         print(render_cycle(store, config, result, utc_now()))
     finally:
         store.close()
-    return EXIT_OK if result.poll.ok else EXIT_FAILED
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
-async def _once(config: Config, store: Store) -> CycleResult:
+async def _once(config: Config, store: Store, *, dry_run: bool) -> CycleResult:
+    sender = SlackSender(config) if config.slack is not None else None
     async with make_client(config) as client:
-        return await cycle_once(config, store, client)
+        return await cycle_once(config, store, client, sender=sender, dry_run=dry_run)
 
 
 def render_cycle(store: Store, config: Config, result: CycleResult, now: datetime) -> str:
@@ -243,8 +268,20 @@ def render_cycle(store: Store, config: Config, result: CycleResult, now: datetim
     parts = [render_report(spend_report(store, now, config.tz))]
     if config.rules:
         parts.append(render_evaluations(result.engine, config.tz))
-    parts.append(summary_line(result.poll))
+    parts.append(summary_line(result.poll) + delivery_line(result))
     return "\n\n".join(parts)
+
+
+def delivery_line(result: CycleResult) -> str:
+    d = result.delivery
+    if not (d.sent or d.deferred or d.rejected):
+        return ""
+    text = f"; Slack: {d.sent} sent"
+    if d.deferred:
+        text += f", {d.deferred} queued for retry"
+    if d.rejected:
+        text += f", {d.rejected} rejected (see the log for the fix)"
+    return text
 
 
 def summary_line(report: PollReport) -> str:
@@ -287,6 +324,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def cmd_test_alert(args: argparse.Namespace) -> int:
+    config = load(args)
+    if config.slack is None:
+        print("no Slack route configured: add a slack section (webhook_url or token + channel)")
+        return EXIT_FAILED
+    sender = SlackSender(config)
+    routes = sorted(
+        {route_for(rule, config) or "" for rule in config.rules} - {""}
+        | {route_for(None, config) or ""} - {""}
+    )
+    failed = 0
+    for route in routes:
+        for message in sample_messages(config.tz, utc_now()):
+            result = sender.send(route, message.payload(), None)
+            if result.ok:
+                answer = f"ok (ts {result.ts})" if result.ts else "ok"
+            else:
+                failed += 1
+                answer = f"FAILED: {result.error}"
+            print(f"{route}: {message.text[:60]}…: {answer}")
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

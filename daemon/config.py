@@ -213,7 +213,8 @@ class Config(_Strict):
         values = [self.langdock.api_key]
         if self.slack is not None:
             values += [self.slack.webhook_url, self.slack.token]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        secrets = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        return secrets + [r.webhook_url for r in self.rules if r.webhook_url]
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,9 +264,30 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     if errors:
         raise ConfigError(errors)
     config = config.model_copy(update={"rules": rule_list})
+    errors.extend(f"{name}: rules: {problem}" for problem in _route_problems(config))
+    if errors:
+        raise ConfigError(errors)
     config = _resolve_paths(config, base)
     config._source = path
     return config
+
+
+def _route_problems(config: Config) -> list[str]:
+    """Per-rule Slack overrides need a route that can carry them."""
+    problems = []
+    bot = config.slack is not None and config.slack.token is not None
+    for rule in config.rules:
+        if rule.channel is not None and not bot:
+            problems.append(
+                f"rule {rule.name} sets channel, which needs a bot token: set slack.token and"
+                " slack.channel, or use webhook_url for this rule"
+            )
+        if rule.webhook_url is not None:
+            try:
+                check_url(rule.webhook_url)
+            except ValueError:
+                problems.append(f"rule {rule.name}: webhook_url must be an https URL")
+    return problems
 
 
 def _read_yaml(path: Path, name: str) -> Any:

@@ -7,6 +7,7 @@ states, and saves the new states. `once`, `demo` and (later) `run` all go throug
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,12 +18,13 @@ import structlog
 from daemon.config import Config
 from daemon.ingest import PollReport, Progress, poll
 from daemon.langdock import LangdockClient
+from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
 from daemon.rules.budget import PROFILE_WEEKS
 from daemon.rules.engine import EngineResult, evaluate
 from daemon.rules.schema import AnomalyRule, BudgetRule
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
-from daemon.store import Store
+from daemon.store import OutboxItem, Store
 
 log = structlog.get_logger("langdock_budget.cycle")
 
@@ -31,6 +33,11 @@ log = structlog.get_logger("langdock_budget.cycle")
 class CycleResult:
     poll: PollReport
     engine: EngineResult
+    delivery: DeliveryReport
+
+    @property
+    def ok(self) -> bool:
+        return self.poll.ok and self.delivery.ok
 
 
 def history_needed(
@@ -61,16 +68,26 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
 
 
 def evaluate_rules(
-    store: Store, config: Config, now: datetime, *, persist: bool = True
+    store: Store,
+    config: Config,
+    now: datetime,
+    *,
+    persist: bool = True,
+    console: bool = False,
 ) -> EngineResult:
-    """Evaluate all rules against the store; persist the new alert states unless told not to."""
+    """Evaluate all rules against the store.
+
+    With ``persist`` the new alert states and the notifications about them are saved in one
+    transaction; without it (``status``, ``once --dry-run``) nothing is written.
+    """
     if not config.rules:
         return EngineResult()
     usage = load_usage(store, config, now)
     result = evaluate(config.rules, usage, store.load_alerts(), now, config.tz)
     if not persist:
         return result
-    store.save_alerts(result.states)
+    outbox, notified = plan_notifications(store, config, result, now, console=console)
+    store.save_alerts(result.states, outbox, notified)
     for notice in result.notices:
         state = notice.transition.state
         log.info(
@@ -88,8 +105,29 @@ def evaluate_rules(
         evaluations=len(result.evaluations),
         firing=len(result.firing),
         transitions=len(result.notices),
+        queued_notifications=len(outbox),
     )
     return result
+
+
+def plan_notifications(
+    store: Store, config: Config, result: EngineResult, now: datetime, *, console: bool
+) -> tuple[list[OutboxItem], dict[str, datetime]]:
+    if config.slack is None and not console:
+        return [], {}  # no route: transitions are only logged
+    key_names = store.api_key_names()
+    labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
+    return plan(
+        result,
+        {rule.name: rule for rule in config.rules},
+        lambda rule: route_for(rule, config, console=console),
+        store.last_notified(),
+        now,
+        config.tz,
+        repeat_interval=config.slack.repeat_interval if config.slack else timedelta(0),
+        send_resolved=config.slack.send_resolved if config.slack else True,
+        labels=labels,
+    )
 
 
 async def run_cycle(
@@ -97,8 +135,14 @@ async def run_cycle(
     store: Store,
     client: LangdockClient,
     now: Callable[[], datetime],
+    *,
+    sender: Sender | None = None,
+    console: bool = False,
+    dry_run: bool = False,
     progress: Progress | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> CycleResult:
+    """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs)."""
     report = await poll(
         client,
         store,
@@ -108,4 +152,8 @@ async def run_cycle(
         settle_after=config.poll.settle_after,
         progress=progress,
     )
-    return CycleResult(report, evaluate_rules(store, config, now()))
+    engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
+    delivery = DeliveryReport()
+    if sender is not None and not dry_run:
+        delivery = await deliver(store, sender, now, sleep=sleep)
+    return CycleResult(report, engine, delivery)

@@ -66,6 +66,11 @@ def add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("--interval", default="15s", help="poll interval (default 15s)")
     demo.add_argument("--cycles", type=int, default=0, help="stop after N polls (default: never)")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print Slack messages as Block Kit JSON instead of readable text",
+    )
     demo.add_argument("--backfill", default="26h", help="history to fetch first (default 26h)")
     demo.add_argument("--timezone", default="Europe/Berlin", help="zone for calendar windows")
     demo.add_argument(
@@ -85,9 +90,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 async def run_demo(args: argparse.Namespace) -> bool:
     from daemon.cli import cycle_once, make_client, render_cycle, utc_now
     from daemon.config import load_config
+    from daemon.notify import ConsoleSender
     from daemon.store import Store
 
     interval = parse_duration(args.interval)
+    sender = ConsoleSender(as_json=args.json)
     simulator = Simulator(
         api_key=DEMO_KEY, spike_start=datetime.now(UTC) + parse_duration(args.spike_after)
     )
@@ -117,9 +124,9 @@ async def run_demo(args: argparse.Namespace) -> bool:
                 cycle = 0
                 while True:
                     cycle += 1
-                    result = await cycle_once(config, store, client)
+                    print(f"--- poll {cycle} ---", flush=True)
+                    result = await cycle_once(config, store, client, sender=sender, console=True)
                     ok = ok and result.poll.ok
-                    print(f"--- poll {cycle} ---")
                     print(render_cycle(store, config, result, utc_now()) + "\n", flush=True)
                     if args.cycles and cycle >= args.cycles:
                         break

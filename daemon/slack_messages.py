@@ -91,6 +91,8 @@ def _period_text(ev: BudgetEvaluation, tz: ZoneInfo) -> str:
     last = (ev.period.end - timedelta(seconds=1)).astimezone(tz)
     if ev.period.id.startswith("rolling-"):
         return f"rolling {ev.window} (to {_when(ev.now, tz)})"
+    if start.date() == last.date():
+        return f"{ev.window} {ev.period.id} ({start:%a %b %d %Y}, {tz.key})"
     return f"{ev.window} {ev.period.id} ({start:%b %d} – {last:%b %d %Y}, {tz.key})"
 
 

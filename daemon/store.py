@@ -11,19 +11,21 @@ aggregate. The sum of both is exactly the sum of the amounts Langdock reported.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import KeyPoint, ModelPoint
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -99,6 +101,27 @@ _MIGRATIONS: dict[int, str] = {
         severity TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    3: """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        alert_ids TEXT NOT NULL,
+        thread_alert TEXT,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT
+    );
+    CREATE TABLE alert_notify (
+        alert_id TEXT PRIMARY KEY,
+        last_notified_at INTEGER NOT NULL,
+        channel TEXT,
+        ts TEXT
+    ) WITHOUT ROWID;
+    """,
 }
 _FETCH_LOG_KEEP = 5000
 
@@ -165,6 +188,20 @@ class KeyModelTotal:
     requests: int
     cost_usd: Decimal
     tokens: int
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A notification waiting for Slack: where to, about which alerts, and the message."""
+
+    route: str
+    kind: str  # firing | repeat | resolved | group | test
+    alert_ids: list[str]
+    thread_alert: str | None  # the alert whose thread a follow-up belongs in
+    payload: dict[str, Any]  # {"text": ..., "blocks": [...]}
+    created_at: datetime
+    id: int = 0
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,28 +470,128 @@ class Store:
             )
         return states
 
-    def save_alerts(self, states: dict[str, AlertState]) -> None:
-        """Replace the stored alert states with ``states`` in one transaction."""
+    def save_alerts(
+        self,
+        states: dict[str, AlertState],
+        outbox: Sequence[OutboxItem] = (),
+        notified: dict[str, datetime] | None = None,
+    ) -> None:
+        """Replace the alert states and queue their notifications, in one transaction.
+
+        Either both the new states and the messages about them are stored, or neither: a
+        crash in between can neither lose a message nor leave one about a state never saved.
+        """
         with self._transaction():
-            self._conn.execute("DELETE FROM alerts")
+            self._replace_alerts(states)
             self._conn.executemany(
-                "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (created_at, route, kind, alert_ids, thread_alert, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     (
-                        s.key.id,
-                        s.key.rule,
-                        s.key.member,
-                        s.key.condition,
-                        s.key.period,
-                        s.status,
-                        _ts(s.since),
-                        _opt_ts(s.last_true),
-                        _opt_ts(s.fired_at),
-                        _opt_ts(s.resolved_at),
-                        s.severity,
+                        _ts(item.created_at),
+                        item.route,
+                        item.kind,
+                        json.dumps(item.alert_ids),
+                        item.thread_alert,
+                        json.dumps(item.payload),
                     )
-                    for s in states.values()
+                    for item in outbox
                 ),
+            )
+            self._conn.executemany(
+                """INSERT INTO alert_notify (alert_id, last_notified_at) VALUES (?, ?)
+                ON CONFLICT (alert_id)
+                DO UPDATE SET last_notified_at = excluded.last_notified_at""",
+                ((alert_id, _ts(at)) for alert_id, at in (notified or {}).items()),
+            )
+            self._conn.execute(
+                "DELETE FROM alert_notify WHERE alert_id NOT IN (SELECT id FROM alerts)"
+            )
+
+    def _replace_alerts(self, states: dict[str, AlertState]) -> None:
+        self._conn.execute("DELETE FROM alerts")
+        self._conn.executemany(
+            "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    s.key.id,
+                    s.key.rule,
+                    s.key.member,
+                    s.key.condition,
+                    s.key.period,
+                    s.status,
+                    _ts(s.since),
+                    _opt_ts(s.last_true),
+                    _opt_ts(s.fired_at),
+                    _opt_ts(s.resolved_at),
+                    s.severity,
+                )
+                for s in states.values()
+            ),
+        )
+
+    def last_notified(self) -> dict[str, datetime]:
+        rows = self._conn.execute("SELECT alert_id, last_notified_at FROM alert_notify")
+        return {alert_id: _dt(at) for alert_id, at in rows}
+
+    def thread_of(self, alert_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message about ``alert_id`` (bot token routes)."""
+        row = self._conn.execute(
+            "SELECT channel, ts FROM alert_notify WHERE alert_id = ? AND ts IS NOT NULL",
+            (alert_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_thread(self, alert_id: str, channel: str, ts: str) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE alert_notify SET channel = ?, ts = ? WHERE alert_id = ?",
+                (channel, ts, alert_id),
+            )
+
+    def pending_outbox(self, now: datetime) -> list[OutboxItem]:
+        """Messages due for (another) attempt, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts"
+            " FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id",
+            (_ts(now),),
+        )
+        return [
+            OutboxItem(
+                route,
+                kind,
+                json.loads(ids),
+                thread,
+                json.loads(payload),
+                _dt(created),
+                id=item_id,
+                attempts=attempts,
+            )
+            for item_id, created, route, kind, ids, thread, payload, attempts in rows
+        ]
+
+    def outbox_pending_count(self) -> int:
+        return int(
+            self._conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+        )
+
+    def outbox_sent(self, item_id: int) -> None:
+        with self._transaction():
+            self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+    def outbox_retry(self, item_id: int, attempts: int, next_at: datetime, error: str) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (attempts, _ts(next_at), error, item_id),
+            )
+
+    def outbox_reject(self, item_id: int, error: str) -> None:
+        """Slack refused the message for good (bad token, unknown channel): stop retrying."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE outbox SET status = 'rejected', last_error = ? WHERE id = ?",
+                (error, item_id),
             )
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
