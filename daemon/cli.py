@@ -23,6 +23,7 @@ from daemon.report import render_active, render_evaluations, render_report, spen
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule
 from daemon.rules.usage import expand_members
+from daemon.service import make_client
 from daemon.store import Store, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"langdock-budget {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the daemon: poll, evaluate, publish metrics, notify until stopped",
+    )
+    run.set_defaults(handler=cmd_run)
+
     check = sub.add_parser("check", parents=[common], help="validate config and rules; no network")
     check.set_defaults(handler=cmd_check)
 
@@ -120,6 +128,12 @@ def load(args: argparse.Namespace) -> Config:
     config = load_config(config_path(args))
     redactor.set_secrets(config.secrets())
     return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import run_daemon
+
+    return asyncio.run(run_daemon(config_path(args)))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -197,16 +211,6 @@ def _slack_route(config: Config) -> str:
     if config.slack.webhook_url is not None:
         return "incoming webhook"
     return f"bot token to {config.slack.channel}"
-
-
-def make_client(config: Config) -> LangdockClient:
-    return LangdockClient(
-        config.langdock.base_url,
-        config.api_key(),
-        timeout=config.langdock.timeout.total_seconds(),
-        max_requests_per_minute=config.langdock.max_requests_per_minute,
-        max_retries=config.langdock.max_retries,
-    )
 
 
 async def cycle_once(

@@ -140,6 +140,7 @@ async def run_cycle(
     console: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
+    on_stored: Callable[[], None] | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> CycleResult:
     """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs)."""
@@ -151,6 +152,7 @@ async def run_cycle(
         backfill=config.poll.backfill,
         settle_after=config.poll.settle_after,
         progress=progress,
+        on_stored=on_stored,
     )
     engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
     delivery = DeliveryReport()

@@ -88,9 +88,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def run_demo(args: argparse.Namespace) -> bool:
-    from daemon.cli import cycle_once, make_client, render_cycle, utc_now
+    from daemon.cli import cycle_once, render_cycle, utc_now
     from daemon.config import load_config
     from daemon.notify import ConsoleSender
+    from daemon.service import make_client
     from daemon.store import Store
 
     interval = parse_duration(args.interval)

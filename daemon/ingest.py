@@ -71,6 +71,8 @@ class PollReport:
     seconds: float = 0.0
     aborted: str | None = None
     failures: list[FetchFailure] = field(default_factory=list)
+    export_seconds: dict[str, float] = field(default_factory=dict)
+    export_ok_at: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,7 @@ async def poll(
     backfill: timedelta,
     settle_after: timedelta,
     progress: Progress | None = None,
+    on_stored: Callable[[], None] | None = None,
 ) -> PollReport:
     """Fetch every due bucket of both exports into the store; never raises on remote errors.
 
@@ -106,9 +109,13 @@ async def poll(
     report.planned = len(work)
     log.info("poll_started", due_buckets=len(work))
     for done, (bucket, export) in enumerate(work, start=1):
+        began = time.perf_counter()
         try:
             report.rows += await _fetch_bucket(client, store, export, bucket, now)
             report.fetched += 1
+            report.export_ok_at[export] = now()
+            if on_stored is not None:
+                on_stored()
         except LangdockError as exc:
             failure = FetchFailure(export, bucket, exc.reason, str(exc))
             report.failures.append(failure)
@@ -133,6 +140,10 @@ async def poll(
                 fix="check disk space and that no other process holds the store",
             )
             break
+        finally:
+            report.export_seconds[export] = (
+                report.export_seconds.get(export, 0.0) + time.perf_counter() - began
+            )
         if progress is not None:
             progress(done, len(work))
     report.calls = client.requests_sent - calls_before

@@ -11,6 +11,7 @@ aggregate. The sum of both is exactly the sum of the amounts Langdock reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -593,6 +594,27 @@ class Store:
                 "UPDATE outbox SET status = 'rejected', last_error = ? WHERE id = ?",
                 (error, item_id),
             )
+
+    def compact(self, before: datetime) -> int:
+        """Drop usage buckets (and their fetch marks) that start before ``before``."""
+        cutoff = _ts(before)
+        with self._transaction():
+            removed = 0
+            for table in ("key_usage", "model_usage", "segments"):
+                cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
+                removed += cur.rowcount
+            self._conn.execute("DELETE FROM fetch_log WHERE at < ?", (cutoff,))
+        return removed
+
+    def vacuum(self) -> None:
+        self._conn.execute("VACUUM")
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
         rows = self._conn.execute(

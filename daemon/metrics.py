@@ -1,0 +1,287 @@
+"""Prometheus metrics (SPEC §5) and `/healthz` (SPEC §6).
+
+A custom collector renders an immutable `Snapshot` that the daemon replaces after each
+cycle, so a scrape never sees half an update and series of keys that vanished are simply not
+in the next snapshot. Counters live in `Stats`, updated from the event loop only; each new
+snapshot copies them. The HTTP server is prometheus-client's threading WSGI server with a
+small router in front for `/healthz`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from wsgiref.simple_server import make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.registry import Collector
+
+from daemon import __version__
+from daemon.rules.budget import BudgetEvaluation
+from daemon.rules.engine import EngineResult
+from daemon.rules.usage import WORKSPACE
+
+OTHER = "other"
+COST_WINDOWS = ("today", "month", "24h", "7d")
+
+
+@dataclass
+class Stats:
+    """Cumulative counters of the daemon's own health (event loop only)."""
+
+    export_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    export_last_success: dict[str, float] = field(default_factory=dict)
+    export_duration: dict[str, float] = field(default_factory=dict)
+    notifications: dict[str, int] = field(default_factory=dict)
+    rows_ingested: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    polls: int = 0
+    poll_duration: float = 0.0
+    last_evaluation: float = 0.0
+    last_fetch_success: float = 0.0  # any bucket stored: the daemon is making progress
+
+    def count(self, table: dict[Any, int], key: Any, n: int = 1) -> None:
+        if n:
+            table[key] = table.get(key, 0) + n
+
+
+@dataclass(frozen=True)
+class CostSeries:
+    api_key_id: str
+    api_key_name: str
+    model: str
+    window: str
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    costs: tuple[CostSeries, ...] = ()
+    budgets: tuple[BudgetEvaluation, ...] = ()
+    firing: tuple[tuple[str, str, str, str], ...] = ()  # rule, scope, condition, severity
+    silenced: tuple[tuple[str, str], ...] = ()
+    outbox_pending: int = 0
+    store_bytes: int = 0
+    stats: Stats = field(default_factory=Stats)
+
+
+def top_key_costs(
+    totals: dict[str, list[tuple[str, str, str, Decimal]]], top_n: int
+) -> tuple[CostSeries, ...]:
+    """Per (key, model) series for the ``top_n`` keys by month spend, the rest as ``other``.
+
+    ``totals`` maps a window to rows of (key id, key name, model, cost).
+    """
+    month: dict[str, Decimal] = {}
+    for key_id, _, _, cost in totals.get("month", []):
+        month[key_id] = month.get(key_id, Decimal(0)) + cost
+    for window_rows in totals.values():
+        for key_id, _, _, _ in window_rows:
+            month.setdefault(key_id, Decimal(0))
+    keep = set(sorted(month, key=lambda k: (-month[k], k))[:top_n])
+    series: list[CostSeries] = []
+    for window, rows in totals.items():
+        other: dict[str, Decimal] = {}
+        for key_id, name, model, cost in rows:
+            if key_id in keep:
+                series.append(CostSeries(key_id, name, model, window, cost))
+            else:
+                other[model] = other.get(model, Decimal(0)) + cost
+        series += [CostSeries(OTHER, OTHER, m, window, c) for m, c in sorted(other.items())]
+    return tuple(series)
+
+
+def scope_label(evaluation: BudgetEvaluation) -> str:
+    return evaluation.member.label if evaluation.member.id != WORKSPACE else "workspace"
+
+
+def firing_series(
+    result: EngineResult, labels: dict[str, str]
+) -> tuple[tuple[str, str, str, str], ...]:
+    return tuple(
+        sorted(
+            (
+                s.key.rule,
+                labels.get(s.key.member, s.key.member)
+                if s.key.member != WORKSPACE
+                else "workspace",
+                s.key.condition,
+                s.severity,
+            )
+            for s in result.firing
+        )
+    )
+
+
+class SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families depend on the data; nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot  # one atomic read; the daemon swaps the whole object
+        stats = snap.stats
+        cost = GaugeMetricFamily(
+            "langdock_cost_usd",
+            "Spend per API key and model in USD",
+            labels=["api_key_id", "api_key_name", "model", "window"],
+        )
+        for c in snap.costs:
+            cost.add_metric([c.api_key_id, c.api_key_name, c.model, c.window], float(c.value))
+        yield cost
+        families = {
+            name: GaugeMetricFamily(name, help_, labels=["rule", "scope"])
+            for name, help_ in (
+                ("langdock_budget_spend_usd", "Spend (or requests, tokens) in the budget window"),
+                ("langdock_budget_limit_usd", "Budget limit"),
+                ("langdock_budget_utilization_ratio", "Spend divided by the limit"),
+                ("langdock_budget_forecast_usd", "Projected total at the end of the window"),
+            )
+        }
+        for ev in snap.budgets:
+            labels = [ev.rule, scope_label(ev)]
+            families["langdock_budget_spend_usd"].add_metric(labels, float(ev.spend))
+            families["langdock_budget_limit_usd"].add_metric(labels, float(ev.limit))
+            families["langdock_budget_utilization_ratio"].add_metric(labels, float(ev.utilization))
+            if ev.forecast is not None:
+                families["langdock_budget_forecast_usd"].add_metric(
+                    labels, float(ev.forecast.projected)
+                )
+        yield from families.values()
+        firing = GaugeMetricFamily(
+            "langdock_alert_firing",
+            "1 while the alert is firing",
+            labels=["rule", "scope", "condition", "severity"],
+        )
+        for rule, scope, condition, severity in snap.firing:
+            firing.add_metric([rule, scope, condition, severity], 1)
+        yield firing
+        silenced = GaugeMetricFamily(
+            "langdock_alert_silenced",
+            "1 while a firing alert is silenced",
+            labels=["rule", "scope"],
+        )
+        for rule, scope in snap.silenced:
+            silenced.add_metric([rule, scope], 1)
+        yield silenced
+        last = GaugeMetricFamily(
+            "langdock_export_last_success_timestamp_seconds",
+            "Last successful fetch of the export",
+            labels=["export"],
+        )
+        for export, ts in sorted(stats.export_last_success.items()):
+            last.add_metric([export], ts)
+        yield last
+        errors = CounterMetricFamily(
+            "langdock_export_errors", "Failed export fetches", labels=["export", "reason"]
+        )
+        for (export, reason), n in sorted(stats.export_errors.items()):
+            errors.add_metric([export, reason], n)
+        yield errors
+        duration = GaugeMetricFamily(
+            "langdock_export_duration_seconds",
+            "Time spent fetching the export in the last poll",
+            labels=["export"],
+        )
+        for export, seconds in sorted(stats.export_duration.items()):
+            duration.add_metric([export], seconds)
+        yield duration
+        notes = CounterMetricFamily(
+            "langdock_notifications", "Slack notifications by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(stats.notifications.items()):
+            notes.add_metric([outcome], n)
+        yield notes
+        yield GaugeMetricFamily(
+            "langdock_outbox_pending", "Notifications waiting for Slack", value=snap.outbox_pending
+        )
+        info = GaugeMetricFamily(
+            "langdock_budget_daemon_build_info", "Version of the daemon", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "langdock_poll_duration_seconds", "Duration of the last poll", value=stats.poll_duration
+        )
+        yield CounterMetricFamily("langdock_polls", "Polls run", value=stats.polls)
+        yield CounterMetricFamily(
+            "langdock_rows_ingested", "CSV rows stored", value=stats.rows_ingested
+        )
+        yield CounterMetricFamily(
+            "langdock_rate_limit_wait_seconds",
+            "Time the client-side rate limiter made requests wait",
+            value=stats.rate_limit_wait_seconds,
+        )
+        yield GaugeMetricFamily(
+            "langdock_store_size_bytes", "Size of the SQLite store", value=snap.store_bytes
+        )
+        yield GaugeMetricFamily(
+            "langdock_last_evaluation_timestamp_seconds",
+            "When the rules were last evaluated",
+            value=stats.last_evaluation,
+        )
+
+
+def render(collector: SnapshotCollector) -> str:
+    """The exposition text of one collector (tests, `status`)."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` on a background thread; `stop()` shuts it down."""
+
+    def __init__(self, host: str, port: int, collector: SnapshotCollector, health: Health) -> None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if path == "/healthz":
+                ok, detail = health()
+                body = json.dumps({"status": "ok" if ok else "stale", **detail}).encode()
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+            if path in ("/metrics", "/"):
+                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /healthz\n"]
+
+        class Server(ThreadingWSGIServer):
+            address_family = ThreadingWSGIServer.address_family
+
+        if ":" in host:
+            import socket
+
+            Server.address_family = socket.AF_INET6
+        self._server = make_server(host, port, app, Server, handler_class=_SilentHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.2,), name="metrics", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,350 @@
+"""`langdock-budget run`: the long-running daemon (SPEC §5-§6).
+
+APScheduler 3's `AsyncIOScheduler` runs three jobs in the event loop: the cycle (poll,
+evaluate, notify) every `poll.interval` and once at start, an outbox retry every minute, and a
+nightly store compaction. Jobs share one lock, so they never overlap; late runs coalesce.
+After each cycle a new metrics snapshot is swapped in. SIGTERM/SIGINT finish the current
+cycle (bounded), try the outbox once more, close the store and exit 0; SIGHUP reloads config
+and rules, keeping the old ones if the new are invalid. Under systemd it speaks the notify
+protocol (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config
+from daemon.cycle import CycleResult, history_needed, run_cycle
+from daemon.langdock import LangdockClient
+from daemon.metrics import (
+    COST_WINDOWS,
+    MetricsServer,
+    Snapshot,
+    SnapshotCollector,
+    Stats,
+    firing_series,
+    top_key_costs,
+)
+from daemon.notify import DeliveryReport, Sender, SlackSender, deliver
+from daemon.rules.budget import BudgetEvaluation
+from daemon.rules.windows import calendar_period
+from daemon.sdnotify import notify, watchdog_interval
+from daemon.store import Store
+
+log = structlog.get_logger("langdock_budget.daemon")
+STOP_TIMEOUT = 30.0
+OUTBOX_EVERY = timedelta(minutes=1)
+COMPACT_MARGIN = timedelta(days=2)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_client(config: Config) -> LangdockClient:
+    return LangdockClient(
+        config.langdock.base_url,
+        config.api_key(),
+        timeout=config.langdock.timeout.total_seconds(),
+        max_requests_per_minute=config.langdock.max_requests_per_minute,
+        max_retries=config.langdock.max_retries,
+    )
+
+
+def make_sender(config: Config) -> Sender | None:
+    return SlackSender(config) if config.slack is not None else None
+
+
+class Daemon:
+    """The running service: config, store, clients, metrics and the scheduler."""
+
+    def __init__(self, config_path: Path, config: Config, store: Store) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.store = store
+        self.client = make_client(config)
+        self.sender = make_sender(config)
+        self.stats = Stats()
+        self.collector = SnapshotCollector()
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.scheduler = AsyncIOScheduler(
+            timezone="UTC",
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": max(1, int(config.poll.interval.total_seconds())),
+            },
+        )
+        self.started = time.time()
+        self.cycles = itertools.count(1)
+        self.server: MetricsServer | None = None
+
+    # -------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        metrics = self.config.metrics
+        self.server = MetricsServer(metrics.host, metrics.port, self.collector, self.health).start()
+        log.info(
+            "daemon_started",
+            version=__version__,
+            config=str(self.config_path),
+            metrics=f"http://{metrics.listen}/metrics",
+            rules=len(self.config.rules),
+        )
+        self.scheduler.add_job(
+            self.cycle_job,
+            "interval",
+            id="cycle",
+            seconds=self.config.poll.interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.add_job(
+            self.outbox_job, "interval", id="outbox", seconds=OUTBOX_EVERY.total_seconds()
+        )
+        self.scheduler.add_job(self.compact_job, "cron", id="compact", hour=3, minute=17)
+        interval = watchdog_interval()
+        if interval:
+            self.scheduler.add_job(
+                lambda: notify("WATCHDOG=1"), "interval", id="watchdog", seconds=interval
+            )
+        self.scheduler.start()
+        notify("READY=1\nSTATUS=started; first poll running")
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        log.info("daemon_stopping")
+        self.scheduler.shutdown(wait=False)
+        try:
+            await asyncio.wait_for(self.lock.acquire(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.error(
+                "stop_timeout",
+                waited_s=STOP_TIMEOUT,
+                fix="the current cycle did not finish in time; it is abandoned",
+            )
+        else:
+            try:
+                await self._deliver()  # one last attempt for queued messages
+            finally:
+                self.lock.release()
+        await self.client.aclose()
+        if self.server is not None:
+            self.server.stop()
+        self.store.close()
+        log.info("daemon_stopped")
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        window = 3 * self.config.poll.interval.total_seconds()
+        last = self.stats.last_fetch_success
+        age = time.time() - last if last else None
+        ok = age is not None and age <= window
+        return ok, {
+            "last_success_age_s": None if age is None else round(age, 1),
+            "max_age_s": window,
+        }
+
+    # -------------------------------------------------------------------- jobs
+
+    async def cycle_job(self) -> None:
+        if self.stopping.is_set():
+            return
+        async with self.lock:
+            number = next(self.cycles)
+            structlog.contextvars.bind_contextvars(cycle=number)
+            try:
+                result = await run_cycle(
+                    self.config,
+                    self.store,
+                    self.client,
+                    utc_now,
+                    sender=self.sender,
+                    on_stored=self._stored,
+                )
+                self._record(result)
+                self.publish(result)
+                notify(f"STATUS=cycle {number}: {_status_text(result)}")
+            except Exception as exc:  # keep running on anything from outside
+                log.exception("cycle_failed", error=str(exc))
+                notify(f"STATUS=cycle {number} failed: {exc}")
+            finally:
+                structlog.contextvars.unbind_contextvars("cycle")
+
+    async def outbox_job(self) -> None:
+        if self.stopping.is_set() or self.lock.locked():
+            return
+        async with self.lock:
+            if self.store.outbox_pending_count():
+                await self._deliver()
+                self._refresh_outbox()
+
+    async def compact_job(self) -> None:
+        async with self.lock:
+            now = utc_now()
+            keep_from = min(
+                now - self.config.poll.backfill,
+                history_needed(self.config.rules, now, self.config.tz),
+            )
+            removed = self.store.compact(keep_from - COMPACT_MARGIN)
+            if now.weekday() == 6:
+                self.store.vacuum()
+            log.info("store_compacted", removed_rows=removed, size_bytes=self.store.size_bytes())
+
+    async def _deliver(self) -> DeliveryReport:
+        if self.sender is None:
+            return DeliveryReport()
+        report = await deliver(self.store, self.sender, utc_now)
+        self._count_delivery(report)
+        return report
+
+    # -------------------------------------------------------------------- reload
+
+    async def reload(self) -> bool:
+        notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload_rejected", error=line)
+            log.error("reload_kept_old_config", fix="fix the errors above and send SIGHUP again")
+            notify("READY=1\nSTATUS=reload rejected; running with the previous config")
+            return False
+        async with self.lock:
+            if new.metrics.listen != self.config.metrics.listen:
+                log.warning("reload_metrics_listen_ignored", fix="restart to move the listener")
+            if new.langdock != self.config.langdock:
+                await self.client.aclose()
+                self.client = make_client(new)
+            if new.state.path != self.config.state.path:
+                log.warning("reload_state_path_ignored", fix="restart to use another store")
+            self.sender = make_sender(new)
+            if new.poll.interval != self.config.poll.interval:
+                self.scheduler.reschedule_job(
+                    "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()
+                )
+            self.config = new.model_copy(update={"state": self.config.state})
+        log.info("config_reloaded", rules=len(new.rules))
+        notify("READY=1\nSTATUS=config reloaded")
+        self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
+        return True
+
+    # -------------------------------------------------------------------- metrics
+
+    def _stored(self) -> None:
+        self.stats.last_fetch_success = time.time()
+
+    def _record(self, result: CycleResult) -> None:
+        poll = result.poll
+        stats = self.stats
+        stats.polls += 1
+        stats.poll_duration = poll.seconds
+        stats.rows_ingested += poll.rows
+        stats.rate_limit_wait_seconds = self.client.bucket.waited
+        stats.export_duration.update(poll.export_seconds)
+        for export, at in poll.export_ok_at.items():
+            stats.export_last_success[export] = at.timestamp()
+        for failure in poll.failures:
+            stats.count(stats.export_errors, (failure.export, failure.reason))
+        stats.last_evaluation = time.time()
+        self._count_delivery(result.delivery)
+
+    def _count_delivery(self, report: DeliveryReport) -> None:
+        for outcome, n in (
+            ("sent", report.sent),
+            ("retried", report.deferred),
+            ("rejected", report.rejected),
+        ):
+            self.stats.count(self.stats.notifications, outcome, n)
+
+    def publish(self, result: CycleResult) -> None:
+        now = utc_now()
+        tz = self.config.tz
+        ranges = {
+            "today": (calendar_period("day", now, tz).start, now),
+            "month": (calendar_period("month", now, tz).start, now),
+            "24h": (now - timedelta(hours=24), now),
+            "7d": (now - timedelta(days=7), now),
+        }
+        totals: dict[str, list[tuple[str, str, str, Decimal]]] = defaultdict(list)
+        for window in COST_WINDOWS:
+            start, end = ranges[window]
+            totals[window] = [
+                (t.api_key_id, t.api_key_name, t.model, t.cost_usd)
+                for t in self.store.key_model_totals(start, end)
+            ]
+        names = self.store.api_key_names()
+        labels = {k: f"{n} ({k})" for k, n in names.items()}
+        self.collector.snapshot = Snapshot(
+            costs=top_key_costs(totals, self.config.metrics.top_keys),
+            budgets=tuple(e for e in result.engine.evaluations if isinstance(e, BudgetEvaluation)),
+            firing=firing_series(result.engine, labels),
+            outbox_pending=self.store.outbox_pending_count(),
+            store_bytes=self.store.size_bytes(),
+            stats=self.stats,
+        )
+
+    def _refresh_outbox(self) -> None:
+        snap = self.collector.snapshot
+        self.collector.snapshot = Snapshot(
+            snap.costs,
+            snap.budgets,
+            snap.firing,
+            snap.silenced,
+            self.store.outbox_pending_count(),
+            snap.store_bytes,
+            self.stats,
+        )
+
+
+def _status_text(result: CycleResult) -> str:
+    poll = result.poll
+    text = (
+        f"{'ok' if result.ok else 'degraded'}: fetched {poll.fetched}/{poll.planned} buckets,"
+        f" {len(poll.failures)} failures, {len(result.engine.firing)} firing,"
+        f" {result.delivery.sent} sent"
+    )
+    return text
+
+
+async def run_daemon(config_path: Path) -> int:
+    config = load_config(config_path)
+    from daemon.logs import redactor
+
+    redactor.set_secrets(config.secrets())
+    store = Store.open(config.state.path)
+    daemon = Daemon(config_path, config, store)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        store.close()
+        log.error(
+            "start_failed",
+            error=str(exc),
+            fix=f"is another process listening on {config.metrics.listen}? change metrics.listen",
+        )
+        return 1
+    await daemon.stopping.wait()
+    await daemon.stop()
+    return 0
