@@ -24,6 +24,12 @@ lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy daemon
+	$(BIN)/hadolint Dockerfile
+	@if command -v systemd-analyze >/dev/null; then \
+	  sed "s#/opt/langdock-budget/venv/bin/langdock-budget#$(CURDIR)/$(BIN)/langdock-budget#" \
+	    systemd/langdock-budget.service > $(VENV)/langdock-budget.service && \
+	  systemd-analyze verify $(VENV)/langdock-budget.service && echo "systemd unit: verified"; \
+	else echo "systemd-analyze not installed: unit not verified"; fi
 
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py

@@ -55,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Defaults applied after parsing: `set_defaults` would leak into the shared parent actions.
-_GLOBAL_DEFAULTS = {"config": None, "log_format": "json", "log_level": "info"}
+_GLOBAL_DEFAULTS = {
+    "config": None,
+    "log_format": os.environ.get("LANGDOCK_BUDGET_LOG_FORMAT", "json"),
+    "log_level": os.environ.get("LANGDOCK_BUDGET_LOG_LEVEL", "info"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

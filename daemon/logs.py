@@ -71,7 +71,7 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info", stream: Any 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
         logger_factory=_stderr_logger if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
