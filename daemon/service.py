@@ -171,6 +171,7 @@ class Daemon:
                     utc_now,
                     sender=self.sender,
                     on_stored=self._stored,
+                    progress=_log_progress,
                 )
                 self._record(result)
                 self.publish(result)
@@ -305,6 +306,13 @@ class Daemon:
             snap.store_bytes,
             self.stats,
         )
+
+
+def _log_progress(done: int, total: int) -> None:
+    """Backfill progress in the log: every 50 buckets of a long first poll, and the last."""
+    if total > 50 and (done % 50 == 0 or done == total):
+        log.info("backfill_progress", done=done, total=total, percent=round(100 * done / total))
+        notify(f"STATUS=backfilling: {done}/{total} buckets")
 
 
 def _status_text(result: CycleResult) -> str:
