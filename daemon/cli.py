@@ -131,6 +131,8 @@ def config_path(args: argparse.Namespace) -> Path:
 def load(args: argparse.Namespace) -> Config:
     config = load_config(config_path(args))
     redactor.set_secrets(config.secrets())
+    for warning in config.warnings:
+        log.warning("config_warning", warning=warning)
     return config
 
 
@@ -143,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args)
     print(describe_config(config))
+    for warning in config.warnings:
+        print(f"warning: {warning}")
     if config.rules:
         print()
         print(describe_members(config))
@@ -256,7 +260,7 @@ def _progress_bar(done: int, total: int) -> None:
 
 def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, exclusive=True)
     try:
         result = asyncio.run(_once(config, store, dry_run=args.dry_run))
         print(render_cycle(store, config, result, utc_now()))

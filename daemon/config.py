@@ -184,6 +184,7 @@ class Config(_Strict):
     rule_files: list[str] = []
     rules: list[Rule] = []
     _source: Path = PrivateAttr(default=Path("config.yaml"))
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -203,6 +204,11 @@ class Config(_Strict):
     @property
     def source(self) -> Path:
         return self._source
+
+    @property
+    def warnings(self) -> list[str]:
+        """Problems that don't stop the daemon but should be fixed (one line each)."""
+        return list(self._warnings)
 
     def api_key(self) -> str:
         assert self.langdock.api_key is not None, "load_config resolves api_key_file"
@@ -269,7 +275,28 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(errors)
     config = _resolve_paths(config, base)
     config._source = path
+    config._warnings = _inline_secret_warnings(path, raw)
     return config
+
+
+def _inline_secret_warnings(path: Path, raw: dict[str, Any]) -> list[str]:
+    """An inline secret in a file others can read is a leak waiting to happen."""
+    try:
+        readable = path.stat().st_mode & 0o004
+    except OSError:
+        return []
+    if not readable:
+        return []
+    warnings = []
+    for section, key in (("langdock", "api_key"), ("slack", "webhook_url"), ("slack", "token")):
+        block = raw.get(section)
+        value = block.get(key) if isinstance(block, dict) else None
+        if isinstance(value, str) and value and not _VAR.fullmatch(value.strip()):
+            warnings.append(
+                f"{path}: {section}.{key}: a secret is written inline in a world-readable file;"
+                f" use ${{VAR}} or {key}_file, or chmod 600 {path}"
+            )
+    return warnings
 
 
 def _route_problems(config: Config) -> list[str]:

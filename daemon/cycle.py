@@ -8,6 +8,7 @@ states, and saves the new states. `once`, `demo` and (later) `run` all go throug
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,10 +35,11 @@ class CycleResult:
     poll: PollReport
     engine: EngineResult
     delivery: DeliveryReport
+    store_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.poll.ok and self.delivery.ok
+        return self.poll.ok and self.delivery.ok and self.store_error is None
 
 
 def history_needed(
@@ -154,7 +156,15 @@ async def run_cycle(
         progress=progress,
         on_stored=on_stored,
     )
-    engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
+    try:
+        engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
+    except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
+        log.error(
+            "store_write_failed",
+            error=str(exc),
+            fix="free disk space or stop the other process holding the store",
+        )
+        return CycleResult(report, EngineResult(), DeliveryReport(), store_error=str(exc))
     delivery = DeliveryReport()
     if sender is not None and not dry_run:
         delivery = await deliver(store, sender, now, sleep=sleep)

@@ -330,7 +330,9 @@ async def run_daemon(config_path: Path) -> int:
     from daemon.logs import redactor
 
     redactor.set_secrets(config.secrets())
-    store = Store.open(config.state.path)
+    for warning in config.warnings:
+        log.warning("config_warning", warning=warning)
+    store = Store.open(config.state.path, exclusive=True)
     daemon = Daemon(config_path, config, store)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()

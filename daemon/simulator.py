@@ -154,8 +154,10 @@ class Simulator:
         self.clock, self.url_ttl, self.max_rows = clock, url_ttl, max_rows
         self.model_header = model_header
         self.faults: deque[Fault] = deque()
-        self.download_faults: deque[str] = deque()  # "truncate", "garbage", "expire", "500"
+        # "truncate", "garbage", "expire", "500", "redirect", "missing_column", "bom_extra"
+        self.download_faults: deque[str] = deque()
         self.seen: list[SeenRequest] = []
+        self.request_seen = threading.Event()  # set on every request (tests wait on it)
         self._files: dict[str, bytes] = {}
         self._secret = secrets.token_bytes(16)
         self._lock = threading.Lock()
@@ -344,6 +346,7 @@ class Simulator:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         with self._lock:
             self.seen.append(SeenRequest(method, handler.path, headers, body))
+        self.request_seen.set()
         path = urlsplit(handler.path).path
         if method == "GET" and path.startswith("/download/"):
             self._download(handler, path.rsplit("/", 1)[1], headers)
@@ -459,8 +462,21 @@ class Simulator:
         if fault == "500":
             _send(handler, 500, b"internal error", "text/plain")
             return
+        if fault == "redirect":  # storage pointing elsewhere: must not be followed
+            _send(handler, 302, b"", "text/plain", {"Location": "http://198.51.100.7/elsewhere"})
+            return
         if fault == "garbage":
             data = b"\x00\xff\xfe garbage \x00" * 20
+        if fault == "missing_column":
+            header, _, rest = data.partition(b"\r\n")
+            header = header.replace(b"api_key_id", b"key_ident").replace(b",name,", b",label,")
+            data = header + b"\r\n" + rest
+        if fault == "bom_extra":
+            lines = data.split(b"\r\n")
+            data = b"\xef\xbb\xbf" + b"\r\n".join(
+                (line + (b",extra_col" if i == 0 else b',"x, y"')) if line else line
+                for i, line in enumerate(lines)
+            )
         if fault == "truncate":
             cut = data[: max(1, len(data) // 2)]
             data = cut[: cut.rfind(b"\n") + 1] if b"\n" in cut else cut

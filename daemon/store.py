@@ -12,6 +12,7 @@ aggregate. The sum of both is exactly the sum of the amounts Langdock reported.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -220,15 +221,25 @@ class FetchRecord:
 class Store:
     """One SQLite database file; all methods are synchronous and short."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None = None) -> None:
         self._conn = conn
         self.path = path
+        self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, path: Path) -> Store:
+    def open(cls, path: Path, *, exclusive: bool = False) -> Store:
+        """Open (and create, mode 0600) the store.
+
+        ``exclusive`` is for the processes that write and notify (`run`, `once`, `demo`): only
+        one may use a store at a time, or alerts would be sent twice. Readers (`status`,
+        `check`) don't take the lock.
+        """
+        lock_fd = None
         try:
             if str(path) != ":memory:":
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if exclusive:
+                    lock_fd = _lock(path)
                 if not path.exists():
                     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
@@ -236,14 +247,19 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.create_aggregate("dec_sum", 1, _DecimalSum)  # type: ignore[arg-type]
-            store = cls(conn, path)
+            store = cls(conn, path, lock_fd)
             store._migrate()
+        except StoreError:
+            _unlock(lock_fd)
+            raise
         except sqlite3.DatabaseError as exc:
+            _unlock(lock_fd)
             raise StoreError(
                 f"cannot open the store {path}: {exc}; check state.path, its permissions, and"
                 " that no other langdock-budget process uses it"
             ) from None
         except OSError as exc:
+            _unlock(lock_fd)
             raise StoreError(
                 f"cannot create the store {path}: {exc.strerror}; check state.path and permissions"
             ) from None
@@ -251,6 +267,8 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+        _unlock(self._lock_fd)
+        self._lock_fd = None
 
     def _migrate(self) -> None:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -649,6 +667,31 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _lock(path: Path) -> int:
+    """Take the store's process lock (``<store>.lock``, holding the owner's pid)."""
+    lock_path = Path(f"{path}.lock")
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"the store {path} is in use by another langdock-budget process (pid {owner});"
+            " stop it first (one writer per store), or point state.path elsewhere"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _accumulate(into: list[object], values: list[object]) -> None:

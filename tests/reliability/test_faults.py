@@ -1,0 +1,257 @@
+"""Fault injection: the daemon's cycle (what `once` and `run` execute) against the loopback
+Langdock simulator and fake Slack, one fault per scenario.
+
+For every scenario: the cycle survives, no partial data is stored (every stored bucket equals
+what Langdock reports for it), the bucket that failed is fetched again next cycle, and every
+alert that should fire reaches Slack exactly once, none that shouldn't. The matrix with
+expectations is docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Config, load_config
+from daemon.cycle import CycleResult, run_cycle
+from daemon.langdock import LangdockClient
+from daemon.notify import SlackSender
+from daemon.rules.windows import buckets
+from daemon.simulator import Fault, Simulator
+from daemon.store import Store
+from tests.conftest import API_KEY, NOW, FakeClock
+from tests.fake_slack import FakeSlack
+
+LIMIT = Decimal(40)  # per key over 24h: prod-web and prod-search exceed it, the rest do not
+TOO_LARGE = {
+    "error": "Export too large: 2000000 rows exceeds limit of 1000000. Please narrow"
+    " the date range."
+}
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+def config_for(tmp_path: Path, sim: Simulator, slack: FakeSlack) -> Config:
+    (tmp_path / "config.yaml").write_text(
+        f"langdock: {{base_url: '{sim.base_url}', api_key: '{API_KEY}', max_retries: 2,"
+        " timeout: 1s}\n"
+        "timezone: Europe/Berlin\npoll: {backfill: 24h}\nstate: {path: state.db}\n"
+        f"slack: {{webhook_url: '{slack.url}/services/T/B/x'}}\n"
+        f"rules:\n  - {{name: keys-24h, kind: budget, each: api_key, window: 24h,"
+        f" limit_usd: {LIMIT}}}\n"
+    )
+    return load_config(tmp_path / "config.yaml", {})
+
+
+class Harness:
+    def __init__(
+        self,
+        tmp_path: Path,
+        sim: Simulator,
+        slack: FakeSlack,
+        clock: FakeClock,
+        timeout: float = 1.0,
+    ) -> None:
+        self.sim, self.slack, self.clock = sim, slack, clock
+        self.config = config_for(tmp_path, sim, slack)
+        self.store = Store.open(self.config.state.path, exclusive=True)
+        self.client = LangdockClient(
+            sim.base_url,
+            API_KEY,
+            timeout=timeout,
+            max_retries=2,
+            max_requests_per_minute=6000,
+            sleep=clock.sleep,
+            clock=clock.mono,
+        )
+        self.sender = SlackSender(self.config)
+
+    async def cycle(self) -> CycleResult:
+        result = await run_cycle(
+            self.config,
+            self.store,
+            self.client,
+            self.clock,
+            sender=self.sender,
+            sleep=self.clock.sleep,
+        )
+        self.clock.advance(timedelta(minutes=5))
+        return result
+
+    def assert_no_partial_data(self) -> None:
+        """Every bucket marked fetched holds exactly Langdock's numbers for it."""
+        fetched = self.store.fetched_segments("api-keys", NOW - timedelta(days=2))
+        tz = self.config.tz
+        for bucket in buckets(NOW - timedelta(days=2), self.clock(), tz):
+            stored = {
+                (t.api_key_id, t.model): t.cost_usd
+                for t in self.store.key_model_totals(bucket.start, bucket.end)
+            }
+            if bucket.start not in fetched:
+                assert stored == {}, f"unfetched bucket {bucket.start} has data"
+                continue
+            if fetched[bucket.start] < bucket.end:
+                continue  # fetched while running: its truth depends on the exact instant
+            assert stored == self.truth(bucket.start, bucket.end), bucket.start
+
+    def truth(self, start: Any, end: Any) -> dict[tuple[str, str], Decimal]:
+        result = {}
+        for ki, key in enumerate(self.sim.keys):
+            for mi, model in enumerate(self.sim.models):
+                usage = self.sim.pair_usage(ki, mi, start, end)
+                if usage["requests"]:
+                    result[(key.id, model.name)] = usage["cost"]
+        return result
+
+    def expected_firing(self) -> set[str]:
+        totals: dict[str, Decimal] = {}
+        for t in self.store.key_model_totals(self.clock() - timedelta(hours=24), self.clock()):
+            totals[t.api_key_name] = totals.get(t.api_key_name, Decimal(0)) + t.cost_usd
+        return {name for name, total in totals.items() if total >= LIMIT}
+
+    def alerted(self) -> list[str]:
+        return [t.split("— ")[1].split(" (")[0] for t in self.slack.texts()]
+
+
+def fault(kind: str) -> Callable[[Simulator], None]:
+    def apply(sim: Simulator) -> None:
+        if kind == "429 storm with Retry-After":
+            sim.faults.extend(
+                Fault(429, {"error": "Too many requests"}, {"Retry-After": "9"}) for _ in range(3)
+            )
+        elif kind == "429 storm without Retry-After":
+            sim.faults.extend(Fault(429, {"error": "Too many requests"}) for _ in range(3))
+        elif kind == "500s":
+            sim.faults.extend(Fault(500, {"error": "Internal error"}) for _ in range(3))
+        elif kind == "hanging request":
+            sim.faults.extend(Fault(200, {}, delay=1.5) for _ in range(3))
+        elif kind == "success false":
+            sim.faults.append(Fault(200, {"success": False, "error": "export failed"}))
+        elif kind == "export too large":
+            sim.faults.append(Fault(400, TOO_LARGE))
+        elif kind == "expired signed URL":
+            sim.download_faults.append("expire")
+        elif kind == "signed URL redirects elsewhere":
+            sim.download_faults.append("redirect")
+        elif kind in ("truncate", "garbage", "missing_column", "bom_extra"):
+            sim.download_faults.append(kind)
+        else:
+            raise AssertionError(kind)
+
+    return apply
+
+
+SCENARIOS = [
+    # fault, the first cycle ends ok?, reason recorded for the failed fetch
+    ("429 storm with Retry-After", False, "rate_limited"),
+    ("429 storm without Retry-After", False, "rate_limited"),
+    ("500s", False, "server"),
+    ("hanging request", False, "timeout"),
+    ("success false", False, "unsuccessful"),
+    ("export too large", True, None),
+    ("expired signed URL", True, None),
+    ("signed URL redirects elsewhere", False, "download"),
+    ("truncate", False, "truncated"),
+    ("garbage", False, "parse"),
+    ("missing_column", False, "parse"),
+    ("bom_extra", True, None),
+]
+
+
+@pytest.mark.parametrize(("kind", "first_ok", "reason"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+async def test_langdock_fault(
+    kind: str,
+    first_ok: bool,
+    reason: str | None,
+    tmp_path: Path,
+    simulator: Simulator,
+    slack: FakeSlack,
+    clock: FakeClock,
+) -> None:
+    harness = Harness(
+        tmp_path, simulator, slack, clock, timeout=0.3 if kind == "hanging request" else 1.0
+    )
+    fault(kind)(simulator)
+    first = await harness.cycle()
+    assert first.poll.ok is first_ok, first.poll.failures
+    if reason is not None:
+        assert {f.reason for f in first.poll.failures} == {reason}
+        assert not harness.store.last_fetches(50)[0].ok or first.poll.fetched
+    harness.assert_no_partial_data()
+    if kind == "429 storm with Retry-After":
+        assert clock.sleeps[:2] == [9.0, 9.0]
+    elif kind == "429 storm without Retry-After":  # exponential backoff with jitter
+        assert 0.5 <= clock.sleeps[0] <= 1.5 and 1.0 <= clock.sleeps[1] <= 3.0
+    second = await harness.cycle()
+    assert second.ok, second.poll.failures
+    harness.assert_no_partial_data()
+    third = await harness.cycle()  # nothing new: no duplicates
+    assert third.ok
+    alerted = harness.alerted()
+    assert sorted(alerted) == sorted(harness.expected_firing()) == ["prod-search", "prod-web"]
+    harness.store.close()
+
+
+async def test_no_usage_at_all_is_quiet(
+    tmp_path: Path, simulator: Simulator, slack: FakeSlack, clock: FakeClock
+) -> None:
+    simulator.requests_per_hour = 0  # every export answers 404 "No data found"
+    harness = Harness(tmp_path, simulator, slack, clock)
+    result = await harness.cycle()
+    assert result.ok and result.poll.rows == 0 and result.poll.fetched == result.poll.planned
+    assert slack.received == []
+    harness.store.close()
+
+
+async def test_disk_full_keeps_the_daemon_up(
+    tmp_path: Path,
+    simulator: Simulator,
+    slack: FakeSlack,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlite3
+
+    harness = Harness(tmp_path, simulator, slack, clock)
+
+    def full(*args: object, **kwargs: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.store, "replace_key_usage", full)
+        patch.setattr(harness.store, "save_alerts", full)
+        result = await harness.cycle()
+    assert result.poll.aborted == "store" and result.store_error == "database or disk is full"
+    assert slack.received == []
+    recovered = await harness.cycle()  # space is back
+    assert recovered.ok and sorted(harness.alerted()) == ["prod-search", "prod-web"]
+    harness.store.close()
+
+
+def test_a_store_held_by_another_process_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: x, base_url: 'http://127.0.0.1:9'}\nstate: {path: state.db}\n"
+    )
+    holder = Store.open(tmp_path / "state.db", exclusive=True)
+    try:
+        assert main(["once", "--config", str(tmp_path / "config.yaml")]) == 1
+        err = capsys.readouterr().err
+        assert "is in use by another langdock-budget process" in err and "stop it first" in err
+        # readers are not blocked
+        assert main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
+    finally:
+        holder.close()
