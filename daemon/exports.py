@@ -191,9 +191,18 @@ def _tokens(row: _Row) -> dict[str, int | None]:
 
 
 def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage]:
-    """Rows of an ``/export/api-keys`` CSV; ``grouped`` requires the model column."""
+    """Rows of an ``/export/api-keys`` CSV; ``grouped`` requires the model column.
+
+    Well-formed records take a fast path (plain `int` / `Decimal` on the cells); anything
+    unusual (blank cells with spaces, "12.0", "$1.50", short records) falls back to the
+    careful per-cell parser, which also produces the line-numbered errors.
+    """
     required = ("api_key_id", "model") if grouped else ("api_key_id",)
     for row in _records(lines, KEY_ALIASES, required, "api-keys"):
+        fast = _fast_key_usage(row, grouped)
+        if fast is not None:
+            yield fast
+            continue
         key_id = row.text("api_key_id")
         if not key_id:
             raise ExportFormatError(f"api-keys export: line {row.line}: empty api_key_id")
@@ -207,6 +216,30 @@ def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage
         )
 
 
+def _fast_key_usage(row: _Row, grouped: bool) -> KeyUsage | None:
+    cols, record = row.cols, row.record
+    try:
+        key_id = record[cols["api_key_id"]].strip()
+        i_name, i_req, i_cost = cols.get("api_key_name"), cols.get("requests"), cols.get("cost_usd")
+        name = record[i_name].strip() if i_name is not None else ""
+        model = record[cols["model"]].strip() if grouped else ""
+        raw = record[i_req] if i_req is not None else ""
+        requests = int(raw) if raw else 0
+        raw = record[i_cost] if i_cost is not None else ""
+        cost = Decimal(raw) if raw else _ZERO
+        tokens = []
+        for field_name in TOKEN_FIELDS:
+            index = cols.get(field_name)
+            raw = record[index] if index is not None else ""
+            tokens.append(int(raw) if raw else None)
+    except (ValueError, IndexError, InvalidOperation):
+        return None
+    if not key_id or not cost.is_finite():
+        return None
+    return KeyUsage(key_id, name or key_id, model, requests, cost, *tokens)
+
+
+_ZERO = Decimal(0)
 _TRUE = {"true", "1", "yes", "y", "t"}
 
 

@@ -97,6 +97,22 @@ def top_key_costs(
     return tuple(series)
 
 
+def bounded_budgets(
+    evaluations: Iterable[BudgetEvaluation], top_n: int
+) -> tuple[BudgetEvaluation, ...]:
+    """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
+    rule over 10,000 keys must not become 40,000 series."""
+    by_rule: dict[str, list[BudgetEvaluation]] = {}
+    for evaluation in evaluations:
+        by_rule.setdefault(evaluation.rule, []).append(evaluation)
+    kept: list[BudgetEvaluation] = []
+    for members in by_rule.values():
+        if len(members) > top_n:
+            members = sorted(members, key=lambda e: e.utilization, reverse=True)[:top_n]
+        kept += members
+    return tuple(kept)
+
+
 def scope_label(evaluation: BudgetEvaluation) -> str:
     return evaluation.member.label if evaluation.member.id != WORKSPACE else "workspace"
 

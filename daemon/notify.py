@@ -33,7 +33,7 @@ from daemon.rules.budget import BudgetEvaluation, Forecast
 from daemon.rules.engine import EngineResult, Evaluation
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.schema import AnomalyRule, BudgetRule
-from daemon.rules.usage import Member
+from daemon.rules.usage import Member, MemberUsage, Series
 from daemon.rules.windows import Period, bucket_start, calendar_period
 from daemon.slack_messages import (
     SlackMessage,
@@ -185,6 +185,16 @@ def sample_messages(tz: ZoneInfo, now: datetime) -> list[SlackMessage]:
     """One budget and one anomaly message with made-up numbers, for `test-alert`."""
     member = Member("key_sample", "example-key (key_sample)", "api_key")
     month = calendar_period("month", now, tz)
+    hour = bucket_start(now, tz)
+    last_hour = int((hour - timedelta(hours=1)).timestamp())
+    usage = MemberUsage(
+        member,
+        Series({}),
+        parts={
+            "gpt-4o": Series({last_hour: Decimal("45.00")}),
+            "claude-sonnet-4": Series({last_hour: Decimal("3.20")}),
+        },
+    )
     budget = BudgetEvaluation(
         "test-alert-sample-budget",
         member,
@@ -196,12 +206,11 @@ def sample_messages(tz: ZoneInfo, now: datetime) -> list[SlackMessage]:
         Decimal(500),
         Forecast(Decimal("590.10"), "hour_of_week", now + timedelta(days=5)),
         (),
-        (("gpt-4o", Decimal("300.10")), ("claude-sonnet-4", Decimal("112.40"))),
+        usage,
     )
     budget_state = AlertState(
         AlertKey(budget.rule, member.id, "80", month.id), "firing", now, now, now, None, "warning"
     )
-    hour = bucket_start(now, tz)
     anomaly = AnomalyEvaluation(
         "test-alert-sample-anomaly",
         member,
@@ -215,7 +224,7 @@ def sample_messages(tz: ZoneInfo, now: datetime) -> list[SlackMessage]:
         9.4,
         (),
         "",
-        (("gpt-4o", Decimal("45.00")),),
+        usage,
     )
     anomaly_state = AlertState(
         AlertKey(anomaly.rule, member.id, "up", ""), "firing", now, now, now, None, "critical"

@@ -33,6 +33,7 @@ from daemon.metrics import (
     Snapshot,
     SnapshotCollector,
     Stats,
+    bounded_budgets,
     firing_series,
     top_key_costs,
 )
@@ -288,7 +289,10 @@ class Daemon:
         labels = {k: f"{n} ({k})" for k, n in names.items()}
         self.collector.snapshot = Snapshot(
             costs=top_key_costs(totals, self.config.metrics.top_keys),
-            budgets=tuple(e for e in result.engine.evaluations if isinstance(e, BudgetEvaluation)),
+            budgets=bounded_budgets(
+                (e for e in result.engine.evaluations if isinstance(e, BudgetEvaluation)),
+                self.config.metrics.top_keys,
+            ),
             firing=firing_series(result.engine, labels),
             outbox_pending=self.store.outbox_pending_count(),
             store_bytes=self.store.size_bytes(),

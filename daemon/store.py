@@ -300,11 +300,19 @@ class Store:
             count += 1
             names[row.api_key_id] = row.api_key_name
             key = (row.api_key_id, row.model)
-            tokens = [getattr(row, f) for f in TOKEN_FIELDS]
+            values: list[object] = [
+                row.requests,
+                row.cost_usd,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cached_prompt_tokens,
+                row.cache_creation_tokens,
+                row.no_cache_tokens,
+            ]
             if key in totals:
-                _accumulate(totals[key], [row.requests, row.cost_usd, *tokens])
+                _accumulate(totals[key], values)
             else:
-                totals[key] = [row.requests, row.cost_usd, *tokens]
+                totals[key] = values
         s, e = _ts(start), _ts(end)
         with self._transaction():
             self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -44,7 +44,14 @@ class AnomalyEvaluation:
     score: float | None
     conditions: tuple[Condition, ...]
     note: str = ""  # why the rule could not judge (cold start, no data)
-    contributors: tuple[tuple[str, Decimal], ...] = ()
+    usage: MemberUsage | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def contributors(self) -> tuple[tuple[str, Decimal], ...]:
+        """Top contributors in the window, computed on demand (only messages need them)."""
+        if self.usage is None:
+            return ()
+        return self.usage.top_parts(self.window.start, self.window.end)
 
 
 def median(values: Sequence[Decimal]) -> Decimal:
@@ -156,12 +163,6 @@ def _evaluate_member(
         if value is not None:
             samples.append((_slot(start, tz, seasonality), value))
     observed = member_usage.total(window.start, window.end)
-    contributors = tuple(
-        sorted(
-            ((label, s.total(window.start, window.end)) for label, s in member_usage.parts.items()),
-            key=lambda item: (-item[1], item[0]),
-        )[:3]
-    )
 
     def result(
         expected: Decimal | None, score: float | None, holds: dict[str, bool], note: str = ""
@@ -188,7 +189,7 @@ def _evaluate_member(
             score,
             conditions,
             note,
-            contributors,
+            member_usage,
         )
 
     if observed is None:

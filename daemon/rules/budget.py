@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -45,11 +45,18 @@ class BudgetEvaluation:
     limit: Decimal
     forecast: Forecast | None
     conditions: tuple[Condition, ...]
-    top_parts: tuple[tuple[str, Decimal], ...] = ()
+    usage: MemberUsage | None = field(default=None, compare=False, repr=False)
 
     @property
     def utilization(self) -> Decimal:
         return self.spend / self.limit
+
+    @property
+    def top_parts(self) -> tuple[tuple[str, Decimal], ...]:
+        """Top contributors, computed on demand (only messages need them)."""
+        if self.usage is None:
+            return ()
+        return self.usage.top_parts(self.period.start, min(self.now, self.period.end))
 
 
 def rule_unit(rule: BudgetRule) -> tuple[Unit, Decimal]:
@@ -109,7 +116,7 @@ def evaluate_budget(
                 limit,
                 forecast,
                 tuple(conditions),
-                _top_parts(member_usage, period.start, end),
+                member_usage,
             )
         )
     return results
@@ -117,14 +124,6 @@ def evaluate_budget(
 
 def _pct(threshold: Decimal) -> str:
     return format(threshold.normalize(), "f")  # 50 → "50", 80.5 → "80.5"
-
-
-def _top_parts(
-    member: MemberUsage, start: datetime, end: datetime
-) -> tuple[tuple[str, Decimal], ...]:
-    totals = [(label, series.total(start, end)) for label, series in member.parts.items()]
-    totals = [t for t in totals if t[1]]
-    return tuple(sorted(totals, key=lambda t: (-t[1], t[0]))[:3])
 
 
 def project(

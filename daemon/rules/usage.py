@@ -94,6 +94,13 @@ class MemberUsage:
     weight: Series | None = None  # the denominator of a ratio metric (requests)
     parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
 
+    def top_parts(
+        self, start: datetime, end: datetime, n: int = 3
+    ) -> tuple[tuple[str, Decimal], ...]:
+        """The ``n`` biggest contributors (models of a key, keys of a model) over [start, end)."""
+        totals = [(label, series.total(start, end)) for label, series in self.parts.items()]
+        return tuple(sorted((t for t in totals if t[1]), key=lambda t: (-t[1], t[0]))[:n])
+
     def total(self, start: datetime, end: datetime) -> Decimal | None:
         """The metric over [start, end): a sum, or a ratio (None with no requests)."""
         numerator = self.value.total(start, end)
@@ -116,6 +123,7 @@ class UsageIndex:
     ) -> None:
         self.key_names = dict(key_names or {})
         self.history_start = history_start
+        self._members: dict[tuple[object, ...], list[MemberUsage]] = {}
         # (key id, model) → metric → bucket start → value
         self.pairs: dict[tuple[str, str], dict[str, dict[int, Decimal]]] = {}
         for p in key_points:
@@ -171,7 +179,18 @@ class UsageIndex:
         return Member(WORKSPACE, _scope_label(rule.scope), "workspace")
 
     def members(self, rule: BudgetRule | AnomalyRule, metric: Metric) -> list[MemberUsage]:
-        """The rule's members with their series for ``metric``, sorted by member id."""
+        """The rule's members with their series for ``metric``, sorted by member id.
+
+        Rules that select the same way (scope, exclude, each, metric) share one result: with
+        thousands of keys, building the merged series is the expensive part.
+        """
+        selection = (rule.scope, tuple(rule.exclude), rule.each, metric)
+        cached = self._members.get(selection)
+        if cached is None:
+            cached = self._members[selection] = self._select(rule, metric)
+        return cached
+
+    def _select(self, rule: BudgetRule | AnomalyRule, metric: Metric) -> list[MemberUsage]:
         if metric in ("error_rate", "response_time_ms"):
             return self._model_metric_members(rule, metric)
         grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
