@@ -33,6 +33,7 @@ lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
