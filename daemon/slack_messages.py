@@ -9,7 +9,7 @@ as inline code, so a key called ``<!channel>`` or ``*x*`` is shown literally and
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,9 +142,7 @@ def budget_message(
         if ev.forecast.crossing is not None:
             forecast += f"; 100% expected {_when(ev.forecast.crossing, tz)}"
         pairs.append(("Forecast", f"{forecast} ({ev.forecast.method.replace('_', ' ')})"))
-    if ev.top_parts:
-        top = ", ".join(f"{name(label)} {format_amount(v, ev.unit)}" for label, v in ev.top_parts)
-        pairs.append(("Top contributors", top))
+    _add_contributors(pairs, ev.top_parts, lambda v: format_amount(v, ev.unit))
     text = (
         f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {spend} of {limit}"
         f" ({used}), {escape(_period_text(ev, tz))}"
@@ -182,16 +180,23 @@ def anomaly_message(
         ("Baseline", baseline),
         ("Severity", f"{EMOJI[state.severity]} {state.severity}"),
     ]
-    if ev.contributors:
-        top = ", ".join(
-            f"{name(label)} {format_metric(v, ev.metric)}" for label, v in ev.contributors
-        )
-        pairs.append(("Top contributors", top))
+    _add_contributors(pairs, ev.contributors, lambda v: format_metric(v, ev.metric))
     text = (
         f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {observed} vs"
         f" expected {expected} (score {score}) in {window}"
     )
     return _message(title, state, pairs, text, tz, mention)
+
+
+def _add_contributors(
+    pairs: list[tuple[str, str]],
+    parts: Sequence[tuple[str, Decimal]],
+    show: Callable[[Decimal], str],
+) -> None:
+    if parts:
+        pairs.append(
+            ("Top contributors", ", ".join(f"{name(label)} {show(v)}" for label, v in parts))
+        )
 
 
 def resolved_message(
