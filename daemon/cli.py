@@ -12,15 +12,21 @@ from pathlib import Path
 
 import structlog
 
-from daemon import __version__
+from daemon import __version__, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from daemon.cycle import CycleResult, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
 from daemon.notify import Sender, SlackSender, route_for, sample_messages
-from daemon.report import render_active, render_evaluations, render_report, spend_report
-from daemon.rules.durations import format_duration
+from daemon.report import (
+    render_active,
+    render_evaluations,
+    render_report,
+    render_silences,
+    spend_report,
+)
+from daemon.rules.durations import format_duration, parse_duration
 from daemon.rules.schema import BudgetRule
 from daemon.rules.usage import expand_members
 from daemon.service import make_client
@@ -114,6 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="send sample budget and anomaly messages to every route",
     )
     test_alert.set_defaults(handler=cmd_test_alert)
+
+    silence = sub.add_parser(
+        "silence",
+        parents=[common],
+        help="keep Slack quiet for a rule (state and metrics still tracked)",
+    )
+    silence_sub = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
+    add = silence_sub.add_parser("add", parents=[common], help="silence a rule (and member)")
+    add.add_argument("--rule", required=True, help="rule name")
+    add.add_argument("--member", help="glob on the key name or id, or the model (default: all)")
+    add.add_argument("--for", dest="duration", required=True, help="how long, e.g. 24h, 3d")
+    add.add_argument("--reason", required=True, help="why (shown in status)")
+    add.set_defaults(handler=cmd_silence_add)
+    listing = silence_sub.add_parser("list", parents=[common], help="active silences")
+    listing.add_argument("--all", action="store_true", help="include expired ones")
+    listing.set_defaults(handler=cmd_silence_list)
+    expire = silence_sub.add_parser("expire", parents=[common], help="end a silence now")
+    expire.add_argument("id", type=int)
+    expire.set_defaults(handler=cmd_silence_expire)
+
+    rules_cmd = sub.add_parser("rules", parents=[common], help="rule utilities")
+    rules_sub = rules_cmd.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    export = rules_sub.add_parser(
+        "export-prometheus",
+        parents=[common],
+        help="print Prometheus alerting rules equivalent to the budget rules",
+    )
+    export.set_defaults(handler=cmd_rules_export)
 
     from daemon.demo import add_demo_parser
 
@@ -326,6 +360,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print()
             print(render_active(stored, config.tz))
             print()
+        silences = store.silences(now)
+        if silences:
+            print(render_silences(silences, config.tz))
+            print()
         for export in ("api-keys", "models"):
             last = store.last_success(export)
             age = f"{(now - last).total_seconds() / 60:.0f} min ago" if last else "never"
@@ -335,6 +373,63 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"recent fetch failures: {len(failed)} (latest: {failed[0].message})")
     finally:
         store.close()
+    return EXIT_OK
+
+
+def cmd_silence_add(args: argparse.Namespace) -> int:
+    config = load(args)
+    if args.rule not in {rule.name for rule in config.rules}:
+        names = ", ".join(sorted(rule.name for rule in config.rules)) or "(none)"
+        print(
+            f"error: no rule named {args.rule!r} in {config.source}; rules: {names}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        print(f"error: --for: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    now = utc_now()
+    store = Store.open(config.state.path)
+    try:
+        silence_id = store.add_silence(args.rule, args.member, now, now + duration, args.reason)
+    finally:
+        store.close()
+    until = (now + duration).astimezone(config.tz)
+    print(
+        f"silence {silence_id}: {args.rule}{' / ' + args.member if args.member else ''}"
+        f" until {until:%Y-%m-%d %H:%M %Z}"
+    )
+    return EXIT_OK
+
+
+def cmd_silence_list(args: argparse.Namespace) -> int:
+    config = load(args)
+    if not config.state.path.exists():
+        print("no silences (no store yet)")
+        return EXIT_OK
+    store = Store.open(config.state.path)
+    try:
+        print(render_silences(store.silences(utc_now(), include_expired=args.all), config.tz))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_silence_expire(args: argparse.Namespace) -> int:
+    config = load(args)
+    store = Store.open(config.state.path)
+    try:
+        ended = store.expire_silence(args.id, utc_now())
+    finally:
+        store.close()
+    print(f"silence {args.id} {'expired' if ended else 'was not active (unknown or already over)'}")
+    return EXIT_OK if ended else EXIT_FAILED
+
+
+def cmd_rules_export(args: argparse.Namespace) -> int:
+    print(prometheus_rules.render(load(args).rules), end="")
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from daemon.langdock import LangdockClient
 from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
 from daemon.rules.budget import PROFILE_WEEKS
 from daemon.rules.engine import EngineResult, evaluate
+from daemon.rules.lifecycle import AlertState
 from daemon.rules.schema import AnomalyRule, BudgetRule
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
@@ -119,6 +120,14 @@ def plan_notifications(
         return [], {}  # no route: transitions are only logged
     key_names = store.api_key_names()
     labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
+    silences = [s for s in store.silences(now) if s.active(now)]
+
+    def silenced(state: AlertState) -> bool:
+        member = state.key.member
+        return any(
+            s.matches(state.key.rule, member, key_names.get(member, member)) for s in silences
+        )
+
     return plan(
         result,
         {rule.name: rule for rule in config.rules},
@@ -129,6 +138,7 @@ def plan_notifications(
         repeat_interval=config.slack.repeat_interval if config.slack else timedelta(0),
         send_resolved=config.slack.send_resolved if config.slack else True,
         labels=labels,
+        silenced=silenced,
     )
 
 

@@ -105,8 +105,13 @@ def plan(
     repeat_interval: timedelta,
     send_resolved: bool,
     labels: Mapping[str, str],
+    silenced: Callable[[AlertState], bool] = lambda _state: False,
 ) -> tuple[list[OutboxItem], dict[str, datetime]]:
-    """The outbox items of one cycle and the alerts they notify about (for repeat timing)."""
+    """The outbox items of one cycle and the alerts they notify about (for repeat timing).
+
+    A silenced alert is still tracked (state, metrics) but nothing is sent; if it is still
+    firing when the silence ends, its firing message goes out then.
+    """
     by_alert: dict[str, Evaluation] = {
         c.key.id: ev for ev in result.evaluations for c in ev.conditions
     }
@@ -122,7 +127,7 @@ def plan(
             continue
         if notice.transition.kind == "firing":
             evaluation = notice.evaluation or by_alert.get(state.key.id)
-            if evaluation is None:
+            if evaluation is None or silenced(state):
                 continue
             message = message_for(state, evaluation, tz, repeat=False, mention=rule.mention)
             drafts.append(_Draft(route, "firing", state.key.id, state.severity, message))
@@ -136,26 +141,30 @@ def plan(
             )
             message = resolved_message(state, label, notice.transition.reason, tz, evaluation)
             drafts.append(_Draft(route, "resolved", state.key.id, "resolved", message))
-    if repeat_interval > timedelta(0):
-        for alert_id, state in sorted(result.states.items()):
-            last = last_notified.get(alert_id)
-            rule = rules.get(state.key.rule)
-            evaluation = by_alert.get(alert_id)
-            if (
-                state.status != "firing"
-                or alert_id in changed
-                or last is None
-                or rule is None
-                or evaluation is None
-                or now - last < repeat_interval
-            ):
-                continue
-            route = route_of(rule)
-            if route is None:
-                continue
-            message = message_for(state, evaluation, tz, repeat=True, mention=None)
-            drafts.append(_Draft(route, "repeat", alert_id, state.severity, message))
-            notified[alert_id] = now
+    for alert_id, state in sorted(result.states.items()):
+        rule = rules.get(state.key.rule)
+        evaluation = by_alert.get(alert_id)
+        if (
+            state.status != "firing"
+            or alert_id in changed
+            or rule is None
+            or evaluation is None
+            or silenced(state)
+        ):
+            continue
+        last = last_notified.get(alert_id)
+        repeat = last is not None
+        if last is not None and (repeat_interval <= timedelta(0) or now - last < repeat_interval):
+            continue
+        route = route_of(rule)
+        if route is None:
+            continue
+        # never announced (silenced until now, or no route then): its first message, else a repeat
+        mention = None if repeat else rule.mention
+        message = message_for(state, evaluation, tz, repeat=repeat, mention=mention)
+        kind = "repeat" if repeat else "firing"
+        drafts.append(_Draft(route, kind, alert_id, state.severity, message))
+        notified[alert_id] = now
     return _group(drafts, now, tz), notified
 
 

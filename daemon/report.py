@@ -14,7 +14,7 @@ from daemon.rules.budget import BudgetEvaluation, Condition
 from daemon.rules.engine import EngineResult
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.windows import calendar_period
-from daemon.store import Store
+from daemon.store import Silence, Store
 
 # Column title → how to find its range at `now`.
 WINDOWS: tuple[str, ...] = ("today", "month", "24h")
@@ -217,6 +217,25 @@ def render_active(states: dict[str, AlertState], tz: ZoneInfo) -> str:
             rows,
             right=set(),
         )
+    )
+
+
+def render_silences(silences: Sequence[Silence], tz: ZoneInfo) -> str:
+    if not silences:
+        return "Silences: none"
+    rows = [
+        [
+            str(s.id),
+            s.rule,
+            s.member or "*",
+            f"{s.starts.astimezone(tz):%Y-%m-%d %H:%M}",
+            f"{s.ends.astimezone(tz):%Y-%m-%d %H:%M}",
+            s.reason,
+        ]
+        for s in silences
+    ]
+    return "\n".join(
+        _grid(["Silence", "rule", "member", "from", "until", "reason"], rows, right=set())
     )
 
 

@@ -287,7 +287,21 @@ class Daemon:
             ]
         names = self.store.api_key_names()
         labels = {k: f"{n} ({k})" for k, n in names.items()}
+        silences = [s for s in self.store.silences(now) if s.active(now)]
+        silenced = tuple(
+            sorted(
+                {
+                    (s.key.rule, labels.get(s.key.member, s.key.member))
+                    for s in result.engine.firing
+                    if any(
+                        x.matches(s.key.rule, s.key.member, names.get(s.key.member, s.key.member))
+                        for x in silences
+                    )
+                }
+            )
+        )
         self.collector.snapshot = Snapshot(
+            silenced=silenced,
             costs=top_key_costs(totals, self.config.metrics.top_keys),
             budgets=bounded_budgets(
                 (e for e in result.engine.evaluations if isinstance(e, BudgetEvaluation)),

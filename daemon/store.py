@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import KeyPoint, ModelPoint
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -124,6 +125,17 @@ _MIGRATIONS: dict[int, str] = {
         ts TEXT
     ) WITHOUT ROWID;
     """,
+    4: """
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rule TEXT NOT NULL,
+        member TEXT,
+        starts INTEGER NOT NULL,
+        ends INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    """,
 }
 _FETCH_LOG_KEEP = 5000
 
@@ -204,6 +216,28 @@ class OutboxItem:
     created_at: datetime
     id: int = 0
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Slack stays quiet for alerts of ``rule`` (and ``member``, a glob) until ``ends``."""
+
+    id: int
+    rule: str
+    member: str | None
+    starts: datetime
+    ends: datetime
+    reason: str
+
+    def active(self, now: datetime) -> bool:
+        return self.starts <= now < self.ends
+
+    def matches(self, rule: str, member_id: str, label: str) -> bool:
+        return rule == self.rule and (
+            self.member is None
+            or fnmatchcase(member_id, self.member)
+            or fnmatchcase(label, self.member)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,6 +675,35 @@ class Store:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(f"{self.path}{suffix}")
         return total
+
+    def add_silence(
+        self, rule: str, member: str | None, starts: datetime, ends: datetime, reason: str
+    ) -> int:
+        with self._transaction():
+            cur = self._conn.execute(
+                "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (rule, member, _ts(starts), _ts(ends), reason, _ts(starts)),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def silences(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
+        rows = self._conn.execute(
+            "SELECT id, rule, member, starts, ends, reason FROM silences"
+            + ("" if include_expired else " WHERE ends > ?")
+            + " ORDER BY id",
+            () if include_expired else (_ts(now),),
+        )
+        return [Silence(i, r, m, _dt(s), _dt(e), reason) for i, r, m, s, e, reason in rows]
+
+    def expire_silence(self, silence_id: int, now: datetime) -> bool:
+        with self._transaction():
+            cur = self._conn.execute(
+                "UPDATE silences SET ends = ? WHERE id = ? AND ends > ?",
+                (_ts(now), silence_id, _ts(now)),
+            )
+        return cur.rowcount == 1
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
         rows = self._conn.execute(
