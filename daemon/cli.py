@@ -27,7 +27,7 @@ from daemon.report import (
     spend_report,
 )
 from daemon.rules.durations import format_duration, parse_duration
-from daemon.rules.schema import BudgetRule
+from daemon.rules.schema import BudgetRule, NewMemberRule
 from daemon.rules.usage import expand_members
 from daemon.service import make_client
 from daemon.store import Store, StoreError
@@ -238,6 +238,8 @@ def describe_config(config: Config) -> str:
             what = f"budget {limit} per {rule.window} at {thresholds}"
             if rule.forecast:
                 what += " + forecast"
+        elif isinstance(rule, NewMemberRule):
+            what = f"new {rule.each} alert (stays up {format_duration(rule.window)})"
         else:
             what = (
                 f"anomaly {rule.metric} over {format_duration(rule.window)} vs"

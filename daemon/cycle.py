@@ -23,7 +23,7 @@ from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_fo
 from daemon.rules.budget import PROFILE_WEEKS
 from daemon.rules.engine import EngineResult, evaluate
 from daemon.rules.lifecycle import AlertState
-from daemon.rules.schema import AnomalyRule, BudgetRule
+from daemon.rules.schema import AnyRule, BudgetRule, NewMemberRule
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 from daemon.store import OutboxItem, Store
@@ -43,9 +43,7 @@ class CycleResult:
         return self.poll.ok and self.delivery.ok and self.store_error is None
 
 
-def history_needed(
-    rules: Sequence[BudgetRule | AnomalyRule], now: datetime, tz: ZoneInfo
-) -> datetime:
+def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> datetime:
     """The oldest bucket any rule looks at (window, baseline, forecast profile)."""
     oldest = now
     for rule in rules:
@@ -53,6 +51,8 @@ def history_needed(
             start = window_period(rule.window, now, tz).start
             if rule.forecast and is_calendar(rule.window):
                 start -= timedelta(weeks=PROFILE_WEEKS)
+        elif isinstance(rule, NewMemberRule):
+            start = now - rule.window - timedelta(hours=2)
         else:
             start = bucket_start(now, tz) - rule.window - rule.baseline
         oldest = min(oldest, start)
@@ -62,11 +62,17 @@ def history_needed(
 def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
     start = history_needed(config.rules, now, config.tz)
     end = bucket_end(now, config.tz)
+    history_start = store.history_start()
     return UsageIndex(
         store.key_points(start, end),
         store.model_points(start, end),
         key_names=store.api_key_names(),
-        history_start=store.history_start(),
+        history_start=history_start,
+        first_seen=store.first_seen(),
+        # the first poll backfills `poll.backfill` up to the hour it started in
+        new_after=history_start + config.poll.backfill + timedelta(hours=1)
+        if history_start is not None
+        else None,
     )
 
 

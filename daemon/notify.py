@@ -32,7 +32,8 @@ from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, Forecast
 from daemon.rules.engine import EngineResult, Evaluation
 from daemon.rules.lifecycle import AlertKey, AlertState
-from daemon.rules.schema import AnomalyRule, BudgetRule
+from daemon.rules.new_member import NewMemberEvaluation
+from daemon.rules.schema import AnyRule, NewMemberRule
 from daemon.rules.usage import Member, MemberUsage, Series
 from daemon.rules.windows import Period, bucket_start, calendar_period
 from daemon.slack_messages import (
@@ -40,6 +41,7 @@ from daemon.slack_messages import (
     anomaly_message,
     budget_message,
     group_message,
+    new_member_message,
     resolved_message,
     summary_line,
 )
@@ -49,7 +51,7 @@ CONSOLE = "console"
 GROUP_AT = 5  # more messages than this to one route in one cycle become one grouped message
 TRIES_PER_ATTEMPT = 3
 MAX_WAIT = 30.0
-Rule = BudgetRule | AnomalyRule
+Rule = AnyRule
 Sleep = Callable[[float], Awaitable[None]]
 log = structlog.get_logger("langdock_budget.notify")
 
@@ -91,6 +93,8 @@ def message_for(
 ) -> SlackMessage:
     if isinstance(evaluation, BudgetEvaluation):
         return budget_message(evaluation, state, tz, repeat=repeat, mention=mention)
+    if isinstance(evaluation, NewMemberEvaluation):
+        return new_member_message(evaluation, state, tz, mention=mention)
     return anomaly_message(evaluation, state, tz, repeat=repeat, mention=mention)
 
 
@@ -132,7 +136,9 @@ def plan(
             message = message_for(state, evaluation, tz, repeat=False, mention=rule.mention)
             drafts.append(_Draft(route, "firing", state.key.id, state.severity, message))
             notified[state.key.id] = now
-        elif send_resolved and state.key.id in last_notified:
+        elif (
+            send_resolved and state.key.id in last_notified and not isinstance(rule, NewMemberRule)
+        ):  # a new key does not "resolve"
             evaluation = notice.evaluation
             label = (
                 evaluation.member.label
@@ -153,6 +159,8 @@ def plan(
         ):
             continue
         last = last_notified.get(alert_id)
+        if last is not None and isinstance(rule, NewMemberRule):
+            continue  # announced once; no repeats
         repeat = last is not None
         if last is not None and (repeat_interval <= timedelta(0) or now - last < repeat_interval):
             continue

@@ -13,6 +13,7 @@ from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, Condition
 from daemon.rules.engine import EngineResult
 from daemon.rules.lifecycle import AlertState
+from daemon.rules.new_member import NewMemberEvaluation
 from daemon.rules.windows import calendar_period
 from daemon.store import Silence, Store
 
@@ -187,6 +188,30 @@ def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
             ],
             rows,
             right={4, 5, 6},
+        )
+    news = [e for e in result.evaluations if isinstance(e, NewMemberEvaluation)]
+    fresh = [e for e in news if any(c.holds for c in e.conditions)]
+    if news:
+        if lines:
+            lines.append("")
+        rows = [
+            [
+                e.rule,
+                e.member.label,
+                f"{e.first_seen.astimezone(tz):%Y-%m-%d %H:%M}",
+                format_usd(e.spend),
+                _alerts_column(e.conditions, result.states),
+            ]
+            for e in fresh
+        ]
+        lines += (
+            _grid(
+                ["New member rule", "member", "first used", "spend since", "alerts"],
+                rows,
+                right={3},
+            )
+            if rows
+            else [f"New member rules: nothing new among {len(news)} members"]
         )
     return "\n".join(lines) if lines else "Rules: nothing to evaluate yet (no usage in scope)"
 

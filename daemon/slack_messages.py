@@ -31,6 +31,7 @@ from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.durations import format_duration
 from daemon.rules.lifecycle import AlertState
+from daemon.rules.new_member import NewMemberEvaluation
 
 EMOJI = {
     "info": ":large_blue_circle:",
@@ -189,6 +190,25 @@ def anomaly_message(
     return _message(title, state, pairs, text, tz, mention)
 
 
+def new_member_message(
+    ev: NewMemberEvaluation, state: AlertState, tz: ZoneInfo, *, mention: str | None = None
+) -> SlackMessage:
+    what = "API key" if ev.member.dimension == "api_key" else "model"
+    title = f"New {what} in use: {ev.rule}"
+    pairs = [
+        ("Member", _member_text(ev.member.label)),
+        ("First used", _when(ev.first_seen, tz)),
+        ("Spend since", format_amount(ev.spend, "usd")),
+        ("Severity", f"{EMOJI[state.severity]} {state.severity}"),
+    ]
+    _add_contributors(pairs, ev.top_parts, lambda v: format_amount(v, "usd"))
+    text = (
+        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)} first used"
+        f" {_when(ev.first_seen, tz)}, {format_amount(ev.spend, 'usd')} so far"
+    )
+    return _message(title, state, pairs, text, tz, mention)
+
+
 def _add_contributors(
     pairs: list[tuple[str, str]],
     parts: Sequence[tuple[str, Decimal]],
@@ -205,7 +225,7 @@ def resolved_message(
     label: str,
     reason: str,
     tz: ZoneInfo,
-    evaluation: BudgetEvaluation | AnomalyEvaluation | None,
+    evaluation: BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation | None,
 ) -> SlackMessage:
     key = state.key
     what = f"{key.condition}%" if key.condition[:1].isdigit() else key.condition

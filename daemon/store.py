@@ -722,6 +722,12 @@ class Store:
         ).fetchone()
         return _dt(row[0]) if row and row[0] is not None else None
 
+    def first_seen(self) -> dict[str, dict[str, datetime]]:
+        """Start of the first bucket with usage, per API key and per model."""
+        keys = self._conn.execute("SELECT api_key_id, first_seen FROM api_keys")
+        models = self._conn.execute("SELECT model, first_seen FROM models")
+        return {"api_key": {k: _dt(s) for k, s in keys}, "model": {m: _dt(s) for m, s in models}}
+
     def api_key_names(self) -> dict[str, str]:
         return dict(self._conn.execute("SELECT api_key_id, name FROM api_keys"))
 

@@ -15,11 +15,12 @@ from zoneinfo import ZoneInfo
 from daemon.rules.anomaly import AnomalyEvaluation, evaluate_anomaly
 from daemon.rules.budget import BudgetEvaluation, evaluate_budget
 from daemon.rules.lifecycle import AlertState, Transition, end_period, step
-from daemon.rules.schema import AnomalyRule, BudgetRule
+from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
+from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import window_period
 
-Evaluation = BudgetEvaluation | AnomalyEvaluation
+Evaluation = BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class EngineResult:
 
 
 def evaluate(
-    rules: Sequence[BudgetRule | AnomalyRule],
+    rules: Sequence[AnyRule],
     usage: UsageIndex,
     previous: dict[str, AlertState],
     now: datetime,
@@ -52,11 +53,13 @@ def evaluate(
     seen: set[str] = set()
     by_name = {rule.name: rule for rule in rules}
     for rule in rules:
-        evaluations: Sequence[Evaluation] = (
-            evaluate_budget(rule, usage, now, tz)
-            if isinstance(rule, BudgetRule)
-            else evaluate_anomaly(rule, usage, now, tz)
-        )
+        evaluations: Sequence[Evaluation]
+        if isinstance(rule, BudgetRule):
+            evaluations = evaluate_budget(rule, usage, now, tz)
+        elif isinstance(rule, AnomalyRule):
+            evaluations = evaluate_anomaly(rule, usage, now, tz)
+        else:
+            evaluations = evaluate_new_member(rule, usage, now)
         for evaluation in evaluations:
             result.evaluations.append(evaluation)
             for condition in evaluation.conditions:

@@ -155,4 +155,14 @@ class AnomalyRule(_RuleBase):
         return self
 
 
-Rule = Annotated[BudgetRule | AnomalyRule, Field(discriminator="kind")]
+class NewMemberRule(_RuleBase):
+    """Fires once when an API key (or model) first shows spend after the initial backfill."""
+
+    kind: Literal["new_member"]
+    each: Member
+    window: Duration = timedelta(hours=24)  # how long the alert stays up; it then clears quietly
+    severity: Severity = "info"
+
+
+AnyRule = BudgetRule | AnomalyRule | NewMemberRule
+Rule = Annotated[AnyRule, Field(discriminator="kind")]

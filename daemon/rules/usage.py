@@ -15,7 +15,7 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from daemon.rules.schema import AnomalyRule, BudgetRule, Scope
+from daemon.rules.schema import AnyRule, Scope
 
 Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
 PAIR_METRICS = ("cost_usd", "requests", "tokens")
@@ -120,9 +120,14 @@ class UsageIndex:
         *,
         key_names: dict[str, str] | None = None,
         history_start: datetime | None = None,
+        first_seen: dict[str, dict[str, datetime]] | None = None,
+        new_after: datetime | None = None,
     ) -> None:
         self.key_names = dict(key_names or {})
         self.history_start = history_start
+        # "api_key" / "model" → member id → start of its first bucket with usage
+        self.first_seen = first_seen or {}
+        self.new_after = new_after  # members first seen from here on are new
         self._members: dict[tuple[object, ...], list[MemberUsage]] = {}
         # (key id, model) → metric → bucket start → value
         self.pairs: dict[tuple[str, str], dict[str, dict[int, Decimal]]] = {}
@@ -171,14 +176,14 @@ class UsageIndex:
             return False
         return not any(fnmatchcase(model, g) for g in exclude)
 
-    def _member(self, rule: BudgetRule | AnomalyRule, key_id: str, model: str) -> Member:
+    def _member(self, rule: AnyRule, key_id: str, model: str) -> Member:
         if rule.each == "api_key":
             return Member(key_id, f"{self.name_of(key_id)} ({key_id})", "api_key")
         if rule.each == "model":
             return Member(model, model, "model")
         return Member(WORKSPACE, _scope_label(rule.scope), "workspace")
 
-    def members(self, rule: BudgetRule | AnomalyRule, metric: Metric) -> list[MemberUsage]:
+    def members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         """The rule's members with their series for ``metric``, sorted by member id.
 
         Rules that select the same way (scope, exclude, each, metric) share one result: with
@@ -190,7 +195,7 @@ class UsageIndex:
             cached = self._members[selection] = self._select(rule, metric)
         return cached
 
-    def _select(self, rule: BudgetRule | AnomalyRule, metric: Metric) -> list[MemberUsage]:
+    def _select(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         if metric in ("error_rate", "response_time_ms"):
             return self._model_metric_members(rule, metric)
         grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
@@ -217,9 +222,7 @@ class UsageIndex:
             )
         return result
 
-    def _model_metric_members(
-        self, rule: BudgetRule | AnomalyRule, metric: Metric
-    ) -> list[MemberUsage]:
+    def _model_metric_members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         numerator, denominator = (
             ("errors", "requests")
             if metric == "error_rate"
@@ -259,7 +262,7 @@ def _scope_label(scope: Scope) -> str:
 
 
 def expand_members(
-    rule: BudgetRule | AnomalyRule, key_names: dict[str, str], models: Iterable[str]
+    rule: AnyRule, key_names: dict[str, str], models: Iterable[str]
 ) -> tuple[list[str], list[str]]:
     """The members ``rule`` has over the known keys and models, and warnings for empty globs."""
     index = UsageIndex([], key_names=key_names)
