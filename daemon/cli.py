@@ -8,16 +8,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import structlog
 
-from daemon import __version__, prometheus_rules
+from daemon import __version__, importer, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from daemon.cycle import CycleResult, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
+from daemon.money import format_usd
 from daemon.notify import Sender, SlackSender, route_for, sample_messages
 from daemon.report import (
     render_active,
@@ -120,6 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="send sample budget and anomaly messages to every route",
     )
     test_alert.set_defaults(handler=cmd_test_alert)
+
+    importer_cmd = sub.add_parser(
+        "import",
+        parents=[common],
+        help="ingest a per-call CSV from the web UI (Settings > API > Export)",
+    )
+    importer_cmd.add_argument("file", type=Path, help="the per-call CSV")
+    importer_cmd.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    importer_cmd.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="compare per-key daily cost with the API-key export; exit 1 on differences",
+    )
+    importer_cmd.add_argument(
+        "--tolerance",
+        type=Decimal,
+        default=Decimal("0.01"),
+        help="USD difference per key and day to ignore (default 0.01)",
+    )
+    importer_cmd.set_defaults(handler=cmd_import)
 
     silence = sub.add_parser(
         "silence",
@@ -376,6 +398,70 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    config = load(args)
+    progress = _import_progress if sys.stderr.isatty() else None
+    try:
+        with args.file.open(encoding="utf-8-sig", newline="") as handle:
+            result = importer.read_calls(handle, config.tz, strict=args.strict, progress=progress)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (importer.ImportError_, UnicodeDecodeError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if progress is not None:
+        print(file=sys.stderr)
+    store = Store.open(config.state.path, exclusive=True)
+    try:
+        written = importer.store_import(store, result, config.tz, utc_now())
+    finally:
+        store.close()
+    print(
+        f"imported {result.rows:,} calls into {len(result.buckets):,} (hour, key, model)"
+        f" groups; {written} hourly buckets written (hours the API already filled are kept)"
+    )
+    if result.skipped:
+        print(f"skipped {result.skipped:,} bad rows, e.g.:")
+        for line in result.errors:
+            print(f"  {line}")
+    if not args.reconcile or result.first is None or result.last is None:
+        return EXIT_OK
+    return asyncio.run(_reconcile(config, result, args.tolerance))
+
+
+def _import_progress(rows: int) -> None:
+    print(f"\rimporting: {rows:,} rows", end="", file=sys.stderr, flush=True)
+
+
+async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:
+    """The file's per-key daily cost next to the API-key export's, day by day."""
+    assert result.first is not None and result.last is not None
+    ours = result.cost_by_key_day(config.tz)
+    days = importer.day_ranges(result.first, result.last, config.tz)
+    differences = 0
+    print(f"reconciling {len(days)} days against the API-key export (tolerance {tolerance} USD)")
+    async with make_client(config) as client:
+        for index, (day, start, end) in enumerate(days):
+            partial = index in (0, len(days) - 1)
+            theirs: dict[str, Decimal] = {}
+            for row in await client.key_usage(start, end):
+                theirs[row.api_key_id] = theirs.get(row.api_key_id, Decimal(0)) + row.cost_usd
+            keys = {k for k, d in ours if d == day} | set(theirs)
+            for key in sorted(keys):
+                mine = ours.get((key, day), Decimal(0))
+                api = theirs.get(key, Decimal(0))
+                if abs(mine - api) > tolerance:
+                    note = " (the file covers part of this day only)" if partial else ""
+                    differences += 0 if partial else 1
+                    print(
+                        f"  {day} {key}: file {format_usd(mine)}, API {format_usd(api)},"
+                        f" difference {format_usd(mine - api)}{note}"
+                    )
+    print(f"{differences} difference(s) above {tolerance} USD on fully covered days")
+    return EXIT_FAILED if differences else EXIT_OK
 
 
 def cmd_silence_add(args: argparse.Namespace) -> int:

@@ -324,9 +324,19 @@ class Store:
     # ---------------------------------------------------------------- writes
 
     def replace_key_usage(
-        self, start: datetime, end: datetime, rows: Iterable[KeyUsage], fetched_at: datetime
+        self,
+        start: datetime,
+        end: datetime,
+        rows: Iterable[KeyUsage],
+        fetched_at: datetime,
+        *,
+        export: str = "api-keys",
     ) -> int:
-        """Replace the bucket [start, end) of the grouped api-keys export; return row count."""
+        """Replace the bucket [start, end) of the grouped api-keys export; return row count.
+
+        ``export="import"`` marks data from a per-call file: the poller still fetches the
+        bucket from the API later (only "api-keys" marks count as fetched).
+        """
         totals: dict[tuple[str, str], list[object]] = {}
         names: dict[str, str] = {}
         count = 0
@@ -367,7 +377,7 @@ class Store:
                 ((key_id, name, s, e) for key_id, name in names.items()),
             )
             self._upsert_models({model for _, model in totals if model}, s, e)
-            self._mark_segment("api-keys", s, e, fetched_at, count)
+            self._mark_segment(export, s, e, fetched_at, count)
         return count
 
     def replace_model_usage(

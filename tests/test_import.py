@@ -1,0 +1,124 @@
+"""`import FILE.csv`: exact pricing, bad rows, buckets, and reconciliation with the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from daemon.cli import main
+from daemon.importer import read_calls
+from daemon.simulator import Simulator
+from daemon.store import Store
+from tests.conftest import API_KEY
+
+HEADER = [
+    "Date",
+    "API Key ID",
+    "API Key Name",
+    "Provider",
+    "Model",
+    "Input Tokens",
+    "Output Tokens",
+    "Completion Time (ms)",
+    "Input Token Price (USD/1M tokens)",
+    "Output Token Price (USD/1M tokens)",
+]
+START = datetime(2026, 11, 18, tzinfo=UTC)
+END = datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+
+def test_spec_example_is_priced_exactly() -> None:
+    text = (
+        ",".join(HEADER) + "\n2026-11-20 10:15:00,k1,prod,openai,gpt-4o,500,1200,900,2.50,10.00\n"
+    )
+    result = read_calls(io.StringIO(text), ZoneInfo("UTC"))
+    (((start, key, model), (cost, calls, inp, out)),) = result.buckets.items()
+    assert (start, key, model) == (datetime(2026, 11, 20, 10, tzinfo=UTC), "k1", "gpt-4o")
+    assert cost == Decimal("0.01325") and (calls, inp, out) == (1, 500, 1200)
+
+
+def test_bad_rows_are_skipped_with_line_numbers_or_stop_with_strict(tmp_path: Path) -> None:
+    text = (
+        ",".join(HEADER) + "\n"
+        "2026-11-20T10:00:00Z,k1,a,p,m,10,20,5,1,2\n"
+        "not a date,k1,a,p,m,10,20,5,1,2\n"
+        "2026-11-20T10:05:00Z,k1,a,p,m,ten,20,5,1,2\n"
+    )
+    result = read_calls(io.StringIO(text), ZoneInfo("UTC"))
+    assert result.rows == 1 and result.skipped == 2
+    assert result.errors[0].startswith("line 3: ") and result.errors[1].startswith("line 4: ")
+    path = tmp_path / "calls.csv"
+    path.write_text(text)
+    (tmp_path / "c.yaml").write_text("langdock: {api_key: x}\nstate: {path: s.db}\n")
+    assert main(["import", "--config", str(tmp_path / "c.yaml"), "--strict", str(path)]) == 2
+    path.write_text("Date,Model\n2026-11-20,m\n")
+    assert main(["import", "--config", str(tmp_path / "c.yaml"), str(path)]) == 2
+
+
+def per_call_csv(sim: Simulator, path: Path, tamper: bool = False) -> None:
+    """One row per (key, model, hour) carrying that hour's tokens: the simulator's costs."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        hour = START
+        while hour < END:
+            for ki, key in enumerate(sim.keys):
+                for mi, model in enumerate(sim.models):
+                    use = sim.pair_usage(ki, mi, hour, hour + timedelta(hours=1))
+                    if not use["requests"]:
+                        continue
+                    prompt = use["prompt"] + (
+                        1_000_000
+                        if tamper and ki == 0 and hour.day == 19 and hour.hour == 12
+                        else 0
+                    )
+                    writer.writerow(
+                        [
+                            (hour + timedelta(minutes=7)).isoformat(),
+                            key.id,
+                            key.name,
+                            model.provider,
+                            model.name,
+                            prompt,
+                            use["completion"],
+                            model.latency_ms,
+                            model.input_price,
+                            model.output_price,
+                        ]
+                    )
+            hour += timedelta(hours=1)
+
+
+def test_import_and_reconcile(
+    tmp_path: Path, simulator: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"langdock: {{base_url: '{simulator.base_url}', api_key: '{API_KEY}',"
+        " max_requests_per_minute: 250}\ntimezone: UTC\nstate: {path: s.db}\n"
+    )
+    path = tmp_path / "calls.csv"
+    per_call_csv(simulator, path)
+    assert main(["import", "--config", str(config), "--reconcile", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "58 hourly buckets written" in out
+    assert "reconciling 3 days" in out and "0 difference(s) above 0.01 USD" in out
+    store = Store.open(tmp_path / "s.db")
+    day = store.key_model_totals(
+        datetime(2026, 11, 19, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    )
+    assert sum(t.cost_usd for t in day) > 0
+    assert store.fetched_segments("api-keys", START) == {}  # the poller still fetches these
+    store.close()
+    per_call_csv(simulator, path, tamper=True)
+    assert main(["import", "--config", str(config), "--reconcile", str(path)]) == 1
+    out = capsys.readouterr().out
+    # 1M extra input tokens on each of the four models: $2.50 + $3.00 + $2.00 + $0.02
+    assert "2026-11-19 key_4f1a9c: file $" in out and "difference $7.52" in out
+    assert "1 difference(s) above 0.01 USD" in out
