@@ -20,7 +20,14 @@ from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, redactor
 from daemon.money import format_usd
-from daemon.notify import Sender, SlackSender, route_for, sample_messages
+from daemon.notify import (
+    Sender,
+    SlackSender,
+    deliver,
+    render_readable,
+    route_for,
+    sample_messages,
+)
 from daemon.report import (
     render_active,
     render_evaluations,
@@ -122,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="send sample budget and anomaly messages to every route",
     )
     test_alert.set_defaults(handler=cmd_test_alert)
+
+    digest_cmd = sub.add_parser(
+        "digest", parents=[common], help="the spend digest of the last complete day or week"
+    )
+    digest_cmd.add_argument("--period", choices=("day", "week"), default="day")
+    digest_cmd.add_argument("--dry-run", action="store_true", help="print it; send nothing")
+    digest_cmd.set_defaults(handler=cmd_digest)
 
     importer_cmd = sub.add_parser(
         "import",
@@ -398,6 +412,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from daemon.digest import build_digest, digest_message, queue_digest
+
+    config = load(args)
+    if not config.state.path.exists():
+        print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
+        return EXIT_FAILED
+    store = Store.open(config.state.path, exclusive=not args.dry_run)
+    try:
+        message = digest_message(build_digest(store, config, utc_now(), args.period), config.tz)
+        if args.dry_run:
+            print(render_readable(message.payload()))
+            return EXIT_OK
+        route = route_for(None, config)
+        if route is None:
+            print("no Slack route configured: use --dry-run, or add a slack section")
+            return EXIT_FAILED
+        queue_digest(store, route, message, utc_now())
+        report = asyncio.run(deliver(store, SlackSender(config), utc_now))
+    finally:
+        store.close()
+    print(f"digest: {report.sent} sent" + ("" if report.ok else ", queued for retry"))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -174,6 +174,24 @@ class SlackConfig(_Strict):
         return self
 
 
+class DigestConfig(_Strict):
+    """A spend summary sent to Slack at a local time: daily, or weekly on one weekday."""
+
+    period: Literal["day", "week"] = "day"
+    at: str = "09:00"
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+
+    @field_validator("at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        hour, sep, minute = value.partition(":")
+        if not (
+            sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60
+        ):
+            raise ValueError(f"digest time {value!r} is not HH:MM, e.g. 09:00")
+        return f"{int(hour):02d}:{int(minute):02d}"
+
+
 class Config(_Strict):
     langdock: LangdockConfig
     timezone: str = "UTC"
@@ -183,6 +201,7 @@ class Config(_Strict):
     slack: SlackConfig | None = None
     rule_files: list[str] = []
     rules: list[Rule] = []
+    digests: list[DigestConfig] = []
     _source: Path = PrivateAttr(default=Path("config.yaml"))
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

@@ -96,7 +96,8 @@ def evaluate_rules(
     if not persist:
         return result
     outbox, notified = plan_notifications(store, config, result, now, console=console)
-    store.save_alerts(result.states, outbox, notified)
+    events = [(now, n.transition.kind, n.transition.state) for n in result.notices]
+    store.save_alerts(result.states, outbox, notified, events)
     for notice in result.notices:
         state = notice.transition.state
         log.info(

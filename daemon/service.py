@@ -26,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config
 from daemon.cycle import CycleResult, history_needed, run_cycle
+from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.langdock import LangdockClient
 from daemon.metrics import (
     COST_WINDOWS,
@@ -37,7 +38,7 @@ from daemon.metrics import (
     firing_series,
     top_key_costs,
 )
-from daemon.notify import DeliveryReport, Sender, SlackSender, deliver
+from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.windows import calendar_period
 from daemon.sdnotify import notify, watchdog_interval
@@ -115,6 +116,7 @@ class Daemon:
             self.outbox_job, "interval", id="outbox", seconds=OUTBOX_EVERY.total_seconds()
         )
         self.scheduler.add_job(self.compact_job, "cron", id="compact", hour=3, minute=17)
+        self._schedule_digests()
         interval = watchdog_interval()
         if interval:
             self.scheduler.add_job(
@@ -203,6 +205,37 @@ class Daemon:
                 self.store.vacuum()
             log.info("store_compacted", removed_rows=removed, size_bytes=self.store.size_bytes())
 
+    def _schedule_digests(self) -> None:
+        """One cron job per configured digest, at its local time in the configured zone."""
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("digest-"):
+                job.remove()
+        for index, digest in enumerate(self.config.digests):
+            hour, minute = (int(x) for x in digest.at.split(":"))
+            self.scheduler.add_job(
+                self.digest_job,
+                "cron",
+                id=f"digest-{index}",
+                args=[digest.period],
+                hour=hour,
+                minute=minute,
+                day_of_week=digest.weekday if digest.period == "week" else "*",
+                timezone=self.config.tz,
+            )
+
+    async def digest_job(self, period: PeriodName) -> None:
+        route = route_for(None, self.config)
+        if route is None or self.stopping.is_set():
+            return
+        async with self.lock:
+            now = utc_now()
+            message = digest_message(
+                build_digest(self.store, self.config, now, period), self.config.tz
+            )
+            queue_digest(self.store, route, message, now)
+            await self._deliver()
+            log.info("digest_sent", period=period)
+
     async def _deliver(self) -> DeliveryReport:
         if self.sender is None:
             return DeliveryReport()
@@ -236,6 +269,7 @@ class Daemon:
                     "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()
                 )
             self.config = new.model_copy(update={"state": self.config.state})
+            self._schedule_digests()
         log.info("config_reloaded", rules=len(new.rules))
         notify("READY=1\nSTATUS=config reloaded")
         self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))

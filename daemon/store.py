@@ -28,7 +28,7 @@ from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import KeyPoint, ModelPoint
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -135,6 +135,17 @@ _MIGRATIONS: dict[int, str] = {
         reason TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );
+    """,
+    5: """
+    CREATE TABLE alert_events (
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        member TEXT NOT NULL,
+        condition TEXT NOT NULL,
+        severity TEXT NOT NULL
+    );
+    CREATE INDEX alert_events_at ON alert_events (at);
     """,
 }
 _FETCH_LOG_KEEP = 5000
@@ -546,6 +557,7 @@ class Store:
         states: dict[str, AlertState],
         outbox: Sequence[OutboxItem] = (),
         notified: dict[str, datetime] | None = None,
+        events: Sequence[tuple[datetime, str, AlertState]] = (),
     ) -> None:
         """Replace the alert states and queue their notifications, in one transaction.
 
@@ -554,21 +566,7 @@ class Store:
         """
         with self._transaction():
             self._replace_alerts(states)
-            self._conn.executemany(
-                "INSERT INTO outbox (created_at, route, kind, alert_ids, thread_alert, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    (
-                        _ts(item.created_at),
-                        item.route,
-                        item.kind,
-                        json.dumps(item.alert_ids),
-                        item.thread_alert,
-                        json.dumps(item.payload),
-                    )
-                    for item in outbox
-                ),
-            )
+            self._insert_outbox(outbox)
             self._conn.executemany(
                 """INSERT INTO alert_notify (alert_id, last_notified_at) VALUES (?, ?)
                 ON CONFLICT (alert_id)
@@ -578,6 +576,30 @@ class Store:
             self._conn.execute(
                 "DELETE FROM alert_notify WHERE alert_id NOT IN (SELECT id FROM alerts)"
             )
+            self._conn.executemany(
+                "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (_ts(at), kind, s.key.rule, s.key.member, s.key.condition, s.severity)
+                    for at, kind, s in events
+                ),
+            )
+
+    def _insert_outbox(self, items: Sequence[OutboxItem]) -> None:
+        self._conn.executemany(
+            "INSERT INTO outbox (created_at, route, kind, alert_ids, thread_alert, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    _ts(i.created_at),
+                    i.route,
+                    i.kind,
+                    json.dumps(i.alert_ids),
+                    i.thread_alert,
+                    json.dumps(i.payload),
+                )
+                for i in items
+            ),
+        )
 
     def _replace_alerts(self, states: dict[str, AlertState]) -> None:
         self._conn.execute("DELETE FROM alerts")
@@ -619,6 +641,11 @@ class Store:
                 "UPDATE alert_notify SET channel = ?, ts = ? WHERE alert_id = ?",
                 (channel, ts, alert_id),
             )
+
+    def queue(self, items: Sequence[OutboxItem]) -> None:
+        """Queue messages that belong to no alert state (digests)."""
+        with self._transaction():
+            self._insert_outbox(items)
 
     def pending_outbox(self, now: datetime) -> list[OutboxItem]:
         """Messages due for (another) attempt, oldest first."""
@@ -674,6 +701,7 @@ class Store:
                 cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
                 removed += cur.rowcount
             self._conn.execute("DELETE FROM fetch_log WHERE at < ?", (cutoff,))
+            self._conn.execute("DELETE FROM alert_events WHERE at < ?", (cutoff,))
         return removed
 
     def vacuum(self) -> None:
@@ -737,6 +765,19 @@ class Store:
         keys = self._conn.execute("SELECT api_key_id, first_seen FROM api_keys")
         models = self._conn.execute("SELECT model, first_seen FROM models")
         return {"api_key": {k: _dt(s) for k, s in keys}, "model": {m: _dt(s) for m, s in models}}
+
+    def alert_events(
+        self, start: datetime, end: datetime
+    ) -> list[tuple[datetime, str, str, str, str, str]]:
+        """(at, kind, rule, member, condition, severity) of alert transitions in [start, end)."""
+        rows = self._conn.execute(
+            "SELECT at, kind, rule, member, condition, severity FROM alert_events"
+            " WHERE at >= ? AND at < ? ORDER BY at",
+            (_ts(start), _ts(end)),
+        )
+        return [
+            (_dt(at), kind, rule, member, cond, sev) for at, kind, rule, member, cond, sev in rows
+        ]
 
     def api_key_names(self) -> dict[str, str]:
         return dict(self._conn.execute("SELECT api_key_id, name FROM api_keys"))
