@@ -100,11 +100,10 @@ def rules_yaml() -> str:
 async def one_cycle(config_path: Path) -> tuple[float, int, int]:
     from daemon.config import load_config
     from daemon.cycle import run_cycle
+    from daemon.logs import configure_logging
     from daemon.metrics import render
     from daemon.service import Daemon, make_client
     from daemon.store import Store
-
-    from daemon.logs import configure_logging
 
     configure_logging("json", "warning")
     config = load_config(config_path)
