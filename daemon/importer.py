@@ -45,13 +45,6 @@ class ImportError_(ValueError):
 
 
 @dataclass
-class _Group:
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-@dataclass
 class ImportResult:
     rows: int = 0
     skipped: int = 0
@@ -105,24 +98,39 @@ def read_calls(
     except StopIteration:
         raise ImportError_("per-call CSV: the file is empty") from None
     cols = _header_map(header)
-    groups: dict[tuple[datetime, str, str, Decimal, Decimal], _Group] = {}
+    groups: dict[tuple[datetime, str, str, str, str], list[int]] = {}
     result = ImportResult()
-    bucket_cache: dict[datetime, datetime] = {}
+    buckets_of_hour: dict[datetime, tuple[datetime, datetime]] = {}
+    prices: dict[str, Decimal] = {}
+    i_date, i_key, i_model = cols["date"], cols["key_id"], cols["model"]
+    i_in, i_out, i_pin, i_pout = (
+        cols["input"],
+        cols["output"],
+        cols["input_price"],
+        cols["output_price"],
+    )
+    i_name = cols.get("key_name")
+    first = last = None
     for record in reader:
         if not record or not any(cell.strip() for cell in record):
             continue
         try:
-            when = _parse_date(record[cols["date"]])
-            key_id = record[cols["key_id"]].strip()
-            model = record[cols["model"]].strip()
+            when = _parse_date(record[i_date])
+            key_id = record[i_key].strip()
+            model = record[i_model].strip()
             if not key_id or not model:
                 raise ValueError("empty API Key ID or Model")
-            input_tokens = int(record[cols["input"]] or 0)
-            output_tokens = int(record[cols["output"]] or 0)
-            input_price = Decimal(record[cols["input_price"]] or 0)
-            output_price = Decimal(record[cols["output_price"]] or 0)
-            if input_tokens < 0 or output_tokens < 0 or not input_price.is_finite():
-                raise ValueError("negative or invalid number")
+            input_tokens = int(record[i_in] or 0)
+            output_tokens = int(record[i_out] or 0)
+            in_text, out_text = record[i_pin].strip() or "0", record[i_pout].strip() or "0"
+            for text in (in_text, out_text):
+                if text not in prices:  # few distinct prices: parse and check each once
+                    price = Decimal(text)
+                    if not price.is_finite() or price < 0:
+                        raise ValueError(f"invalid price {text!r}")
+                    prices[text] = price
+            if input_tokens < 0 or output_tokens < 0:
+                raise ValueError("negative token count")
         except (ValueError, IndexError, InvalidOperation) as exc:
             message = f"line {reader.line_num}: {exc}"
             if strict:
@@ -134,29 +142,34 @@ def read_calls(
                 result.errors.append(message)
             continue
         hour = when.replace(minute=0, second=0, microsecond=0)
-        start = bucket_cache.get(hour)
-        if start is None or not start <= when < bucket_end(start, tz):
+        span = buckets_of_hour.get(hour)
+        if span is None or not span[0] <= when < span[1]:
             start = bucket_start(when, tz)
-            bucket_cache[hour] = start
-        group = groups.setdefault((start, key_id, model, input_price, output_price), _Group())
-        group.calls += 1
-        group.input_tokens += input_tokens
-        group.output_tokens += output_tokens
-        name_index = cols.get("key_name")
-        if name_index is not None and name_index < len(record) and record[name_index].strip():
-            result.names[key_id] = record[name_index].strip()
+            span = buckets_of_hour[hour] = (start, bucket_end(start, tz))
+        group = groups.get((span[0], key_id, model, in_text, out_text))
+        if group is None:
+            groups[(span[0], key_id, model, in_text, out_text)] = [1, input_tokens, output_tokens]
+        else:
+            group[0] += 1
+            group[1] += input_tokens
+            group[2] += output_tokens
+        if i_name is not None and i_name < len(record) and record[i_name]:
+            result.names[key_id] = record[i_name].strip()
         result.rows += 1
-        result.first = when if result.first is None else min(result.first, when)
-        result.last = when if result.last is None else max(result.last, when)
+        if first is None or when < first:
+            first = when
+        if last is None or when > last:
+            last = when
         if progress is not None and result.rows % 50_000 == 0:
             progress(result.rows)
-    for (start, key_id, model, in_price, out_price), group in groups.items():
-        cost = (group.input_tokens * in_price + group.output_tokens * out_price) / MILLION
+    result.first, result.last = first, last
+    for (start, key_id, model, in_text, out_text), (calls, inp, out) in groups.items():
+        cost = (inp * prices[in_text] + out * prices[out_text]) / MILLION
         values = result.buckets.setdefault((start, key_id, model), [Decimal(0), 0, 0, 0])
         values[0] += cost
-        values[1] += group.calls
-        values[2] += group.input_tokens
-        values[3] += group.output_tokens
+        values[1] += calls
+        values[2] += inp
+        values[3] += out
     return result
 
 
