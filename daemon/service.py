@@ -28,6 +28,7 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.cycle import CycleResult, history_needed, run_cycle
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.langdock import LangdockClient
+from daemon.logs import redactor
 from daemon.metrics import (
     COST_WINDOWS,
     MetricsServer,
@@ -255,6 +256,8 @@ class Daemon:
             log.error("reload_kept_old_config", fix="fix the errors above and send SIGHUP again")
             notify("READY=1\nSTATUS=reload rejected; running with the previous config")
             return False
+        # old and new secrets alike stay redacted (a message may still carry an old one)
+        redactor.set_secrets([*self.config.secrets(), *new.secrets()])
         async with self.lock:
             if new.metrics.listen != self.config.metrics.listen:
                 log.warning("reload_metrics_listen_ignored", fix="restart to move the listener")
@@ -379,8 +382,6 @@ def _status_text(result: CycleResult) -> str:
 
 async def run_daemon(config_path: Path) -> int:
     config = load_config(config_path)
-    from daemon.logs import redactor
-
     redactor.set_secrets(config.secrets())
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
