@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -102,7 +104,18 @@ def test_prometheus_rule_export(
     )
     make_config(tmp_path, webhook(slack), rules)
     assert main(["rules", "export-prometheus", "--config", str(tmp_path / "config.yaml")]) == 0
-    data = yaml.safe_load(capsys.readouterr().out)
+    exported = capsys.readouterr().out
+    if shutil.which("promtool"):  # the real check, where Prometheus' tool is installed
+        (tmp_path / "rules.yml").write_text(exported)
+        checked = subprocess.run(
+            ["promtool", "check", "rules", str(tmp_path / "rules.yml")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "SUCCESS: 4 rules found" in checked.stdout
+    data = yaml.safe_load(exported)
     (group,) = data["groups"]
     alerts = {a["alert"]: a for a in group["rules"]}
     assert set(alerts) == {
