@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -319,11 +319,12 @@ async def cycle_once(
     return result
 
 
-def _progress_bar(done: int, total: int) -> None:
+def _progress_bar(done: int, total: int, what: str = "fetching", unit: str = "buckets") -> None:
     width = 30
     filled = width * done // max(total, 1)
+    amount = f"{100 * done // max(total, 1)}%" if unit == "of the file" else f"{done}/{total}"
     print(
-        f"\rfetching [{'#' * filled}{'.' * (width - filled)}] {done}/{total} buckets",
+        f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {amount} {unit}",
         end="",
         file=sys.stderr,
         flush=True,
@@ -441,17 +442,20 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     config = load(args)
-    progress = _import_progress if sys.stderr.isatty() else None
     try:
+        size = args.file.stat().st_size
         with args.file.open(encoding="utf-8-sig", newline="") as handle:
-            result = importer.read_calls(handle, config.tz, strict=args.strict, progress=progress)
+            lines: Iterable[str] = handle
+            if sys.stderr.isatty():
+                lines = _with_progress_bar(handle, size)
+            result = importer.read_calls(lines, config.tz, strict=args.strict)
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
     except (importer.ImportError_, UnicodeDecodeError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if progress is not None:
+    if sys.stderr.isatty():
         print(file=sys.stderr)
     store = Store.open(config.state.path, exclusive=True)
     try:
@@ -471,8 +475,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(_reconcile(config, result, args.tolerance))
 
 
-def _import_progress(rows: int) -> None:
-    print(f"\rimporting: {rows:,} rows", end="", file=sys.stderr, flush=True)
+def _with_progress_bar(lines: Iterable[str], size: int) -> Iterator[str]:
+    """Pass lines through, drawing a bar on stderr from the characters read so far."""
+    done = 0
+    for number, line in enumerate(lines):
+        done += len(line)
+        if number % 20_000 == 0:
+            _progress_bar(min(done, size), max(size, 1), "importing", "of the file")
+        yield line
+    _progress_bar(1, 1, "importing", "of the file")
 
 
 async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:

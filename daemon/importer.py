@@ -13,7 +13,7 @@ fetches them later, and the API's numbers then replace the import's.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -37,7 +37,6 @@ _COLUMNS = {
     "output_price": ("output_token_price_(usd/1m_tokens)", "output_token_price", "output_price"),
 }
 _REQUIRED = ("date", "key_id", "model", "input", "output", "input_price", "output_price")
-Progress = Callable[[int], None]
 
 
 class ImportError_(ValueError):
@@ -88,9 +87,7 @@ def _parse_date(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def read_calls(
-    lines: Iterable[str], tz: ZoneInfo, *, strict: bool = False, progress: Progress | None = None
-) -> ImportResult:
+def read_calls(lines: Iterable[str], tz: ZoneInfo, *, strict: bool = False) -> ImportResult:
     """Aggregate a per-call CSV into priced hourly (key, model) groups."""
     reader = csv.reader(lines)
     try:
@@ -160,8 +157,6 @@ def read_calls(
             first = when
         if last is None or when > last:
             last = when
-        if progress is not None and result.rows % 50_000 == 0:
-            progress(result.rows)
     result.first, result.last = first, last
     for (start, key_id, model, in_text, out_text), (calls, inp, out) in groups.items():
         cost = (inp * prices[in_text] + out * prices[out_text]) / MILLION
