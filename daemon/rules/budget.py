@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from daemon.rules.lifecycle import AlertKey
 from daemon.rules.schema import BudgetRule, Severity
-from daemon.rules.usage import Member, MemberUsage, Metric, Series, UsageIndex
+from daemon.rules.usage import Member, MemberUsage, Metric, Series, UsageIndex, ts
 from daemon.rules.windows import Period, bucket_start, buckets, is_calendar, window_period
 
 Unit = Literal["usd", "requests", "tokens"]
@@ -78,30 +78,33 @@ def evaluate_budget(
     unit, limit = rule_unit(rule)
     period = window_period(rule.window, now, tz)
     end = min(now, period.end)
+    start_ts, end_ts = ts(period.start), ts(end)
+    # per rule, not per member: the threshold's name, the spend it takes, its severity
+    levels = [(_pct(t), limit * t / 100, rule.severity_for(t)) for t in rule.thresholds]
+    forecast_severity = (
+        rule.severity_for(max(rule.thresholds))
+        if isinstance(rule.severity, dict)
+        else rule.severity
+    )
     results = []
     for member_usage in usage.members(rule, _METRIC[unit]):
-        spend = member_usage.value.total(period.start, end)
+        spend = member_usage.value.total_ts(start_ts, end_ts)
         forecast = None
         if rule.forecast and is_calendar(rule.window):
             forecast = project(
                 member_usage.value, period, now, tz, spend, limit, usage.history_start
             )
+        member_id = member_usage.member.id
         conditions = [
-            Condition(
-                AlertKey(rule.name, member_usage.member.id, _pct(t), period.id),
-                spend >= limit * t / 100,
-                rule.severity_for(t),
-            )
-            for t in rule.thresholds
+            Condition(AlertKey(rule.name, member_id, name, period.id), spend >= level, severity)
+            for name, level, severity in levels
         ]
         if forecast is not None:
             conditions.append(
                 Condition(
-                    AlertKey(rule.name, member_usage.member.id, "forecast", period.id),
+                    AlertKey(rule.name, member_id, "forecast", period.id),
                     forecast.projected >= limit and spend < limit,
-                    rule.severity_for(max(rule.thresholds))
-                    if isinstance(rule.severity, dict)
-                    else rule.severity,
+                    forecast_severity,
                 )
             )
         results.append(

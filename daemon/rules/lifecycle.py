@@ -8,7 +8,7 @@ flapping. An alert of a calendar period that has ended resolves at once (reason
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -24,10 +24,12 @@ class AlertKey:
     member: str
     condition: str  # "80" (percent), "forecast", "up", "down"
     period: str  # calendar period id, "rolling-24h", or "" for anomalies
+    id: str = field(init=False, compare=False, repr=False)  # the four joined, computed once
 
-    @property
-    def id(self) -> str:
-        return "|".join((self.rule, self.member, self.condition, self.period))
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "id", "|".join((self.rule, self.member, self.condition, self.period))
+        )
 
 
 @dataclass(frozen=True)

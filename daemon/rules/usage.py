@@ -20,6 +20,7 @@ from daemon.rules.schema import AnyRule, Scope
 Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
 PAIR_METRICS = ("cost_usd", "requests", "tokens")
 WORKSPACE = "*"
+_ZERO = Decimal(0)
 
 
 def ts(instant: datetime) -> int:
@@ -64,8 +65,12 @@ class Series:
 
     def total(self, start: datetime, end: datetime) -> Decimal:
         """Sum over buckets that start in [start, end)."""
-        lo, hi = bisect_left(self.starts, ts(start)), bisect_left(self.starts, ts(end))
-        return self._prefix[hi] - self._prefix[lo] if hi > lo else Decimal(0)
+        return self.total_ts(ts(start), ts(end))
+
+    def total_ts(self, start: int, end: int) -> Decimal:
+        """`total` with unix-second bounds (hot loops convert their bounds once)."""
+        lo, hi = bisect_left(self.starts, start), bisect_left(self.starts, end)
+        return self._prefix[hi] - self._prefix[lo] if hi > lo else _ZERO
 
 
 def merge(series_points: Iterable[dict[int, Decimal]]) -> Series:
