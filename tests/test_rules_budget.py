@@ -210,3 +210,19 @@ def test_per_threshold_severity() -> None:
 def test_forecast_on_a_rolling_window_is_refused() -> None:
     with pytest.raises(ValueError, match="forecast needs a calendar window"):
         budget(window="24h", limit_usd=1, forecast=True)
+
+
+def test_members_below_every_threshold_without_state_carry_no_conditions() -> None:
+    usage = index(
+        hourly(NOW - 3 * H, NOW, lambda _: "1", key="small"),
+        hourly(NOW - 3 * H, NOW, lambda _: "9", key="big"),
+    )
+    rule = budget(window="day", limit_usd=20, thresholds=[80, 100], each="api_key")
+    small, big = evaluate_budget(rule, usage, NOW, UTC_ZONE, lambda member: False)
+    assert small.member.id == "big" or big.member.id == "big"
+    by_id = {e.member.id: e for e in (small, big)}
+    assert by_id["small"].conditions == () and by_id["small"].spend == 3
+    assert [c.holds for c in by_id["big"].conditions] == [True, True]
+    # with a stored alert the member is judged in full, so its alert can resolve
+    (_, with_state) = evaluate_budget(rule, usage, NOW, UTC_ZONE, lambda member: True)
+    assert len(with_state.conditions) == 2

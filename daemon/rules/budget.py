@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -72,15 +73,25 @@ _METRIC: dict[Unit, Metric] = {"usd": "cost_usd", "requests": "requests", "token
 
 
 def evaluate_budget(
-    rule: BudgetRule, usage: UsageIndex, now: datetime, tz: ZoneInfo
+    rule: BudgetRule,
+    usage: UsageIndex,
+    now: datetime,
+    tz: ZoneInfo,
+    has_state: Callable[[str], bool] = lambda _member: True,
 ) -> list[BudgetEvaluation]:
-    """One evaluation per member of ``rule`` at ``now``."""
+    """One evaluation per member of ``rule`` at ``now``.
+
+    A member below its lowest threshold, with no forecast alert and no stored alert state
+    (``has_state``), gets no conditions: there is nothing to step, and with 10,000 keys most
+    members are exactly that.
+    """
     unit, limit = rule_unit(rule)
     period = window_period(rule.window, now, tz)
     end = min(now, period.end)
     start_ts, end_ts = ts(period.start), ts(end)
     # per rule, not per member: the threshold's name, the spend it takes, its severity
     levels = [(_pct(t), limit * t / 100, rule.severity_for(t)) for t in rule.thresholds]
+    lowest = min(level for _, level, _ in levels)
     forecast_severity = (
         rule.severity_for(max(rule.thresholds))
         if isinstance(rule.severity, dict)
@@ -95,11 +106,16 @@ def evaluate_budget(
                 member_usage.value, period, now, tz, spend, limit, usage.history_start
             )
         member_id = member_usage.member.id
-        conditions = [
-            Condition(AlertKey(rule.name, member_id, name, period.id), spend >= level, severity)
-            for name, level, severity in levels
-        ]
-        if forecast is not None:
+        quiet = spend < lowest and (forecast is None or forecast.projected < limit)
+        conditions = (
+            []
+            if quiet and not has_state(member_id)
+            else [
+                Condition(AlertKey(rule.name, member_id, name, period.id), spend >= level, sev)
+                for name, level, sev in levels
+            ]
+        )
+        if forecast is not None and conditions:
             conditions.append(
                 Condition(
                     AlertKey(rule.name, member_id, "forecast", period.id),

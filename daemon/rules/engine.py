@@ -7,7 +7,7 @@ notifier). Pure: same input, same output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -51,11 +51,12 @@ def evaluate(
 ) -> EngineResult:
     result = EngineResult()
     seen: set[str] = set()
+    with_state = {(s.key.rule, s.key.member) for s in previous.values()}
     by_name = {rule.name: rule for rule in rules}
     for rule in rules:
         evaluations: Sequence[Evaluation]
         if isinstance(rule, BudgetRule):
-            evaluations = evaluate_budget(rule, usage, now, tz)
+            evaluations = evaluate_budget(rule, usage, now, tz, _has_state(with_state, rule.name))
         elif isinstance(rule, AnomalyRule):
             evaluations = evaluate_anomaly(rule, usage, now, tz)
         else:
@@ -107,6 +108,10 @@ def evaluate(
             )
         _keep(result, key_id, new_state, transition, None)
     return result
+
+
+def _has_state(with_state: set[tuple[str, str]], rule: str) -> Callable[[str], bool]:
+    return lambda member: (rule, member) in with_state
 
 
 def _keep(
