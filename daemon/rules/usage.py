@@ -98,11 +98,15 @@ class MemberUsage:
     value: Series  # the metric itself, or the numerator of a ratio
     weight: Series | None = None  # the denominator of a ratio metric (requests)
     parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
+    # the contributors' raw points, merged into `parts` only when a message asks for them
+    part_points: dict[str, list[dict[int, Decimal]]] = field(default_factory=dict, repr=False)
 
     def top_parts(
         self, start: datetime, end: datetime, n: int = 3
     ) -> tuple[tuple[str, Decimal], ...]:
         """The ``n`` biggest contributors (models of a key, keys of a model) over [start, end)."""
+        if self.part_points and not self.parts:
+            self.parts = {label: merge(p) for label, p in self.part_points.items()}
         totals = [(label, series.total(start, end)) for label, series in self.parts.items()]
         return tuple(sorted((t for t in totals if t[1]), key=lambda t: (-t[1], t[0]))[:n])
 
@@ -222,7 +226,7 @@ class UsageIndex:
                 MemberUsage(
                     member,
                     merge(points for _, points in parts),
-                    parts={label: merge(p) for label, p in by_part.items()},
+                    part_points=by_part,
                 )
             )
         return result
