@@ -15,9 +15,7 @@ import asyncio
 import itertools
 import signal
 import time
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import structlog
@@ -315,13 +313,7 @@ class Daemon:
             "24h": (now - timedelta(hours=24), now),
             "7d": (now - timedelta(days=7), now),
         }
-        totals: dict[str, list[tuple[str, str, str, Decimal]]] = defaultdict(list)
-        for window in COST_WINDOWS:
-            start, end = ranges[window]
-            totals[window] = [
-                (t.api_key_id, t.api_key_name, t.model, t.cost_usd)
-                for t in self.store.key_model_totals(start, end)
-            ]
+        totals = self.store.window_costs({w: ranges[w] for w in COST_WINDOWS})
         names = self.store.api_key_names()
         labels = {k: f"{n} ({k})" for k, n in names.items()}
         silences = [s for s in self.store.silences(now) if s.active(now)]

@@ -743,6 +743,40 @@ class Store:
             )
         return cur.rowcount == 1
 
+    def window_costs(
+        self, ranges: dict[str, tuple[datetime, datetime]]
+    ) -> dict[str, list[tuple[str, str, str, Decimal]]]:
+        """Cost per (key, model) for several windows in one pass over the buckets."""
+        names = list(ranges)
+        columns, params = [], []
+        for name in names:
+            s, e = ranges[name]
+            columns.append(
+                "count(CASE WHEN u.bucket_start >= ? AND u.bucket_start < ? THEN 1 END),"
+                " sum(CASE WHEN u.bucket_start >= ? AND u.bucket_start < ?"
+                " THEN u.cost_nanos END),"
+                " dec_sum(u.cost_rest) FILTER (WHERE u.cost_rest IS NOT NULL"
+                " AND u.bucket_start >= ? AND u.bucket_start < ?)"
+            )
+            params += [_ts(s), _ts(e)] * 3
+        low = min(_ts(s) for s, _ in ranges.values())
+        high = max(_ts(e) for _, e in ranges.values())
+        rows = self._conn.execute(
+            f"""SELECT u.api_key_id, coalesce(k.name, u.api_key_id), u.model, {", ".join(columns)}
+                FROM key_usage u LEFT JOIN api_keys k ON k.api_key_id = u.api_key_id
+                WHERE u.bucket_start >= ? AND u.bucket_start < ?
+                GROUP BY u.api_key_id, u.model""",
+            (*params, low, high),
+        )
+        result: dict[str, list[tuple[str, str, str, Decimal]]] = {name: [] for name in names}
+        for row in rows:
+            key_id, key_name, model = row[0], row[1], row[2]
+            for index, name in enumerate(names):
+                count, nanos, rest = row[3 + 3 * index : 6 + 3 * index]
+                if count:
+                    result[name].append((key_id, key_name, model, join_nanos(nanos, rest)))
+        return result
+
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
         rows = self._conn.execute(
             "SELECT export, range_start, range_end, at, ok, rows, reason, message"

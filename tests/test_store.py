@@ -181,3 +181,23 @@ def test_failures_are_logged(store: Store) -> None:
     (record,) = store.last_fetches()
     assert not record.ok and record.reason == "truncated"
     assert store.last_success("models") is None
+
+
+def test_window_costs_match_per_window_totals(store: Store) -> None:
+    for i in range(30):
+        start = T0 + i * H
+        store.replace_key_usage(
+            start,
+            start + H,
+            [usage("k1", "m", "0.1234567891"), usage("k2", "m", str(i))],
+            start + H,
+        )
+    ranges = {"a": (T0, T0 + 5 * H), "b": (T0 + 10 * H, T0 + 30 * H), "none": (T0 - H, T0)}
+    combined = store.window_costs(ranges)
+    for name, (start, end) in ranges.items():
+        expected = sorted(
+            (t.api_key_id, t.api_key_name, t.model, t.cost_usd)
+            for t in store.key_model_totals(start, end)
+        )
+        assert sorted(combined[name]) == expected
+    assert combined["none"] == []

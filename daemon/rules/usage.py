@@ -18,7 +18,6 @@ from typing import Literal
 from daemon.rules.schema import AnyRule, Scope
 
 Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
-PAIR_METRICS = ("cost_usd", "requests", "tokens")
 WORKSPACE = "*"
 _ZERO = Decimal(0)
 
@@ -138,16 +137,11 @@ class UsageIndex:
         self.first_seen = first_seen or {}
         self.new_after = new_after  # members first seen from here on are new
         self._members: dict[tuple[object, ...], list[MemberUsage]] = {}
-        # (key id, model) → metric → bucket start → value
-        self.pairs: dict[tuple[str, str], dict[str, dict[int, Decimal]]] = {}
+        # (key id, model) → its points; per-metric series are built when a rule asks
+        self.pairs: dict[tuple[str, str], list[KeyPoint]] = {}
         for p in key_points:
-            per_metric = self.pairs.setdefault(
-                (p.api_key_id, p.model), {m: {} for m in PAIR_METRICS}
-            )
-            start = ts(p.bucket_start)
-            per_metric["cost_usd"][start] = p.cost_usd
-            per_metric["requests"][start] = Decimal(p.requests)
-            per_metric["tokens"][start] = Decimal(p.tokens)
+            self.pairs.setdefault((p.api_key_id, p.model), []).append(p)
+        self._pair_series: dict[str, dict[tuple[str, str], dict[int, Decimal]]] = {}
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
         self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
         for m in model_points:
@@ -165,6 +159,28 @@ class UsageIndex:
                 per["latency_requests"][start] = (
                     per["latency_requests"].get(start, Decimal(0)) + m.requests
                 )
+
+    def series_of(self, metric: str) -> dict[tuple[str, str], dict[int, Decimal]]:
+        """Bucket start → value of ``metric`` (cost_usd, requests, tokens) per (key, model)."""
+        cached = self._pair_series.get(metric)
+        if cached is None:
+            if metric == "cost_usd":
+                cached = {
+                    pair: {ts(p.bucket_start): p.cost_usd for p in pts}
+                    for pair, pts in self.pairs.items()
+                }
+            elif metric == "requests":
+                cached = {
+                    pair: {ts(p.bucket_start): Decimal(p.requests) for p in pts}
+                    for pair, pts in self.pairs.items()
+                }
+            else:
+                cached = {
+                    pair: {ts(p.bucket_start): Decimal(p.tokens) for p in pts}
+                    for pair, pts in self.pairs.items()
+                }
+            self._pair_series[metric] = cached
+        return cached
 
     def name_of(self, key_id: str) -> str:
         return self.key_names.get(key_id, key_id)
@@ -208,7 +224,7 @@ class UsageIndex:
         if metric in ("error_rate", "response_time_ms"):
             return self._model_metric_members(rule, metric)
         grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
-        for (key_id, model), per_metric in self.pairs.items():
+        for (key_id, model), points in self.series_of(metric).items():
             if not (
                 self.key_matches(rule.scope, rule.exclude, key_id)
                 and self.model_matches(rule.scope, rule.exclude, model)
@@ -216,7 +232,7 @@ class UsageIndex:
                 continue
             member = self._member(rule, key_id, model)
             part = model if member.dimension == "api_key" else f"{self.name_of(key_id)} ({key_id})"
-            grouped.setdefault(member, []).append((part, per_metric[metric]))
+            grouped.setdefault(member, []).append((part, points))
         result = []
         for member, parts in sorted(grouped.items(), key=lambda item: item[0].id):
             by_part: dict[str, list[dict[int, Decimal]]] = {}
