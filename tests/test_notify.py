@@ -67,6 +67,20 @@ def spend(
     store.replace_key_usage(bucket_start(at, UTCZ), bucket_end(at, UTCZ), rows, at)
 
 
+K1_OVER = {"k1": "12"}  # over the $10 of BUDGET_24H
+
+
+def world(
+    tmp_path: Path, slack_yaml: str, amounts: dict[str, str] | None = None
+) -> tuple[Config, Store]:
+    """The config with BUDGET_24H, its open store, and optionally some spend at T0."""
+    config = make_config(tmp_path, slack_yaml, BUDGET_24H)
+    store = Store.open(config.state.path)
+    if amounts:
+        spend(store, amounts, T0)
+    return config, store
+
+
 async def cycle(store: Store, config: Config, clock: FakeClock) -> tuple[int, int, int]:
     evaluate_rules(store, config, clock())
     report = await deliver(store, SlackSender(config), clock, sleep=clock.sleep)
@@ -98,8 +112,7 @@ def test_hostile_names_render_literally() -> None:
 async def test_firing_and_resolved_through_a_webhook(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    config, store = world(tmp_path, webhook(slack))
     spend(store, {"k1": "12"}, T0, names={"k1": HOSTILE})
     assert await cycle(store, config, clock) == (1, 0, 0)
     (firing,) = slack.posts()
@@ -117,8 +130,7 @@ async def test_firing_and_resolved_through_a_webhook(
 async def test_many_alerts_of_one_cycle_are_one_message(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    config, store = world(tmp_path, webhook(slack))
     spend(store, {f"key{i:02d}": "11" for i in range(40)}, T0)
     assert await cycle(store, config, clock) == (1, 0, 0)
     (message,) = slack.posts()
@@ -131,9 +143,7 @@ async def test_many_alerts_of_one_cycle_are_one_message(
 async def test_bot_follow_ups_go_into_the_thread(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, bot(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
-    spend(store, {"k1": "12"}, T0)
+    config, store = world(tmp_path, bot(slack), K1_OVER)
     assert await cycle(store, config, clock) == (1, 0, 0)
     first = slack.posts()[0]
     assert first.path == "/api/chat.postMessage" and first.body["channel"] == "#llm-costs"
@@ -150,9 +160,7 @@ async def test_bot_follow_ups_go_into_the_thread(
 async def test_rate_limit_with_retry_after_then_success(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
-    spend(store, {"k1": "12"}, T0)
+    config, store = world(tmp_path, webhook(slack), K1_OVER)
     slack.script.append(Answer(429, "rate_limited", {"Retry-After": "7"}))
     assert await cycle(store, config, clock) == (1, 0, 0)
     assert clock.sleeps == [7.0]
@@ -163,8 +171,7 @@ async def test_rate_limit_with_retry_after_then_success(
 async def test_slack_down_for_cycles_then_back_delivers_each_once_in_order(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, bot(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    config, store = world(tmp_path, bot(slack))
     slack.script.extend(Answer(500, {"ok": False, "error": "fatal_error"}) for _ in range(9))
     for i in range(3):  # three cycles, one new alert each, Slack failing throughout
         spend(store, {f"k{j}": "12" for j in range(i + 1)}, clock())
@@ -184,9 +191,7 @@ async def test_slack_down_for_cycles_then_back_delivers_each_once_in_order(
 async def test_crash_between_saving_state_and_sending_delivers_once(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
-    spend(store, {"k1": "12"}, T0)
+    config, store = world(tmp_path, webhook(slack), K1_OVER)
     evaluate_rules(store, config, clock())  # state and outbox saved...
     store.close()  # ...and the process dies before sending
     restarted = Store.open(config.state.path)
@@ -220,9 +225,7 @@ async def test_restart_does_not_resend_before_repeat_interval(
 async def test_invalid_auth_is_rejected_not_retried(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = make_config(tmp_path, bot(slack, token="xoxb-wrong"), BUDGET_24H)
-    store = Store.open(config.state.path)
-    spend(store, {"k1": "12"}, T0)
+    config, store = world(tmp_path, bot(slack, token="xoxb-wrong"), K1_OVER)
     assert await cycle(store, config, clock) == (0, 0, 1)
     assert len(slack.received) == 1
     assert await cycle(store, config, clock) == (0, 0, 0)
@@ -234,9 +237,7 @@ async def test_invalid_auth_is_rejected_not_retried(
 async def test_deleted_webhook_is_rejected(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
-    spend(store, {"k1": "12"}, T0)
+    config, store = world(tmp_path, webhook(slack), K1_OVER)
     slack.script.append(Answer(404, "no_service"))
     assert await cycle(store, config, clock) == (0, 0, 1)
     store.close()

@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from daemon.notify import plan
-from daemon.rules.engine import evaluate
+from daemon.rules.engine import EngineResult, evaluate
+from daemon.rules.schema import AnyRule
 from daemon.rules.usage import UsageIndex
+from daemon.store import OutboxItem
 from tests.rules_helpers import H, hourly, rule
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
@@ -29,6 +31,22 @@ def usage(now: datetime) -> UsageIndex:
     )
 
 
+def plan_console(
+    result: EngineResult, rules: list[AnyRule], notified: dict[str, datetime], now: datetime
+) -> tuple[list[OutboxItem], dict[str, datetime]]:
+    return plan(
+        result,
+        {r.name: r for r in rules},
+        lambda _r: "console",
+        notified,
+        now,
+        ZoneInfo("UTC"),
+        repeat_interval=timedelta(hours=1),
+        send_resolved=True,
+        labels={},
+    )
+
+
 def test_only_keys_first_seen_after_backfill_fire_once_then_clear_quietly() -> None:
     tz = ZoneInfo("UTC")
     rules = [rule(kind="new_member", each="api_key")]
@@ -38,47 +56,17 @@ def test_only_keys_first_seen_after_backfill_fire_once_then_clear_quietly() -> N
     ]
     (fresh,) = [e for e in first.evaluations if e.member.id == "new"]
     assert fresh.spend == 4 and fresh.top_parts == (("claude", 4),)  # type: ignore[union-attr]
-    outbox, notified = plan(
-        first,
-        {r.name: r for r in rules},
-        lambda _r: "console",
-        {},
-        T0,
-        tz,
-        repeat_interval=timedelta(hours=1),
-        send_resolved=True,
-        labels={},
-    )
+    outbox, notified = plan_console(first, rules, {}, T0)
     assert len(outbox) == 1 and "New API key in use" in outbox[0].payload["text"]
     assert "fresh-team (new)" in outbox[0].payload["text"]
     # an hour later: still up, but no repeat
     later = evaluate(rules, usage(T0 + H), first.states, T0 + H, tz)
-    again, _ = plan(
-        later,
-        {r.name: r for r in rules},
-        lambda _r: "console",
-        notified,
-        T0 + 2 * H,
-        tz,
-        repeat_interval=timedelta(hours=1),
-        send_resolved=True,
-        labels={},
-    )
+    again, _ = plan_console(later, rules, notified, T0 + 2 * H)
     assert again == []
     # after the rule's window the alert clears without a resolve message
     done = evaluate(rules, usage(T0 + 25 * H), later.states, T0 + 25 * H, tz)
     assert [n.transition.kind for n in done.notices] == ["resolved"]
-    quiet, _ = plan(
-        done,
-        {r.name: r for r in rules},
-        lambda _r: "console",
-        notified,
-        T0 + 25 * H,
-        tz,
-        repeat_interval=timedelta(hours=1),
-        send_resolved=True,
-        labels={},
-    )
+    quiet, _ = plan_console(done, rules, notified, T0 + 25 * H)
     assert quiet == []
 
 
