@@ -37,13 +37,18 @@ class SpendReport:
     total: SpendRow
 
 
-def window_ranges(now: datetime, tz: ZoneInfo) -> dict[str, tuple[datetime, datetime]]:
-    """The report windows as [start, end) ranges ending at ``now``."""
-    return {
-        "today": (calendar_period("day", now, tz).start, now),
-        "month": (calendar_period("month", now, tz).start, now),
-        "24h": (now - timedelta(hours=24), now),
+def window_ranges(
+    now: datetime, tz: ZoneInfo, windows: Sequence[str] = WINDOWS
+) -> dict[str, tuple[datetime, datetime]]:
+    """Named spend windows (today, month, 24h, 7d) as [start, end) ranges ending at ``now``;
+    the tables and the `langdock_cost_usd` metric both use them."""
+    starts = {
+        "today": lambda: calendar_period("day", now, tz).start,
+        "month": lambda: calendar_period("month", now, tz).start,
+        "24h": lambda: now - timedelta(hours=24),
+        "7d": lambda: now - timedelta(days=7),
     }
+    return {window: (starts[window](), now) for window in windows}
 
 
 def spend_report(store: Store, now: datetime, tz: ZoneInfo) -> SpendReport:

@@ -38,8 +38,8 @@ from daemon.metrics import (
     top_key_costs,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
+from daemon.report import window_ranges
 from daemon.rules.budget import BudgetEvaluation
-from daemon.rules.windows import calendar_period
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.store import Store
 
@@ -306,14 +306,7 @@ class Daemon:
 
     def publish(self, result: CycleResult) -> None:
         now = utc_now()
-        tz = self.config.tz
-        ranges = {
-            "today": (calendar_period("day", now, tz).start, now),
-            "month": (calendar_period("month", now, tz).start, now),
-            "24h": (now - timedelta(hours=24), now),
-            "7d": (now - timedelta(days=7), now),
-        }
-        totals = self.store.window_costs({w: ranges[w] for w in COST_WINDOWS})
+        totals = self.store.window_costs(window_ranges(now, self.config.tz, COST_WINDOWS))
         names = self.store.api_key_names()
         labels = {k: f"{n} ({k})" for k, n in names.items()}
         silences = [s for s in self.store.silences(now) if s.active(now)]
