@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,6 +42,7 @@ from daemon.rules.usage import expand_members
 from daemon.service import make_client
 from daemon.store import Store, StoreError
 
+Handler = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = structlog.get_logger("langdock_budget.cli")
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, name):  # options given neither before nor after the command
             setattr(args, name, default)
     configure_logging(args.log_format, args.log_level)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    handler: Handler = args.handler
     try:
         return handler(args)
     except ConfigError as exc:
@@ -102,88 +104,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"langdock-budget {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="the daemon: poll, evaluate, publish metrics, notify until stopped",
+    def command(
+        group: Any, name: str, help: str, handler: Handler | None = None
+    ) -> argparse.ArgumentParser:
+        """A subcommand that takes the common options (and runs ``handler``)."""
+        parser = group.add_parser(name, parents=[common], help=help)
+        if handler is not None:
+            parser.set_defaults(handler=handler)
+        return parser  # type: ignore[no-any-return]
+
+    command(
+        sub, "run", "the daemon: poll, evaluate, publish metrics, notify until stopped", cmd_run
     )
-    run.set_defaults(handler=cmd_run)
-
-    check = sub.add_parser("check", parents=[common], help="validate config and rules; no network")
-    check.set_defaults(handler=cmd_check)
-
-    once = sub.add_parser(
-        "once",
-        parents=[common],
-        help="one cycle: fetch, store, evaluate, print a summary; then exit",
+    command(sub, "check", "validate config and rules; no network", cmd_check)
+    once = command(
+        sub, "once", "one cycle: fetch, store, evaluate, print a summary; then exit", cmd_once
     )
     once.add_argument("--dry-run", action="store_true", help="send no notifications")
-    once.set_defaults(handler=cmd_once)
-
-    status = sub.add_parser("status", parents=[common], help="spend from the store; no network")
-    status.set_defaults(handler=cmd_status)
-
-    test_alert = sub.add_parser(
-        "test-alert",
-        parents=[common],
-        help="send sample budget and anomaly messages to every route",
+    command(sub, "status", "spend from the store; no network", cmd_status)
+    command(
+        sub, "test-alert", "send sample budget and anomaly messages to every route", cmd_test_alert
     )
-    test_alert.set_defaults(handler=cmd_test_alert)
 
-    digest_cmd = sub.add_parser(
-        "digest", parents=[common], help="the spend digest of the last complete day or week"
-    )
-    digest_cmd.add_argument("--period", choices=("day", "week"), default="day")
-    digest_cmd.add_argument("--dry-run", action="store_true", help="print it; send nothing")
-    digest_cmd.set_defaults(handler=cmd_digest)
+    digest = command(sub, "digest", "the spend digest of the last complete day or week", cmd_digest)
+    digest.add_argument("--period", choices=("day", "week"), default="day")
+    digest.add_argument("--dry-run", action="store_true", help="print it; send nothing")
 
-    importer_cmd = sub.add_parser(
-        "import",
-        parents=[common],
-        help="ingest a per-call CSV from the web UI (Settings > API > Export)",
+    imports = command(
+        sub, "import", "ingest a per-call CSV from the web UI (Settings > API > Export)", cmd_import
     )
-    importer_cmd.add_argument("file", type=Path, help="the per-call CSV")
-    importer_cmd.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    importer_cmd.add_argument(
+    imports.add_argument("file", type=Path, help="the per-call CSV")
+    imports.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    imports.add_argument(
         "--reconcile",
         action="store_true",
         help="compare per-key daily cost with the API-key export; exit 1 on differences",
     )
-    importer_cmd.add_argument(
+    imports.add_argument(
         "--tolerance",
         type=Decimal,
         default=Decimal("0.01"),
         help="USD difference per key and day to ignore (default 0.01)",
     )
-    importer_cmd.set_defaults(handler=cmd_import)
 
-    silence = sub.add_parser(
-        "silence",
-        parents=[common],
-        help="keep Slack quiet for a rule (state and metrics still tracked)",
+    silence = command(
+        sub, "silence", "keep Slack quiet for a rule (state and metrics still tracked)"
     )
-    silence_sub = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
-    add = silence_sub.add_parser("add", parents=[common], help="silence a rule (and member)")
+    actions = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
+    add = command(actions, "add", "silence a rule (and member)", cmd_silence_add)
     add.add_argument("--rule", required=True, help="rule name")
     add.add_argument("--member", help="glob on the key name or id, or the model (default: all)")
     add.add_argument("--for", dest="duration", required=True, help="how long, e.g. 24h, 3d")
     add.add_argument("--reason", required=True, help="why (shown in status)")
-    add.set_defaults(handler=cmd_silence_add)
-    listing = silence_sub.add_parser("list", parents=[common], help="active silences")
+    listing = command(actions, "list", "active silences", cmd_silence_list)
     listing.add_argument("--all", action="store_true", help="include expired ones")
-    listing.set_defaults(handler=cmd_silence_list)
-    expire = silence_sub.add_parser("expire", parents=[common], help="end a silence now")
+    expire = command(actions, "expire", "end a silence now", cmd_silence_expire)
     expire.add_argument("id", type=int)
-    expire.set_defaults(handler=cmd_silence_expire)
 
-    rules_cmd = sub.add_parser("rules", parents=[common], help="rule utilities")
-    rules_sub = rules_cmd.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
-    export = rules_sub.add_parser(
+    rules = command(sub, "rules", "rule utilities")
+    rule_actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    command(
+        rule_actions,
         "export-prometheus",
-        parents=[common],
-        help="print Prometheus alerting rules equivalent to the budget rules",
+        "print Prometheus alerting rules equivalent to the budget rules",
+        cmd_rules_export,
     )
-    export.set_defaults(handler=cmd_rules_export)
 
     from daemon.demo import add_demo_parser
 
