@@ -27,6 +27,13 @@ def live_simulator() -> Iterator[Simulator]:
     sim.stop()
 
 
+@pytest.fixture
+def live_config(tmp_path: Path, live_simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config for the live simulator, its key in the environment as ${CLI_TEST_KEY}."""
+    monkeypatch.setenv("CLI_TEST_KEY", SECRET)
+    return config_for(tmp_path, live_simulator.base_url)
+
+
 def config_for(tmp_path: Path, base_url: str, key_var: str = "CLI_TEST_KEY") -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(
@@ -59,14 +66,8 @@ def test_check_valid_and_invalid(
     assert err[0].startswith(f"{path}: rules[0].window: unknown window '2 weeks'")
 
 
-def test_once_then_status(
-    tmp_path: Path,
-    live_simulator: Simulator,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("CLI_TEST_KEY", SECRET)
-    path = config_for(tmp_path, live_simulator.base_url)
+def test_once_then_status(live_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = live_config
     assert main(["--config", str(path), "once", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "prod-web (key_4f1a9c)" in captured.out and "claude-sonnet-4" in captured.out
@@ -81,13 +82,9 @@ def test_once_then_status(
 
 
 def test_rules_in_once_check_and_status(
-    tmp_path: Path,
-    live_simulator: Simulator,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    live_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("CLI_TEST_KEY", SECRET)
-    path = config_for(tmp_path, live_simulator.base_url)
+    path = live_config
     path.write_text(
         path.read_text()
         + """rules:
