@@ -12,6 +12,7 @@ import csv
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any, NamedTuple
 
 csv.field_size_limit(1 << 20)
 
@@ -64,9 +65,12 @@ class ExportFormatError(ValueError):
     """The CSV does not have the shape we need (missing column, bad number)."""
 
 
-@dataclass(frozen=True, slots=True)
-class KeyUsage:
-    """One row of ``/export/api-keys`` (per key, or per key and model when grouped)."""
+class KeyUsage(NamedTuple):
+    """One row of ``/export/api-keys`` (per key, or per key and model when grouped).
+
+    A named tuple, not a dataclass: a 10,000-key workspace sends 100,000 of these per bucket,
+    and a tuple is built three times faster.
+    """
 
     api_key_id: str
     api_key_name: str
@@ -161,12 +165,13 @@ class _Row:
         )
 
 
-def _records(
+def _open(
     lines: Iterable[str],
     aliases: Mapping[str, tuple[str, ...]],
     required: tuple[str, ...],
     what: str,
-) -> Iterator[_Row]:
+) -> tuple[Any, dict[str, int]]:
+    """A CSV reader positioned after the header, and the header's column positions."""
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -174,16 +179,31 @@ def _records(
         raise ExportFormatError(f"{what} export: the file is empty (no header row)") from None
     except csv.Error as exc:
         raise ExportFormatError(f"{what} export: line 1: unreadable CSV ({exc})") from None
-    cols = _columns(header, aliases, required, what)
+    return reader, _columns(header, aliases, required, what)
+
+
+def _unreadable(what: str, reader: Any, exc: csv.Error) -> ExportFormatError:
+    return ExportFormatError(f"{what} export: line {reader.line_num}: unreadable CSV ({exc})")
+
+
+def _records(
+    lines: Iterable[str],
+    aliases: Mapping[str, tuple[str, ...]],
+    required: tuple[str, ...],
+    what: str,
+) -> Iterator[_Row]:
+    reader, cols = _open(lines, aliases, required, what)
     try:
         for record in reader:
-            if not record or all(not cell.strip() for cell in record):
+            if _blank(record):
                 continue
             yield _Row(record, cols, reader.line_num, what)
     except csv.Error as exc:
-        raise ExportFormatError(
-            f"{what} export: line {reader.line_num}: unreadable CSV ({exc})"
-        ) from None
+        raise _unreadable(what, reader, exc) from None
+
+
+def _blank(record: list[str]) -> bool:
+    return not record or all(not cell.strip() for cell in record)
 
 
 def _tokens(row: _Row) -> dict[str, int | None]:
@@ -193,50 +213,59 @@ def _tokens(row: _Row) -> dict[str, int | None]:
 def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage]:
     """Rows of an ``/export/api-keys`` CSV; ``grouped`` requires the model column.
 
-    Well-formed records take a fast path (plain `int` / `Decimal` on the cells); anything
-    unusual (blank cells with spaces, "12.0", "$1.50", short records) falls back to the
-    careful per-cell parser, which also produces the line-numbered errors.
+    Well-formed records take a fast path (plain `int` / `Decimal` on the cells, column
+    positions resolved once); anything unusual (blank cells with spaces, "12.0", "$1.50",
+    short records) falls back to the careful per-cell parser, which also produces the
+    line-numbered errors.
     """
     required = ("api_key_id", "model") if grouped else ("api_key_id",)
-    for row in _records(lines, KEY_ALIASES, required, "api-keys"):
-        fast = _fast_key_usage(row, grouped)
-        if fast is not None:
-            yield fast
-            continue
-        key_id = row.text("api_key_id")
-        if not key_id:
-            raise ExportFormatError(f"api-keys export: line {row.line}: empty api_key_id")
-        yield KeyUsage(
-            api_key_id=key_id,
-            api_key_name=row.text("api_key_name") or key_id,
-            model=row.text("model") if grouped else "",
-            requests=row.integer("requests") or 0,
-            cost_usd=row.decimal("cost_usd") or Decimal(0),
-            **_tokens(row),
-        )
-
-
-def _fast_key_usage(row: _Row, grouped: bool) -> KeyUsage | None:
-    cols, record = row.cols, row.record
+    reader, cols = _open(lines, KEY_ALIASES, required, "api-keys")
+    i_key = cols["api_key_id"]
+    i_name, i_req, i_cost = cols.get("api_key_name"), cols.get("requests"), cols.get("cost_usd")
+    i_model = cols["model"] if grouped else None
+    token_columns = [cols.get(name) for name in TOKEN_FIELDS]
+    width = max(cols.values()) + 1
     try:
-        key_id = record[cols["api_key_id"]].strip()
-        i_name, i_req, i_cost = cols.get("api_key_name"), cols.get("requests"), cols.get("cost_usd")
-        name = record[i_name].strip() if i_name is not None else ""
-        model = record[cols["model"]].strip() if grouped else ""
-        raw = record[i_req] if i_req is not None else ""
-        requests = int(raw) if raw else 0
-        raw = record[i_cost] if i_cost is not None else ""
-        cost = Decimal(raw) if raw else _ZERO
-        tokens = []
-        for field_name in TOKEN_FIELDS:
-            index = cols.get(field_name)
-            raw = record[index] if index is not None else ""
-            tokens.append(int(raw) if raw else None)
-    except (ValueError, IndexError, InvalidOperation):
-        return None
-    if not key_id or not cost.is_finite():
-        return None
-    return KeyUsage(key_id, name or key_id, model, requests, cost, *tokens)
+        for record in reader:
+            if len(record) >= width:
+                try:
+                    key_id = record[i_key].strip()
+                    raw = record[i_cost] if i_cost is not None else ""
+                    cost = Decimal(raw) if raw else _ZERO
+                    raw = record[i_req] if i_req is not None else ""
+                    if key_id and cost.is_finite():
+                        yield KeyUsage(
+                            key_id,
+                            (record[i_name].strip() if i_name is not None else "") or key_id,
+                            record[i_model].strip() if i_model is not None else "",
+                            int(raw) if raw else 0,
+                            cost,
+                            *[
+                                int(record[i]) if i is not None and record[i] else None
+                                for i in token_columns
+                            ],
+                        )
+                        continue
+                except (ValueError, InvalidOperation):
+                    pass
+            if not _blank(record):
+                yield _careful_key_usage(_Row(record, cols, reader.line_num, "api-keys"), grouped)
+    except csv.Error as exc:
+        raise _unreadable("api-keys", reader, exc) from None
+
+
+def _careful_key_usage(row: _Row, grouped: bool) -> KeyUsage:
+    key_id = row.text("api_key_id")
+    if not key_id:
+        raise ExportFormatError(f"api-keys export: line {row.line}: empty api_key_id")
+    return KeyUsage(
+        api_key_id=key_id,
+        api_key_name=row.text("api_key_name") or key_id,
+        model=row.text("model") if grouped else "",
+        requests=row.integer("requests") or 0,
+        cost_usd=row.decimal("cost_usd") or Decimal(0),
+        **_tokens(row),
+    )
 
 
 _ZERO = Decimal(0)
