@@ -64,8 +64,8 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
     end = bucket_end(now, config.tz)
     history_start = store.history_start()
     return UsageIndex(
-        store.key_points(start, end),
-        store.model_points(start, end),
+        model_points=store.model_points(start, end),
+        rows=store.key_rows(start, end),
         key_names=store.api_key_names(),
         history_start=history_start,
         first_seen=store.first_seen(),

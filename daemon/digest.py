@@ -60,18 +60,10 @@ def build_digest(store: Store, config: Config, now: datetime, period: PeriodName
     previous = sum(
         (t.cost_usd for t in store.key_model_totals(before.start, before.end)), Decimal(0)
     )
-    budgets = [
-        e
-        for e in evaluate_rules(store, config, now, persist=False).evaluations
-        if isinstance(e, BudgetEvaluation)
-    ]
-    by_rule: dict[str, list[BudgetEvaluation]] = {}
-    for evaluation in budgets:
-        by_rule.setdefault(evaluation.rule, []).append(evaluation)
     shown = [
         e
-        for group in by_rule.values()
-        for e in sorted(group, key=lambda e: e.utilization, reverse=True)[:TOP]
+        for table in evaluate_rules(store, config, now, persist=False).budget_tables
+        for e in table.top(TOP)
     ]
     anomaly_rules = {r.name for r in config.rules if isinstance(r, AnomalyRule)}
     names = store.api_key_names()

@@ -23,7 +23,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 from daemon import __version__
-from daemon.rules.budget import BudgetEvaluation
+from daemon.rules.budget import BudgetEvaluation, BudgetTable
 from daemon.rules.engine import EngineResult
 from daemon.rules.usage import WORKSPACE
 
@@ -97,20 +97,10 @@ def top_key_costs(
     return tuple(series)
 
 
-def bounded_budgets(
-    evaluations: Iterable[BudgetEvaluation], top_n: int
-) -> tuple[BudgetEvaluation, ...]:
+def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEvaluation, ...]:
     """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
     rule over 10,000 keys must not become 40,000 series."""
-    by_rule: dict[str, list[BudgetEvaluation]] = {}
-    for evaluation in evaluations:
-        by_rule.setdefault(evaluation.rule, []).append(evaluation)
-    kept: list[BudgetEvaluation] = []
-    for members in by_rule.values():
-        if len(members) > top_n:
-            members = sorted(members, key=lambda e: e.utilization, reverse=True)[:top_n]
-        kept += members
-    return tuple(kept)
+    return tuple(e for table in tables for e in table.top(top_n))
 
 
 def scope_label(evaluation: BudgetEvaluation) -> str:

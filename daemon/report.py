@@ -128,8 +128,9 @@ def _alerts_column(conditions: Sequence[Condition], states: dict[str, AlertState
 
 
 def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
-    budgets = [e for e in result.evaluations if isinstance(e, BudgetEvaluation)]
-    anomalies = [e for e in result.evaluations if isinstance(e, AnomalyEvaluation)]
+    evaluations = result.all_evaluations()
+    budgets = [e for e in evaluations if isinstance(e, BudgetEvaluation)]
+    anomalies = [e for e in evaluations if isinstance(e, AnomalyEvaluation)]
     lines: list[str] = []
     if budgets:
         rows = []
@@ -194,7 +195,7 @@ def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
             rows,
             right={4, 5, 6},
         )
-    news = [e for e in result.evaluations if isinstance(e, NewMemberEvaluation)]
+    news = [e for e in evaluations if isinstance(e, NewMemberEvaluation)]
     fresh = [e for e in news if any(c.holds for c in e.conditions)]
     if news:
         if lines:

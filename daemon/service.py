@@ -39,7 +39,6 @@ from daemon.metrics import (
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.report import window_ranges
-from daemon.rules.budget import BudgetEvaluation
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.store import Store
 
@@ -325,10 +324,7 @@ class Daemon:
         self.collector.snapshot = Snapshot(
             silenced=silenced,
             costs=top_key_costs(totals, self.config.metrics.top_keys),
-            budgets=bounded_budgets(
-                (e for e in result.engine.evaluations if isinstance(e, BudgetEvaluation)),
-                self.config.metrics.top_keys,
-            ),
+            budgets=bounded_budgets(result.engine.budget_tables, self.config.metrics.top_keys),
             firing=firing_series(result.engine, labels),
             outbox_pending=self.store.outbox_pending_count(),
             store_bytes=self.store.size_bytes(),

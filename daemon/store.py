@@ -26,7 +26,7 @@ from typing import Any
 
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
-from daemon.rules.usage import KeyPoint, ModelPoint
+from daemon.rules.usage import KeyRow, ModelPoint
 
 SCHEMA_VERSION = 5
 
@@ -519,8 +519,9 @@ class Store:
             for key_id, name, model, req, nanos, rest, tokens in rows
         ]
 
-    def key_points(self, start: datetime, end: datetime) -> list[KeyPoint]:
-        """Every (key, model) bucket that starts in [start, end), for the rule engine."""
+    def key_rows(self, start: datetime, end: datetime) -> list[KeyRow]:
+        """Every (key, model) bucket that starts in [start, end), for the rule engine: cost
+        in nano-dollars (exact: the rare finer part is added back as a `Decimal`)."""
         rows = self._conn.execute(
             """SELECT bucket_start, api_key_id, model, cost_nanos, cost_rest, requests,
                       coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)
@@ -528,8 +529,8 @@ class Store:
             (_ts(start), _ts(end)),
         )
         return [
-            KeyPoint(_dt(s), key_id, model, join_nanos(nanos, rest), req, tokens)
-            for s, key_id, model, nanos, rest, req, tokens in rows
+            (s, key_id, model, nanos if rest is None else nanos + Decimal(rest).scaleb(9), req, tok)
+            for s, key_id, model, nanos, rest, req, tok in rows
         ]
 
     def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:

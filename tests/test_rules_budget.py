@@ -218,11 +218,11 @@ def test_members_below_every_threshold_without_state_carry_no_conditions() -> No
         hourly(NOW - 3 * H, NOW, lambda _: "9", key="big"),
     )
     rule = budget(window="day", limit_usd=20, thresholds=[80, 100], each="api_key")
-    small, big = evaluate_budget(rule, usage, NOW, UTC_ZONE, lambda member: False)
+    small, big = evaluate_budget(rule, usage, NOW, UTC_ZONE, stateful=set())
     assert small.member.id == "big" or big.member.id == "big"
     by_id = {e.member.id: e for e in (small, big)}
     assert by_id["small"].conditions == () and by_id["small"].spend == 3
     assert [c.holds for c in by_id["big"].conditions] == [True, True]
     # with a stored alert the member is judged in full, so its alert can resolve
-    (_, with_state) = evaluate_budget(rule, usage, NOW, UTC_ZONE, lambda member: True)
+    (_, with_state) = evaluate_budget(rule, usage, NOW, UTC_ZONE, stateful={"big", "small"})
     assert len(with_state.conditions) == 2

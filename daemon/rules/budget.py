@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
 from daemon.rules.lifecycle import AlertKey
 from daemon.rules.schema import BudgetRule, Severity
-from daemon.rules.usage import Member, MemberUsage, Metric, Series, UsageIndex, ts
+from daemon.rules.usage import NANOS, Member, MemberUsage, Metric, Raw, Series, UsageIndex, ts
 from daemon.rules.windows import Period, bucket_start, buckets, is_calendar, window_period
 
 Unit = Literal["usd", "requests", "tokens"]
@@ -72,36 +73,109 @@ def rule_unit(rule: BudgetRule) -> tuple[Unit, Decimal]:
 _METRIC: dict[Unit, Metric] = {"usd": "cost_usd", "requests": "requests", "tokens": "tokens"}
 
 
+@dataclass
+class BudgetTable(Sequence[BudgetEvaluation]):
+    """Every member of one budget rule, column-wise.
+
+    A rule over 10,000 keys has 10,000 spends here, but only the members that can move an
+    alert (at or above the lowest threshold, or with stored alert state) and the members of
+    forecast rules get a `BudgetEvaluation` up front (`evaluated`); the others get one when
+    a report or the metrics ask. As a sequence it holds every member's evaluation, by id.
+    """
+
+    rule: str
+    window: str
+    period: Period
+    now: datetime
+    unit: Unit
+    limit: Decimal
+    members: list[MemberUsage]
+    raw_spends: list[Raw]  # in the members' series units (nano-dollars for usd)
+    scale: int
+    evaluated: dict[int, BudgetEvaluation]  # member index → evaluation made up front
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @overload
+    def __getitem__(self, index: int) -> BudgetEvaluation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BudgetEvaluation]: ...
+
+    def __getitem__(self, index: int | slice) -> BudgetEvaluation | list[BudgetEvaluation]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        made = self.evaluated.get(index)
+        if made is not None:
+            return made
+        usage = self.members[index]
+        return BudgetEvaluation(
+            self.rule,
+            usage.member,
+            self.window,
+            self.period,
+            self.now,
+            self.unit,
+            Decimal(self.raw_spends[index]).scaleb(-self.scale),
+            self.limit,
+            None,
+            (),
+            usage,
+        )
+
+    def top(self, n: int) -> list[BudgetEvaluation]:
+        """The ``n`` members closest to (or over) the limit, the most used first."""
+        if n >= len(self):
+            order = sorted(range(len(self)), key=self.raw_spends.__getitem__, reverse=True)
+        else:
+            order = heapq.nlargest(n, range(len(self)), key=self.raw_spends.__getitem__)
+        return [self[i] for i in order]
+
+
 def evaluate_budget(
     rule: BudgetRule,
     usage: UsageIndex,
     now: datetime,
     tz: ZoneInfo,
-    has_state: Callable[[str], bool] = lambda _member: True,
-) -> list[BudgetEvaluation]:
-    """One evaluation per member of ``rule`` at ``now``.
+    stateful: Collection[str] | None = None,
+) -> BudgetTable:
+    """Every member of ``rule`` at ``now``.
 
-    A member below its lowest threshold, with no forecast alert and no stored alert state
-    (``has_state``), gets no conditions: there is nothing to step, and with 10,000 keys most
-    members are exactly that.
+    ``stateful`` names the members with stored alert state (None: all of them). A member
+    below its lowest threshold, with no forecast and no stored state gets no evaluation up
+    front: there is nothing to step, and with 10,000 keys most members are exactly that.
     """
     unit, limit = rule_unit(rule)
+    metric = _METRIC[unit]
+    scale = NANOS if unit == "usd" else 0
     period = window_period(rule.window, now, tz)
-    end = min(now, period.end)
-    start_ts, end_ts = ts(period.start), ts(end)
+    start_ts, end_ts = ts(period.start), ts(min(now, period.end))
+    members = usage.members(rule, metric)
+    raw_spends = usage.raw_totals(rule, metric, start_ts, end_ts)
     # per rule, not per member: the threshold's name, the spend it takes, its severity
     levels = [(_pct(t), limit * t / 100, rule.severity_for(t)) for t in rule.thresholds]
     lowest = min(level for _, level, _ in levels)
+    forecasting = rule.forecast and is_calendar(rule.window)
+    if forecasting or stateful is None:
+        candidates: Iterable[int] = range(len(members))
+    else:
+        raw_lowest = lowest.scaleb(scale)
+        hot = {i for i, raw in enumerate(raw_spends) if raw >= raw_lowest}
+        if stateful:
+            hot |= {i for i, m in enumerate(members) if m.member.id in stateful}
+        candidates = sorted(hot)
     forecast_severity = (
         rule.severity_for(max(rule.thresholds))
         if isinstance(rule.severity, dict)
         else rule.severity
     )
-    results = []
-    for member_usage in usage.members(rule, _METRIC[unit]):
-        spend = member_usage.value.total_ts(start_ts, end_ts)
+    evaluated = {}
+    for i in candidates:
+        member_usage = members[i]
+        spend = Decimal(raw_spends[i]).scaleb(-scale)
         forecast = None
-        if rule.forecast and is_calendar(rule.window):
+        if forecasting:
             forecast = project(
                 member_usage.value, period, now, tz, spend, limit, usage.history_start
             )
@@ -109,7 +183,7 @@ def evaluate_budget(
         quiet = spend < lowest and (forecast is None or forecast.projected < limit)
         conditions = (
             []
-            if quiet and not has_state(member_id)
+            if quiet and stateful is not None and member_id not in stateful
             else [
                 Condition(AlertKey(rule.name, member_id, name, period.id), spend >= level, sev)
                 for name, level, sev in levels
@@ -123,22 +197,22 @@ def evaluate_budget(
                     forecast_severity,
                 )
             )
-        results.append(
-            BudgetEvaluation(
-                rule.name,
-                member_usage.member,
-                rule.window,
-                period,
-                now,
-                unit,
-                spend,
-                limit,
-                forecast,
-                tuple(conditions),
-                member_usage,
-            )
+        evaluated[i] = BudgetEvaluation(
+            rule.name,
+            member_usage.member,
+            rule.window,
+            period,
+            now,
+            unit,
+            spend,
+            limit,
+            forecast,
+            tuple(conditions),
+            member_usage,
         )
-    return results
+    return BudgetTable(
+        rule.name, rule.window, period, now, unit, limit, members, raw_spends, scale, evaluated
+    )
 
 
 def _pct(threshold: Decimal) -> str:

@@ -7,13 +7,13 @@ notifier). Pure: same input, same output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from daemon.rules.anomaly import AnomalyEvaluation, evaluate_anomaly
-from daemon.rules.budget import BudgetEvaluation, evaluate_budget
+from daemon.rules.budget import BudgetEvaluation, BudgetTable, evaluate_budget
 from daemon.rules.lifecycle import AlertState, Transition, end_period, step
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
@@ -33,9 +33,21 @@ class Notice:
 
 @dataclass
 class EngineResult:
+    # the evaluations made up front: every anomaly and new-member evaluation, and the budget
+    # members that can move an alert (see `BudgetTable`)
     evaluations: list[Evaluation] = field(default_factory=list)
     states: dict[str, AlertState] = field(default_factory=dict)
     notices: list[Notice] = field(default_factory=list)
+    # per rule, in config order: every member's evaluation (a `BudgetTable` for budgets)
+    per_rule: list[Sequence[Evaluation]] = field(default_factory=list)
+
+    @property
+    def budget_tables(self) -> list[BudgetTable]:
+        return [t for t in self.per_rule if isinstance(t, BudgetTable)]
+
+    def all_evaluations(self) -> list[Evaluation]:
+        """Every member of every rule (for reports: a 10,000-key rule makes 10,000 rows)."""
+        return [e for evaluations in self.per_rule for e in evaluations]
 
     @property
     def firing(self) -> list[AlertState]:
@@ -51,16 +63,22 @@ def evaluate(
 ) -> EngineResult:
     result = EngineResult()
     seen: set[str] = set()
-    with_state = {(s.key.rule, s.key.member) for s in previous.values()}
+    stateful: dict[str, set[str]] = {}
+    for previous_state in previous.values():
+        stateful.setdefault(previous_state.key.rule, set()).add(previous_state.key.member)
     by_name = {rule.name: rule for rule in rules}
     for rule in rules:
         evaluations: Sequence[Evaluation]
         if isinstance(rule, BudgetRule):
-            evaluations = evaluate_budget(rule, usage, now, tz, _has_state(with_state, rule.name))
+            table = evaluate_budget(rule, usage, now, tz, stateful.get(rule.name, set()))
+            result.per_rule.append(table)
+            evaluations = list(table.evaluated.values())
         elif isinstance(rule, AnomalyRule):
             evaluations = evaluate_anomaly(rule, usage, now, tz)
+            result.per_rule.append(evaluations)
         else:
             evaluations = evaluate_new_member(rule, usage, now)
+            result.per_rule.append(evaluations)
         for evaluation in evaluations:
             result.evaluations.append(evaluation)
             for condition in evaluation.conditions:
@@ -108,10 +126,6 @@ def evaluate(
             )
         _keep(result, key_id, new_state, transition, None)
     return result
-
-
-def _has_state(with_state: set[tuple[str, str]], rule: str) -> Callable[[str], bool]:
-    return lambda member: (rule, member) in with_state
 
 
 def _keep(

@@ -8,11 +8,13 @@ O(log n) through prefix sums. Nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from functools import partial
+from operator import itemgetter
 from typing import Literal
 
 from daemon.rules.schema import AnyRule, Scope
@@ -49,35 +51,56 @@ class ModelPoint:
     response_time_ms: Decimal | None
 
 
+NANOS = 9  # cost values are kept in nano-dollars (int, or an exact Decimal for finer amounts)
+Raw = int | Decimal  # a value in a series' own units (see `Series.scale`)
+# one stored (key, model) bucket: start (unix s), key id, model, cost in nano-dollars,
+# requests, tokens
+KeyRow = tuple[int, str, str, Raw, int, int]
+_VALUE_COLUMN = {"cost_usd": 3, "requests": 4, "tokens": 5}
+
+
+def _scaled(raw: Raw, scale: int) -> Decimal:
+    return Decimal(raw).scaleb(-scale) if scale else Decimal(raw)
+
+
 class Series:
-    """Values per bucket start (unix seconds) with prefix sums for fast range totals."""
+    """Values per bucket start (unix seconds) with prefix sums for fast range totals.
 
-    __slots__ = ("_prefix", "starts", "values")
+    Values are in units of ``10**-scale`` (cost: nano-dollars as integers, so sums are exact
+    integer additions); totals come back as `Decimal` in the metric's own unit.
+    """
 
-    def __init__(self, points: dict[int, Decimal]) -> None:
+    __slots__ = ("_prefix", "scale", "starts", "values")
+
+    def __init__(self, points: dict[int, Raw], scale: int = 0) -> None:
+        self.scale = scale
         self.starts = sorted(points)
         self.values = [points[s] for s in self.starts]
-        prefix = [Decimal(0)]
+        prefix: list[Raw] = [0]
         for value in self.values:
             prefix.append(prefix[-1] + value)
         self._prefix = prefix
 
     def total(self, start: datetime, end: datetime) -> Decimal:
         """Sum over buckets that start in [start, end)."""
-        return self.total_ts(ts(start), ts(end))
+        return _scaled(self.raw_total(ts(start), ts(end)), self.scale)
 
     def total_ts(self, start: int, end: int) -> Decimal:
         """`total` with unix-second bounds (hot loops convert their bounds once)."""
+        return _scaled(self.raw_total(start, end), self.scale)
+
+    def raw_total(self, start: int, end: int) -> Raw:
+        """`total_ts` in the series' own units (no `Decimal` made)."""
         lo, hi = bisect_left(self.starts, start), bisect_left(self.starts, end)
-        return self._prefix[hi] - self._prefix[lo] if hi > lo else _ZERO
+        return self._prefix[hi] - self._prefix[lo] if hi > lo else 0
 
 
-def merge(series_points: Iterable[dict[int, Decimal]]) -> Series:
-    merged: dict[int, Decimal] = {}
+def merge(series_points: Iterable[Mapping[int, Raw]], scale: int = 0) -> Series:
+    merged: dict[int, Raw] = {}
     for points in series_points:
         for start, value in points.items():
-            merged[start] = merged.get(start, Decimal(0)) + value
-    return Series(merged)
+            merged[start] = merged.get(start, 0) + value
+    return Series(merged, scale)
 
 
 @dataclass(frozen=True)
@@ -97,15 +120,15 @@ class MemberUsage:
     value: Series  # the metric itself, or the numerator of a ratio
     weight: Series | None = None  # the denominator of a ratio metric (requests)
     parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
-    # the contributors' raw points, merged into `parts` only when a message asks for them
-    part_points: dict[str, list[dict[int, Decimal]]] = field(default_factory=dict, repr=False)
+    # builds `parts` when a message first asks for them (most members never need them)
+    load_parts: Callable[[], dict[str, Series]] | None = field(default=None, repr=False)
 
     def top_parts(
         self, start: datetime, end: datetime, n: int = 3
     ) -> tuple[tuple[str, Decimal], ...]:
         """The ``n`` biggest contributors (models of a key, keys of a model) over [start, end)."""
-        if self.part_points and not self.parts:
-            self.parts = {label: merge(p) for label, p in self.part_points.items()}
+        if self.load_parts is not None and not self.parts:
+            self.parts = self.load_parts()
         totals = [(label, series.total(start, end)) for label, series in self.parts.items()]
         return tuple(sorted((t for t in totals if t[1]), key=lambda t: (-t[1], t[0]))[:n])
 
@@ -118,14 +141,38 @@ class MemberUsage:
         return numerator / denominator if denominator else None
 
 
+def to_nanos(amount: Decimal) -> Raw:
+    """Dollars → nano-dollars: an `int` unless the amount is finer than a nano-dollar."""
+    nanos = amount.scaleb(NANOS)
+    whole = int(nanos)
+    return whole if whole == nanos else nanos
+
+
+def key_rows(points: Iterable[KeyPoint]) -> list[KeyRow]:
+    return [
+        (ts(p.bucket_start), p.api_key_id, p.model, to_nanos(p.cost_usd), p.requests, p.tokens)
+        for p in points
+    ]
+
+
+Selection = tuple[object, ...]
+
+
 class UsageIndex:
-    """All usage the engine may look at in one cycle."""
+    """All usage the engine may look at in one cycle.
+
+    Key usage is kept as flat `KeyRow` tuples (200,000 of them for 10,000 keys x 10 models x
+    2 hours); a rule's members are built from them once per distinct selection (scope,
+    exclude, each, metric) and shared by every rule that selects alike, as are the members'
+    window totals.
+    """
 
     def __init__(
         self,
-        key_points: Iterable[KeyPoint],
+        key_points: Iterable[KeyPoint] = (),
         model_points: Iterable[ModelPoint] = (),
         *,
+        rows: Iterable[KeyRow] | None = None,
         key_names: dict[str, str] | None = None,
         history_start: datetime | None = None,
         first_seen: dict[str, dict[str, datetime]] | None = None,
@@ -136,12 +183,10 @@ class UsageIndex:
         # "api_key" / "model" → member id → start of its first bucket with usage
         self.first_seen = first_seen or {}
         self.new_after = new_after  # members first seen from here on are new
-        self._members: dict[tuple[object, ...], list[MemberUsage]] = {}
-        # (key id, model) → its points; per-metric series are built when a rule asks
-        self.pairs: dict[tuple[str, str], list[KeyPoint]] = {}
-        for p in key_points:
-            self.pairs.setdefault((p.api_key_id, p.model), []).append(p)
-        self._pair_series: dict[str, dict[tuple[str, str], dict[int, Decimal]]] = {}
+        self.rows: list[KeyRow] = list(rows) if rows is not None else key_rows(key_points)
+        self._members: dict[Selection, list[MemberUsage]] = {}
+        self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
+        self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
         self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
         for m in model_points:
@@ -159,28 +204,6 @@ class UsageIndex:
                 per["latency_requests"][start] = (
                     per["latency_requests"].get(start, Decimal(0)) + m.requests
                 )
-
-    def series_of(self, metric: str) -> dict[tuple[str, str], dict[int, Decimal]]:
-        """Bucket start → value of ``metric`` (cost_usd, requests, tokens) per (key, model)."""
-        cached = self._pair_series.get(metric)
-        if cached is None:
-            if metric == "cost_usd":
-                cached = {
-                    pair: {ts(p.bucket_start): p.cost_usd for p in pts}
-                    for pair, pts in self.pairs.items()
-                }
-            elif metric == "requests":
-                cached = {
-                    pair: {ts(p.bucket_start): Decimal(p.requests) for p in pts}
-                    for pair, pts in self.pairs.items()
-                }
-            else:
-                cached = {
-                    pair: {ts(p.bucket_start): Decimal(p.tokens) for p in pts}
-                    for pair, pts in self.pairs.items()
-                }
-            self._pair_series[metric] = cached
-        return cached
 
     def name_of(self, key_id: str) -> str:
         return self.key_names.get(key_id, key_id)
@@ -201,12 +224,19 @@ class UsageIndex:
             return False
         return not any(fnmatchcase(model, g) for g in exclude)
 
-    def _member(self, rule: AnyRule, key_id: str, model: str) -> Member:
+    def _member(self, rule: AnyRule, member_id: str) -> Member:
         if rule.each == "api_key":
-            return Member(key_id, f"{self.name_of(key_id)} ({key_id})", "api_key")
+            return Member(member_id, self.key_label(member_id), "api_key")
         if rule.each == "model":
-            return Member(model, model, "model")
+            return Member(member_id, member_id, "model")
         return Member(WORKSPACE, _scope_label(rule.scope), "workspace")
+
+    def key_label(self, key_id: str) -> str:
+        return f"{self.name_of(key_id)} ({key_id})"
+
+    @staticmethod
+    def _selection(rule: AnyRule, metric: Metric) -> Selection:
+        return (rule.scope, tuple(rule.exclude), rule.each, metric)
 
     def members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         """The rule's members with their series for ``metric``, sorted by member id.
@@ -214,38 +244,92 @@ class UsageIndex:
         Rules that select the same way (scope, exclude, each, metric) share one result: with
         thousands of keys, building the merged series is the expensive part.
         """
-        selection = (rule.scope, tuple(rule.exclude), rule.each, metric)
+        selection = self._selection(rule, metric)
         cached = self._members.get(selection)
         if cached is None:
             cached = self._members[selection] = self._select(rule, metric)
         return cached
 
+    def raw_totals(self, rule: AnyRule, metric: Metric, start: int, end: int) -> list[Raw]:
+        """Each member's total over [start, end) in its series' units, in `members` order;
+        shared by rules that select alike and look at the same window."""
+        key = (self._selection(rule, metric), start, end)
+        cached = self._totals.get(key)
+        if cached is None:
+            cached = self._totals[key] = [
+                m.value.raw_total(start, end) for m in self.members(rule, metric)
+            ]
+        return cached
+
+    def _selected_rows(self, rule: AnyRule) -> list[KeyRow]:
+        keys = {row[1] for row in self.rows}
+        models = {row[2] for row in self.rows}
+        key_ok = {k for k in keys if self.key_matches(rule.scope, rule.exclude, k)}
+        model_ok = {m for m in models if self.model_matches(rule.scope, rule.exclude, m)}
+        if len(key_ok) == len(keys) and len(model_ok) == len(models):
+            return self.rows
+        return [row for row in self.rows if row[1] in key_ok and row[2] in model_ok]
+
     def _select(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         if metric in ("error_rate", "response_time_ms"):
             return self._model_metric_members(rule, metric)
-        grouped: dict[Member, list[tuple[str, dict[int, Decimal]]]] = {}
-        for (key_id, model), points in self.series_of(metric).items():
+        column = _VALUE_COLUMN[metric]
+        value_of: Callable[[KeyRow], Raw] = itemgetter(column)
+        scale = NANOS if metric == "cost_usd" else 0
+        rows = self._selected_rows(rule)
+        by = 1 if rule.each == "api_key" else 2 if rule.each == "model" else 0
+        grouped: dict[str, dict[int, Raw]] = {}
+        if by == 0:
+            whole: dict[int, Raw] = {}
+            for row in rows:
+                start = row[0]
+                whole[start] = whole.get(start, 0) + value_of(row)
+            if rows:
+                grouped[WORKSPACE] = whole
+        else:
+            member_of: Callable[[KeyRow], str] = itemgetter(by)
+            for row in rows:
+                member_id = member_of(row)
+                points = grouped.get(member_id)
+                if points is None:
+                    points = grouped[member_id] = {}
+                start = row[0]
+                points[start] = points.get(start, 0) + value_of(row)
+        return [
+            MemberUsage(
+                self._member(rule, member_id),
+                Series(grouped[member_id], scale),
+                load_parts=partial(self._parts, rule, column, scale, by, member_id),
+            )
+            for member_id in sorted(grouped)
+        ]
+
+    def _parts(
+        self, rule: AnyRule, column: int, scale: int, by: int, member_id: str
+    ) -> dict[str, Series]:
+        """A member's contributors: the models of a key, or the keys of a model (or scope)."""
+        value_of: Callable[[KeyRow], Raw] = itemgetter(column)
+        if by == 0:
+            rows = self.rows
+        else:
+            index = self._rows_by.get(by)
+            if index is None:
+                member_of: Callable[[KeyRow], str] = itemgetter(by)
+                index = self._rows_by[by] = {}
+                for row in self.rows:
+                    index.setdefault(member_of(row), []).append(row)
+            rows = index.get(member_id, [])
+        parts: dict[str, dict[int, Raw]] = {}
+        for row in rows:
             if not (
-                self.key_matches(rule.scope, rule.exclude, key_id)
-                and self.model_matches(rule.scope, rule.exclude, model)
+                self.key_matches(rule.scope, rule.exclude, row[1])
+                and self.model_matches(rule.scope, rule.exclude, row[2])
             ):
                 continue
-            member = self._member(rule, key_id, model)
-            part = model if member.dimension == "api_key" else f"{self.name_of(key_id)} ({key_id})"
-            grouped.setdefault(member, []).append((part, points))
-        result = []
-        for member, parts in sorted(grouped.items(), key=lambda item: item[0].id):
-            by_part: dict[str, list[dict[int, Decimal]]] = {}
-            for label, points in parts:
-                by_part.setdefault(label, []).append(points)
-            result.append(
-                MemberUsage(
-                    member,
-                    merge(points for _, points in parts),
-                    part_points=by_part,
-                )
-            )
-        return result
+            label = row[2] if by == 1 else self.key_label(row[1])
+            points = parts.setdefault(label, {})
+            points[row[0]] = points.get(row[0], 0) + value_of(row)
+        return {label: Series(points, scale) for label, points in parts.items()}
 
     def _model_metric_members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         numerator, denominator = (
