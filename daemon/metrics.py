@@ -71,30 +71,17 @@ class Snapshot:
     stats: Stats = field(default_factory=Stats)
 
 
-def top_key_costs(
-    totals: dict[str, list[tuple[str, str, str, Decimal]]], top_n: int
+def cost_series(
+    totals: dict[str, list[tuple[str | None, str, Decimal]]], names: dict[str, str]
 ) -> tuple[CostSeries, ...]:
-    """Per (key, model) series for the ``top_n`` keys by month spend, the rest as ``other``.
-
-    ``totals`` maps a window to rows of (key id, key name, model, cost).
-    """
-    month: dict[str, Decimal] = {}
-    for key_id, _, _, cost in totals.get("month", []):
-        month[key_id] = month.get(key_id, Decimal(0)) + cost
-    for window_rows in totals.values():
-        for key_id, _, _, _ in window_rows:
-            month.setdefault(key_id, Decimal(0))
-    keep = set(sorted(month, key=lambda k: (-month[k], k))[:top_n])
-    series: list[CostSeries] = []
-    for window, rows in totals.items():
-        other: dict[str, Decimal] = {}
-        for key_id, name, model, cost in rows:
-            if key_id in keep:
-                series.append(CostSeries(key_id, name, model, window, cost))
-            else:
-                other[model] = other.get(model, Decimal(0)) + cost
-        series += [CostSeries(OTHER, OTHER, m, window, c) for m, c in sorted(other.items())]
-    return tuple(series)
+    """`langdock_cost_usd` series from `Store.window_costs` rows; key None is ``other``."""
+    return tuple(
+        CostSeries(key_id, names.get(key_id, key_id), model, window, cost)
+        if key_id is not None
+        else CostSeries(OTHER, OTHER, model, window, cost)
+        for window, rows in totals.items()
+        for key_id, model, cost in rows
+    )
 
 
 def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEvaluation, ...]:

@@ -34,8 +34,8 @@ from daemon.metrics import (
     SnapshotCollector,
     Stats,
     bounded_budgets,
+    cost_series,
     firing_series,
-    top_key_costs,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.report import window_ranges
@@ -305,7 +305,12 @@ class Daemon:
 
     def publish(self, result: CycleResult) -> None:
         now = utc_now()
-        totals = self.store.window_costs(window_ranges(now, self.config.tz, COST_WINDOWS))
+        ranges = window_ranges(now, self.config.tz, COST_WINDOWS)
+        # the cost series cover the top keys by month spend; the rest is summed as "other"
+        top = self.store.top_keys(
+            *ranges["month"], min(s for s, _ in ranges.values()), self.config.metrics.top_keys
+        )
+        totals = self.store.window_costs(ranges, keep=top)
         names = self.store.api_key_names()
         labels = {k: f"{n} ({k})" for k, n in names.items()}
         silences = [s for s in self.store.silences(now) if s.active(now)]
@@ -323,7 +328,7 @@ class Daemon:
         )
         self.collector.snapshot = Snapshot(
             silenced=silenced,
-            costs=top_key_costs(totals, self.config.metrics.top_keys),
+            costs=cost_series(totals, names),
             budgets=bounded_budgets(result.engine.budget_tables, self.config.metrics.top_keys),
             firing=firing_series(result.engine, labels),
             outbox_pending=self.store.outbox_pending_count(),

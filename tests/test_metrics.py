@@ -2,45 +2,61 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 
+from daemon.exports import KeyUsage
 from daemon.metrics import (
+    CostSeries,
     MetricsServer,
     Snapshot,
     SnapshotCollector,
     Stats,
+    cost_series,
     render,
-    top_key_costs,
 )
+from daemon.store import Store
 
 
-def costs(*keys: str) -> dict[str, list[tuple[str, str, str, Decimal]]]:
-    return {"month": [(k, f"name-{k}", "gpt-4o", Decimal(i + 1)) for i, k in enumerate(keys)]}
+def costs(*keys: str) -> tuple[CostSeries, ...]:
+    totals: dict[str, list[tuple[str | None, str, Decimal]]] = {
+        "month": [(k, "gpt-4o", Decimal(i + 1)) for i, k in enumerate(keys)]
+    }
+    return cost_series(totals, {k: f"name-{k}" for k in keys})
 
 
 def test_series_of_a_vanished_key_are_gone_after_the_next_snapshot() -> None:
     collector = SnapshotCollector()
-    collector.snapshot = Snapshot(costs=top_key_costs(costs("k1", "k2"), 10))
+    collector.snapshot = Snapshot(costs=costs("k1", "k2"))
     assert 'api_key_id="k2"' in render(collector)
-    collector.snapshot = Snapshot(costs=top_key_costs(costs("k1"), 10))
+    collector.snapshot = Snapshot(costs=costs("k1"))
     text = render(collector)
     assert 'api_key_id="k1"' in text and 'api_key_id="k2"' not in text
 
 
-def test_cost_series_are_bounded_to_the_top_keys_plus_other() -> None:
-    series = top_key_costs(costs(*(f"k{i:05d}" for i in range(10_000))), 200)
+def test_cost_series_are_bounded_to_the_top_keys_plus_other(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    start = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    keys = [f"k{i:05d}" for i in range(10_000)]
+    rows = [KeyUsage(k, k, "gpt-4o", 1, Decimal(i + 1)) for i, k in enumerate(keys)]
+    store.replace_key_usage(start, start + timedelta(hours=1), rows, start)
+    ranges = {"month": (start, start + timedelta(hours=1))}
+    top = store.top_keys(*ranges["month"], start, 200)
+    series = cost_series(store.window_costs(ranges, keep=top), store.api_key_names())
     assert len(series) == 201
     other = [s for s in series if s.api_key_id == "other"]
     assert len(other) == 1 and other[0].value == sum(Decimal(i + 1) for i in range(9_800))
     assert min(s.value for s in series if s.api_key_id != "other") == Decimal(9_801)
+    store.close()
 
 
 def test_hostile_label_values_are_escaped() -> None:
     collector = SnapshotCollector()
     collector.snapshot = Snapshot(
-        costs=top_key_costs({"today": [("k", 'evil"} 1\nfake_metric 2', "m", Decimal(1))]}, 5)
+        costs=(CostSeries("k", 'evil"} 1\nfake_metric 2', "m", "today", Decimal(1)),)
     )
     text = render(collector)
     assert "\nfake_metric 2" not in text and 'api_key_name="evil\\"} 1\\nfake_metric 2"' in text

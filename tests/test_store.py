@@ -196,8 +196,31 @@ def test_window_costs_match_per_window_totals(store: Store) -> None:
     combined = store.window_costs(ranges)
     for name, (start, end) in ranges.items():
         expected = sorted(
-            (t.api_key_id, t.api_key_name, t.model, t.cost_usd)
-            for t in store.key_model_totals(start, end)
+            (t.api_key_id, t.model, t.cost_usd) for t in store.key_model_totals(start, end)
         )
-        assert sorted(combined[name]) == expected
+        assert sorted(combined[name]) == expected  # type: ignore[type-var]
     assert combined["none"] == []
+    # keys outside `keep` are summed per model under None
+    kept = store.window_costs(ranges, keep=["k2"])
+    assert sorted(kept["a"], key=str) == sorted(
+        [("k2", "m", Decimal(0 + 1 + 2 + 3 + 4)), (None, "m", Decimal("0.1234567891") * 5)],
+        key=str,
+    )
+
+
+def test_top_keys_rank_by_spend_then_id(store: Store) -> None:
+    rows = [usage(f"k{i}", "m", str(i % 3)) for i in range(6)]
+    store.replace_key_usage(T0, T0 + H, rows, T0 + H)
+    store.replace_key_usage(T0 - 24 * H, T0 - 23 * H, [usage("old", "m", "9")], T0)
+    assert store.top_keys(T0, T0 + H, T0, 4) == ["k2", "k5", "k1", "k4"]
+    # a key with usage only earlier in the wider range ranks with zero spend, by id
+    assert store.top_keys(T0, T0 + H, T0 - 24 * H, 10) == [
+        "k2",
+        "k5",
+        "k1",
+        "k4",
+        "k0",
+        "k3",
+        "old",
+    ]
+    assert store.top_keys(T0, T0 + H, T0, 10) == ["k2", "k5", "k1", "k4", "k0", "k3"]

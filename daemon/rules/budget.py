@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
@@ -93,6 +93,7 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     raw_spends: list[Raw]  # in the members' series units (nano-dollars for usd)
     scale: int
     evaluated: dict[int, BudgetEvaluation]  # member index → evaluation made up front
+    ranking: Callable[[], list[int]]  # member indexes, the biggest spend first
 
     def __len__(self) -> int:
         return len(self.members)
@@ -126,11 +127,7 @@ class BudgetTable(Sequence[BudgetEvaluation]):
 
     def top(self, n: int) -> list[BudgetEvaluation]:
         """The ``n`` members closest to (or over) the limit, the most used first."""
-        if n >= len(self):
-            order = sorted(range(len(self)), key=self.raw_spends.__getitem__, reverse=True)
-        else:
-            order = heapq.nlargest(n, range(len(self)), key=self.raw_spends.__getitem__)
-        return [self[i] for i in order]
+        return [self[i] for i in self.ranking()[:n]]
 
 
 def evaluate_budget(
@@ -211,7 +208,17 @@ def evaluate_budget(
             member_usage,
         )
     return BudgetTable(
-        rule.name, rule.window, period, now, unit, limit, members, raw_spends, scale, evaluated
+        rule.name,
+        rule.window,
+        period,
+        now,
+        unit,
+        limit,
+        members,
+        raw_spends,
+        scale,
+        evaluated,
+        partial(usage.ranking, rule, metric, start_ts, end_ts),
     )
 
 

@@ -186,6 +186,7 @@ class UsageIndex:
         self.rows: list[KeyRow] = list(rows) if rows is not None else key_rows(key_points)
         self._members: dict[Selection, list[MemberUsage]] = {}
         self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
+        self._rankings: dict[tuple[Selection, int, int], list[int]] = {}
         self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
         self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
@@ -259,6 +260,17 @@ class UsageIndex:
             cached = self._totals[key] = [
                 m.value.raw_total(start, end) for m in self.members(rule, metric)
             ]
+        return cached
+
+    def ranking(self, rule: AnyRule, metric: Metric, start: int, end: int) -> list[int]:
+        """Member indexes by their total over [start, end), biggest first (ties by id)."""
+        key = (self._selection(rule, metric), start, end)
+        cached = self._rankings.get(key)
+        if cached is None:
+            totals = self.raw_totals(rule, metric, start, end)
+            cached = self._rankings[key] = sorted(
+                range(len(totals)), key=totals.__getitem__, reverse=True
+            )
         return cached
 
     def _selected_rows(self, rule: AnyRule) -> list[KeyRow]:
