@@ -223,7 +223,7 @@ def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage
     i_key = cols["api_key_id"]
     i_name, i_req, i_cost = cols.get("api_key_name"), cols.get("requests"), cols.get("cost_usd")
     i_model = cols["model"] if grouped else None
-    token_columns = [cols.get(name) for name in TOKEN_FIELDS]
+    t0, t1, t2, t3, t4 = (cols.get(name) for name in TOKEN_FIELDS)
     width = max(cols.values()) + 1
     try:
         for record in reader:
@@ -240,10 +240,11 @@ def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage
                             record[i_model].strip() if i_model is not None else "",
                             int(raw) if raw else 0,
                             cost,
-                            *[
-                                int(record[i]) if i is not None and record[i] else None
-                                for i in token_columns
-                            ],
+                            int(record[t0]) if t0 is not None and record[t0] else None,
+                            int(record[t1]) if t1 is not None and record[t1] else None,
+                            int(record[t2]) if t2 is not None and record[t2] else None,
+                            int(record[t3]) if t3 is not None and record[t3] else None,
+                            int(record[t4]) if t4 is not None and record[t4] else None,
                         )
                         continue
                 except (ValueError, InvalidOperation):

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -171,12 +171,19 @@ class _DecimalSum:
         return str(self.total) if self.seen else None
 
 
+_BILLION = Decimal(1_000_000_000)
+_WIDE = Context(prec=200)  # wide enough that scaling any amount by 1e9 is exact
+
+
 def split_nanos(amount: object) -> tuple[int, str | None]:
     """``Decimal("0.0123456789")`` → ``(12345678, "9E-10")``: whole nano-dollars, exact rest."""
     assert isinstance(amount, Decimal)
-    nanos = int(amount.scaleb(9))  # truncates toward zero
-    rest = amount - Decimal(nanos).scaleb(-9)
-    return nanos, (str(rest) if rest else None)
+    scaled = _WIDE.multiply(amount, _BILLION)
+    nanos = int(scaled)  # truncates toward zero
+    if nanos == scaled:  # the common case: no finer part
+        return nanos, None
+    rest = _WIDE.subtract(amount, _WIDE.divide(Decimal(nanos), _BILLION))
+    return nanos, str(rest)
 
 
 def join_nanos(nanos: int | None, rest: str | None) -> Decimal:
@@ -292,6 +299,7 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.create_aggregate("dec_sum", 1, _DecimalSum)  # type: ignore[arg-type]
+            conn.create_function("dec_add", 2, _dec_add, deterministic=True)
             store = cls(conn, path, lock_fd)
             store._migrate()
         except StoreError:
@@ -349,34 +357,32 @@ class Store:
         bucket from the API later (only "api-keys" marks count as fetched).
         """
         rows = list(rows)
-        totals = {(row.api_key_id, row.model): row for row in rows}
-        if len(totals) < len(rows):  # the same (key, model) twice: add them up
-            totals = {}
-            for row in rows:
-                pair = (row.api_key_id, row.model)
-                totals[pair] = _add_usage(totals[pair], row) if pair in totals else row
         names = {row.api_key_id: row.api_key_name for row in rows}
         # Only the columns that have a value in this bucket are bound (unbound ones default
         # to NULL): binding is most of the cost of storing 100,000 rows.
         tokens = [
             (name, index)
             for index, name in enumerate(TOKEN_FIELDS, start=5)
-            if any(row[index] is not None for row in totals.values())
+            if any(row[index] is not None for row in rows)
         ]
-        split = [(row, *split_nanos(row.cost_usd)) for row in totals.values()]
-        with_rest = any(rest is not None for _, _, rest in split)
+        split = [split_nanos(row.cost_usd) for row in rows]
+        with_rest = any(rest is not None for _, rest in split)
         token_indexes = [index for _, index in tokens]
-        columns = ", ".join(
-            ["api_key_id", "model", "requests", "cost_nanos"]
-            + (["cost_rest"] if with_rest else [])
-            + [name for name, _ in tokens]
-        )
+        columns = ["api_key_id", "model", "requests", "cost_nanos"]
+        columns += ["cost_rest"] if with_rest else []
+        columns += [name for name, _ in tokens]
         s, e = _ts(start), _ts(end)
         with self._transaction():
             self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))
+            # the same (key, model) twice in one export: the rows add up
             self._conn.executemany(
-                f"INSERT INTO key_usage (bucket_start, bucket_end, {columns})"
-                f" VALUES ({s}, {e}{', ?' * columns.count(',')}, ?)",
+                f"""INSERT INTO key_usage (bucket_start, bucket_end, {", ".join(columns)})
+                VALUES ({s}, {e}{", ?" * len(columns)})
+                ON CONFLICT (bucket_start, api_key_id, model) DO UPDATE SET
+                    requests = requests + excluded.requests,
+                    cost_nanos = cost_nanos + excluded.cost_nanos,
+                    cost_rest = dec_add(cost_rest, excluded.cost_rest),
+                    {", ".join(f"{n} = dec_add({n}, excluded.{n})" for n in TOKEN_FIELDS)}""",
                 (
                     (
                         row[0],
@@ -386,7 +392,7 @@ class Store:
                         *((rest,) if with_rest else ()),
                         *[row[index] for index in token_indexes],
                     )
-                    for row, nanos, rest in split
+                    for row, (nanos, rest) in zip(rows, split, strict=True)
                 ),
             )
             self._conn.executemany(
@@ -398,7 +404,7 @@ class Store:
                     last_seen = max(api_keys.last_seen, excluded.last_seen)""",
                 ((key_id, name, s, e) for key_id, name in names.items()),
             )
-            self._upsert_models({model for _, model in totals if model}, s, e)
+            self._upsert_models({row.model for row in rows if row.model}, s, e)
             self._mark_segment(export, s, e, fetched_at, len(rows))
         return len(rows)
 
@@ -891,21 +897,14 @@ def _unlock(fd: int | None) -> None:
             os.close(fd)
 
 
-def _add_usage(a: KeyUsage, b: KeyUsage) -> KeyUsage:
-    """Two rows of one (key, model) in one bucket, added (a token count missing from both
-    stays missing); the later row's name wins."""
-
-    def plus(x: int | None, y: int | None) -> int | None:
-        return x if y is None else y if x is None else x + y
-
-    return KeyUsage(
-        a.api_key_id,
-        b.api_key_name,
-        a.model,
-        a.requests + b.requests,
-        a.cost_usd + b.cost_usd,
-        *(plus(getattr(a, name), getattr(b, name)) for name in TOKEN_FIELDS),
-    )
+def _dec_add(a: str | int | None, b: str | int | None) -> str | int | None:
+    """SQLite ``dec_add(a, b)``: a + b, exact for integers and decimal text; NULL counts as
+    missing, not zero (a token count missing from both rows stays missing)."""
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    return str(Decimal(a) + Decimal(b))
 
 
 def _accumulate(into: list[object], values: list[object]) -> None:
