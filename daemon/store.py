@@ -528,16 +528,26 @@ class Store:
     def key_rows(self, start: datetime, end: datetime) -> list[KeyRow]:
         """Every (key, model) bucket that starts in [start, end), for the rule engine: cost
         in nano-dollars (exact: the rare finer part is added back as a `Decimal`)."""
-        rows = self._conn.execute(
-            """SELECT bucket_start, api_key_id, model, cost_nanos, cost_rest, requests,
-                      coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)
-               FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?""",
-            (_ts(start), _ts(end)),
-        )
-        return [
-            (s, key_id, model, nanos if rest is None else nanos + Decimal(rest).scaleb(9), req, tok)
-            for s, key_id, model, nanos, rest, req, tok in rows
+        tokens = "coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)"
+        where = "bucket_start >= ? AND bucket_start < ?"
+        span = (_ts(start), _ts(end))
+        # whole nano-dollars come back as they are (tuples made by sqlite3, in C) ...
+        rows: list[KeyRow] = self._conn.execute(
+            f"""SELECT bucket_start, api_key_id, model, cost_nanos, requests, {tokens}
+                FROM key_usage WHERE {where} AND cost_rest IS NULL""",
+            span,
+        ).fetchall()
+        # ... and the rare finer amounts get their exact rest added
+        rows += [
+            (s, key_id, model, nanos + Decimal(rest).scaleb(9), req, tok)
+            for s, key_id, model, nanos, rest, req, tok in self._conn.execute(
+                f"""SELECT bucket_start, api_key_id, model, cost_nanos, cost_rest, requests,
+                           {tokens}
+                    FROM key_usage WHERE {where} AND cost_rest IS NOT NULL""",
+                span,
+            )
         ]
+        return rows
 
     def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:
         rows = self._conn.execute(

@@ -17,6 +17,7 @@ from daemon.metrics import (
     Stats,
     cost_series,
     render,
+    series_families,
 )
 from daemon.store import Store
 
@@ -90,3 +91,31 @@ def test_healthz_reports_stale_as_503() -> None:
         assert httpx.get(f"{base}/nope").status_code == 404
     finally:
         server.stop()
+
+
+def test_series_text_is_what_prometheus_client_would_write() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    hostile = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
+    snap = Snapshot(
+        costs=tuple(
+            CostSeries(f"k{i}", name, "gpt-4o", "month", Decimal(i) / 3)
+            for i, name in enumerate(hostile)
+        ),
+        firing=tuple((name, "workspace", "100", "critical") for name in hostile),
+    )
+
+    class Families:
+        def collect(self) -> list[GaugeMetricFamily]:
+            made = []
+            for name, help_, labels, samples in series_families(snap):
+                family = GaugeMetricFamily(name, help_, labels=list(labels))
+                for values, value in samples:
+                    family.add_metric(list(values), value)
+                made.append(family)
+            return made
+
+    registry = CollectorRegistry()
+    registry.register(Families())  # type: ignore[arg-type]
+    assert snap.series_text == generate_latest(registry).decode()

@@ -187,6 +187,7 @@ class UsageIndex:
         self._members: dict[Selection, list[MemberUsage]] = {}
         self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
         self._rankings: dict[tuple[Selection, int, int], list[int]] = {}
+        self._distinct: tuple[set[str], set[str]] | None = None  # key ids, models
         self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
         self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
@@ -274,8 +275,9 @@ class UsageIndex:
         return cached
 
     def _selected_rows(self, rule: AnyRule) -> list[KeyRow]:
-        keys = {row[1] for row in self.rows}
-        models = {row[2] for row in self.rows}
+        if self._distinct is None:
+            self._distinct = {row[1] for row in self.rows}, {row[2] for row in self.rows}
+        keys, models = self._distinct
         key_ok = {k for k in keys if self.key_matches(rule.scope, rule.exclude, k)}
         model_ok = {m for m in models if self.model_matches(rule.scope, rule.exclude, m)}
         if len(key_ok) == len(keys) and len(model_ok) == len(models):
