@@ -10,9 +10,11 @@ range or an exception: never a partial result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import random
+import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,7 @@ from typing import IO, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+import certifi
 import httpx
 
 from daemon import __version__
@@ -172,6 +175,13 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client of the process: loading the CA bundle
+    takes tens of milliseconds, and the daemon makes a client per cycle."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class LangdockClient:
     """Fetches exports with pacing, bounded retries, splitting and download checks."""
 
@@ -195,14 +205,19 @@ class LangdockClient:
         self._rng = rng or random.Random()
         self.bucket = TokenBucket(max_requests_per_minute, clock=clock, sleep=sleep)
         headers = {"User-Agent": f"langdock-budget/{__version__}", "Accept": "application/json"}
+        tls = _tls_context()
         self._api = httpx.AsyncClient(
             timeout=timeout,
             headers={**headers, "Authorization": f"Bearer {api_key}"},
             follow_redirects=False,
+            verify=tls,
         )
         # The signed download URL must never see the API key: a separate client, no auth.
         self._download = httpx.AsyncClient(
-            timeout=timeout, headers={"User-Agent": headers["User-Agent"]}, follow_redirects=False
+            timeout=timeout,
+            headers={"User-Agent": headers["User-Agent"]},
+            follow_redirects=False,
+            verify=tls,
         )
         self.requests_sent = 0
 

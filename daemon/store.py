@@ -358,18 +358,15 @@ class Store:
         """
         rows = list(rows)
         names = {row.api_key_id: row.api_key_name for row in rows}
-        # Only the columns that have a value in this bucket are bound (unbound ones default
-        # to NULL): binding is most of the cost of storing 100,000 rows.
+        # Only the token columns that have a value in this bucket are bound (the others
+        # default to NULL): binding is a good part of the cost of storing 100,000 rows.
         tokens = [
             (name, index)
             for index, name in enumerate(TOKEN_FIELDS, start=5)
             if any(row[index] is not None for row in rows)
         ]
-        split = [split_nanos(row.cost_usd) for row in rows]
-        with_rest = any(rest is not None for _, rest in split)
         token_indexes = [index for _, index in tokens]
-        columns = ["api_key_id", "model", "requests", "cost_nanos"]
-        columns += ["cost_rest"] if with_rest else []
+        columns = ["api_key_id", "model", "requests", "cost_nanos", "cost_rest"]
         columns += [name for name, _ in tokens]
         s, e = _ts(start), _ts(end)
         with self._transaction():
@@ -388,11 +385,10 @@ class Store:
                         row[0],
                         row[2],
                         row[3],
-                        nanos,
-                        *((rest,) if with_rest else ()),
+                        *split_nanos(row[4]),
                         *[row[index] for index in token_indexes],
                     )
-                    for row, (nanos, rest) in zip(rows, split, strict=True)
+                    for row in rows
                 ),
             )
             self._conn.executemany(
