@@ -1,10 +1,12 @@
 # langdock-budget container: `docker run` line and volumes in docs/OPERATIONS.md.
 FROM python:3.11-slim AS build
+# `--build-arg EXTRAS=import` adds the per-call `import` engine (polars, about 170 MB)
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/langdock-budget \

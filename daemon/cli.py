@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -428,27 +428,20 @@ def cmd_digest(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     config = load(args)
     try:
-        size = args.file.stat().st_size
-        with args.file.open(encoding="utf-8-sig", newline="") as handle:
-            lines: Iterable[str] = handle
-            if sys.stderr.isatty():
-                lines = _with_progress_bar(handle, size)
-            result = importer.read_calls(lines, config.tz, strict=args.strict)
+        result = importer.read_calls(args.file, config.tz, strict=args.strict)
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
     except (importer.ImportError_, UnicodeDecodeError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     store = Store.open(config.state.path, exclusive=True)
     try:
         written = importer.store_import(store, result, config.tz, utc_now())
     finally:
         store.close()
     print(
-        f"imported {result.rows:,} calls into {len(result.buckets):,} (hour, key, model)"
+        f"imported {result.rows:,} calls into {result.group_count:,} (hour, key, model)"
         f" groups; {written} hourly buckets written (hours the API already filled are kept)"
     )
     if result.skipped:
@@ -458,17 +451,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not args.reconcile or result.first is None or result.last is None:
         return EXIT_OK
     return asyncio.run(_reconcile(config, result, args.tolerance))
-
-
-def _with_progress_bar(lines: Iterable[str], size: int) -> Iterator[str]:
-    """Pass lines through, drawing a bar on stderr from the characters read so far."""
-    done = 0
-    for number, line in enumerate(lines):
-        done += len(line)
-        if number % 20_000 == 0:
-            _progress_bar(min(done, size), max(size, 1), "importing", "of the file")
-        yield line
-    _progress_bar(1, 1, "importing", "of the file")
 
 
 async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:

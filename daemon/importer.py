@@ -1,10 +1,12 @@
 """`import FILE.csv`: the web UI's per-call export (SPEC §1) into the hourly buckets.
 
-The file is streamed once. Calls are grouped by (bucket, key, model, input price, output
-price); each group's tokens are summed as integers and priced once, exactly:
-``input x input_price / 1e6 + output x output_price / 1e6``. Memory grows with the number of
-groups, not rows. Bad rows are reported with their line number and skipped (or, with
-``strict``, stop the import).
+The file is parsed, checked and grouped by polars (in Rust, on every core: a million calls
+take about a second); Python only sees what is small: the distinct minutes (mapped onto
+the local-hour bucket grid), the distinct prices, the bad rows and the groups. Calls are
+grouped by (bucket, key, model); each price becomes an exact integer multiplier, so a
+group's cost ``input x input_price / 1e6 + output x output_price / 1e6`` is an exact
+integer sum (in 128 bits) scaled once at the end. Bad rows are reported with their line
+number and skipped (or, with ``strict``, stop the import).
 
 Imported buckets fill history only where the API has not been fetched yet: the poller still
 fetches them later, and the API's numbers then replace the import's.
@@ -13,34 +15,49 @@ fetches them later, and the API's numbers then replace the import's.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from daemon.exports import KeyUsage, normalize_header
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
 from daemon.store import Store
 
-MILLION = Decimal(1_000_000)
+Source = Path | bytes  # a file, or its contents
 _COLUMNS = {
     "date": ("date", "timestamp", "created_at"),
     "key_id": ("api_key_id",),
     "key_name": ("api_key_name",),
-    "provider": ("provider",),
     "model": ("model",),
     "input": ("input_tokens",),
     "output": ("output_tokens",),
-    "latency": ("completion_time_(ms)", "completion_time_ms", "completion_time"),
     "input_price": ("input_token_price_(usd/1m_tokens)", "input_token_price", "input_price"),
     "output_price": ("output_token_price_(usd/1m_tokens)", "output_token_price", "output_price"),
 }
 _REQUIRED = ("date", "key_id", "model", "input", "output", "input_price", "output_price")
+# "2026-11-20 10:15:00", "2026-11-20T10:15:00.123Z": UTC wall time, cut at the minute by
+# polars; anything else (offsets, odd spacing) is parsed row by row in Python
+_PLAIN_UTC = r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?Z?$"
+_SHOWN_ERRORS = 10
 
 
 class ImportError_(ValueError):
     """The file can't be imported (missing columns, or a bad row under --strict)."""
+
+
+def _polars() -> Any:
+    try:
+        import polars
+    except ImportError:
+        raise ImportError_(
+            "reading per-call files needs the optional CSV engine:"
+            " pip install 'langdock-budget[import]'"
+        ) from None
+    return polars
 
 
 @dataclass
@@ -50,18 +67,56 @@ class ImportResult:
     errors: list[str] = field(default_factory=list)  # the first few, with line numbers
     first: datetime | None = None
     last: datetime | None = None
-    # (bucket start, key id, model) → cost, requests, input, output
-    buckets: dict[tuple[datetime, str, str], list[Decimal | int]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    # a polars DataFrame, one row per (bucket start in unix seconds, key, model): calls,
+    # input and output tokens, and the cost in units of 10**-scale USD (an exact integer)
+    groups: Any = None
+    scale: int = 6
+
+    @property
+    def group_count(self) -> int:
+        return 0 if self.groups is None else int(self.groups.height)
+
+    def group_rows(self) -> Iterator[tuple[int, str, str, int, int, int, Decimal]]:
+        """(bucket start, key, model, calls, input, output, cost in USD) per group."""
+        if self.groups is None:
+            return
+        columns = ("bucket", "key", "model", "calls", "input", "output", "units")
+        lists = [self.groups.get_column(name).to_list() for name in columns]
+        for start, key, model, calls, inp, out, units in zip(*lists, strict=True):
+            yield start, key, model, calls, inp, out, Decimal(units).scaleb(-self.scale)
+
+    @property
+    def buckets(self) -> dict[tuple[datetime, str, str], tuple[Decimal, int, int, int]]:
+        """(bucket start, key id, model) → (cost, calls, input, output)."""
+        return {
+            (datetime.fromtimestamp(start, UTC), key, model): (cost, calls, inp, out)
+            for start, key, model, calls, inp, out, cost in self.group_rows()
+        }
 
     def cost_by_key_day(self, tz: ZoneInfo) -> dict[tuple[str, str], Decimal]:
         totals: dict[tuple[str, str], Decimal] = {}
-        for (start, key_id, _model), values in self.buckets.items():
-            day = calendar_period("day", start, tz).id
-            cost = values[0]
-            assert isinstance(cost, Decimal)
+        days: dict[int, str] = {}
+        for start, key_id, _model, _calls, _in, _out, cost in self.group_rows():
+            day = days.get(start)
+            if day is None:
+                instant = datetime.fromtimestamp(start, UTC)
+                day = days[start] = calendar_period("day", instant, tz).id
             totals[(key_id, day)] = totals.get((key_id, day), Decimal(0)) + cost
         return totals
+
+
+def _header(source: Source) -> list[str]:
+    """The header row, read with the csv module (byte-order mark and quotes handled)."""
+    if isinstance(source, Path):
+        with source.open(encoding="utf-8-sig", newline="") as handle:
+            line = handle.readline()
+    else:
+        line = source.split(b"\n", 1)[0].decode("utf-8-sig")
+    header = next(csv.reader([line]), [])
+    if not header:
+        raise ImportError_("per-call CSV: the file is empty")
+    return header
 
 
 def _header_map(header: list[str]) -> dict[str, int]:
@@ -87,93 +142,234 @@ def _parse_date(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def read_calls(lines: Iterable[str], tz: ZoneInfo, *, strict: bool = False) -> ImportResult:
-    """Aggregate a per-call CSV into priced hourly (key, model) groups."""
-    reader = csv.reader(lines)
+def _price(text: str) -> Decimal | None:
+    """A price per million tokens (an empty cell is 0), or None when it is not a finite,
+    non-negative number."""
     try:
-        header = next(reader)
-    except StopIteration:
-        raise ImportError_("per-call CSV: the file is empty") from None
-    cols = _header_map(header)
-    groups: dict[tuple[datetime, str, str, str, str], list[int]] = {}
-    result = ImportResult()
-    buckets_of_hour: dict[datetime, tuple[datetime, datetime]] = {}
-    prices: dict[str, Decimal] = {}
-    i_date, i_key, i_model = cols["date"], cols["key_id"], cols["model"]
-    i_in, i_out, i_pin, i_pout = (
-        cols["input"],
-        cols["output"],
-        cols["input_price"],
-        cols["output_price"],
+        price = Decimal(text.strip() or "0")
+    except InvalidOperation:
+        return None
+    return price if price.is_finite() and price >= 0 else None
+
+
+def _problem(row: dict[str, Any]) -> str:
+    """Why a row flagged bad is bad, in words (only for the few rows shown to the user)."""
+    date = (row["date"] or "").strip()
+    if not date:
+        return "empty Date"
+    try:
+        _parse_date(date)
+    except ValueError as exc:
+        return f"Date {date[:40]!r}: {exc}"
+    if not (row["key_id"] or "").strip() or not (row["model"] or "").strip():
+        return "empty API Key ID or Model"
+    for column, label in (("input", "Input Tokens"), ("output", "Output Tokens")):
+        text = (row[column] or "").strip() or "0"
+        if not text.lstrip("-").isdigit():
+            return f"{label} {text[:40]!r} is not a whole number"
+        if int(text) < 0:
+            return "negative token count"
+    for column in ("input_price", "output_price"):
+        text = (row[column] or "").strip() or "0"
+        if _price(text) is None:
+            return f"invalid price {text[:40]!r}"
+    return "unreadable row"
+
+
+def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportResult:
+    """Aggregate a per-call CSV into priced hourly (key, model) groups."""
+    pl = _polars()
+    wanted = _header_map(_header(source))
+    order = sorted(wanted, key=wanted.__getitem__)
+    try:
+        raw = pl.read_csv(
+            source,
+            has_header=False,
+            skip_rows=1,
+            columns=[wanted[name] for name in order],
+            infer_schema=False,
+            truncate_ragged_lines=True,
+            encoding="utf8",
+        )
+    except Exception as exc:  # polars' own error types: not UTF-8, broken quoting, ...
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ImportError_(f"per-call CSV: unreadable ({first_line})") from None
+    raw = raw.rename(dict(zip(raw.columns, order, strict=True)))  # selected, in file order
+    if "key_name" not in wanted:
+        raw = raw.with_columns(key_name=pl.lit(None, dtype=pl.String))
+    # Cells are stripped where a stray space would change the meaning (names, counts);
+    # dates that are not plain go to the careful path, prices are checked per distinct text.
+    key, model = pl.col("key_id").str.strip_chars(), pl.col("model").str.strip_chars()
+    frame = (
+        raw.lazy()
+        .with_row_index("line", offset=2)
+        .with_columns(
+            minute=pl.when(pl.col("date").str.contains(_PLAIN_UTC)).then(
+                pl.col("date").str.slice(0, 16)
+            ),
+            key=key,
+            model=model,
+            name=pl.col("key_name").str.strip_chars(),
+            input_tokens=_tokens(pl, pl.col("input")),
+            output_tokens=_tokens(pl, pl.col("output")),
+            # a blank record (every cell empty) is skipped, as the csv module would
+            blank=pl.all_horizontal(
+                [
+                    pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "")
+                    for name in order
+                    if name not in ("key_id", "model")
+                ]
+                + [key.is_null() | (key == ""), model.is_null() | (model == "")]
+            ),
+        )
+        .collect()
     )
-    i_name = cols.get("key_name")
-    first = last = None
-    for record in reader:
-        if not record or not any(cell.strip() for cell in record):
-            continue
-        try:
-            when = _parse_date(record[i_date])
-            key_id = record[i_key].strip()
-            model = record[i_model].strip()
-            if not key_id or not model:
-                raise ValueError("empty API Key ID or Model")
-            input_tokens = int(record[i_in] or 0)
-            output_tokens = int(record[i_out] or 0)
-            in_text, out_text = record[i_pin].strip() or "0", record[i_pout].strip() or "0"
-            for text in (in_text, out_text):
-                if text not in prices:  # few distinct prices: parse and check each once
-                    price = Decimal(text)
-                    if not price.is_finite() or price < 0:
-                        raise ValueError(f"invalid price {text!r}")
-                    prices[text] = price
-            if input_tokens < 0 or output_tokens < 0:
-                raise ValueError("negative token count")
-        except (ValueError, IndexError, InvalidOperation) as exc:
-            message = f"line {reader.line_num}: {exc}"
-            if strict:
-                raise ImportError_(
-                    f"per-call CSV: {message}; fix the row or drop --strict"
-                ) from None
-            result.skipped += 1
-            if len(result.errors) < 10:
-                result.errors.append(message)
-            continue
-        hour = when.replace(minute=0, second=0, microsecond=0)
-        span = buckets_of_hour.get(hour)
-        if span is None or not span[0] <= when < span[1]:
+    spans: dict[int, tuple[int, int]] = {}  # UTC hour → the bucket that starts in it
+
+    def bucket_of(when: datetime) -> int:
+        stamp = when.timestamp()
+        span = spans.get(int(stamp) // 3600)
+        if span is None or not span[0] <= stamp < span[1]:
             start = bucket_start(when, tz)
-            span = buckets_of_hour[hour] = (start, bucket_end(start, tz))
-        group = groups.get((span[0], key_id, model, in_text, out_text))
-        if group is None:
-            groups[(span[0], key_id, model, in_text, out_text)] = [1, input_tokens, output_tokens]
-        else:
-            group[0] += 1
-            group[1] += input_tokens
-            group[2] += output_tokens
-        if i_name is not None and i_name < len(record) and record[i_name]:
-            result.names[key_id] = record[i_name].strip()
-        result.rows += 1
-        if first is None or when < first:
-            first = when
-        if last is None or when > last:
-            last = when
-    result.first, result.last = first, last
-    for (start, key_id, model, in_text, out_text), (calls, inp, out) in groups.items():
-        cost = (inp * prices[in_text] + out * prices[out_text]) / MILLION
-        values = result.buckets.setdefault((start, key_id, model), [Decimal(0), 0, 0, 0])
-        values[0] += cost
-        values[1] += calls
-        values[2] += inp
-        values[3] += out
+            span = (int(start.timestamp()), int(bucket_end(start, tz).timestamp()))
+            spans[int(stamp) // 3600] = span
+        return span[0]
+
+    # the plain dates: one Python call per distinct minute, not per row
+    instants: dict[str, datetime] = {}
+    for minute in frame.get_column("minute").drop_nulls().unique().to_list():
+        try:
+            instants[minute] = datetime.fromisoformat(minute + "+00:00")
+        except ValueError:
+            continue  # "2026-13-45 10:15": the row is reported as bad
+    minutes = {minute: bucket_of(instant) for minute, instant in instants.items()}
+    lazy = frame.lazy().with_columns(
+        bucket=pl.col("minute").replace_strict(minutes, default=None, return_dtype=pl.Int64),
+        parsed_at=pl.lit(None, dtype=pl.Float64),
+    )
+    # the other dates (with offsets, or odd spacing), row by row
+    others = (
+        frame.lazy()
+        .filter(pl.col("minute").is_null() & pl.col("date").is_not_null() & ~pl.col("blank"))
+        .select("line", "date")
+        .collect()
+    )
+    if others.height:
+        lines, buckets, stamps = [], [], []
+        for line, date in others.iter_rows():
+            try:
+                when = _parse_date(date)
+            except ValueError:
+                continue
+            lines.append(line)
+            buckets.append(bucket_of(when))
+            stamps.append(when.timestamp())
+        patch = pl.DataFrame(
+            {"line": lines, "parsed_bucket": buckets, "parsed_stamp": stamps},
+            schema={
+                "line": frame.schema["line"],
+                "parsed_bucket": pl.Int64,
+                "parsed_stamp": pl.Float64,
+            },
+        )
+        lazy = lazy.join(patch.lazy(), on="line", how="left").with_columns(
+            bucket=pl.coalesce("bucket", "parsed_bucket"), parsed_at=pl.col("parsed_stamp")
+        )
+    # prices: each distinct text checked once, then an exact integer multiplier
+    price_texts = set(frame.get_column("input_price").drop_nulls().unique().to_list())
+    price_texts |= set(frame.get_column("output_price").drop_nulls().unique().to_list())
+    prices = {t: p for t in price_texts if (p := _price(t)) is not None}
+    decimals = max((max(0, -int(p.as_tuple().exponent)) for p in prices.values()), default=0)
+    multipliers = {t: int(p.scaleb(decimals)) for t, p in prices.items()}
+    bad = (
+        pl.col("bucket").is_null()
+        | pl.col("key").is_null()
+        | (pl.col("key") == "")
+        | pl.col("model").is_null()
+        | (pl.col("model") == "")
+        | pl.col("input_tokens").is_null()
+        | pl.col("output_tokens").is_null()
+        | (pl.col("input_tokens") < 0)
+        | (pl.col("output_tokens") < 0)
+        | ~pl.col("input_price").is_in(list(multipliers))
+        | ~pl.col("output_price").is_in(list(multipliers))
+    ).fill_null(True)
+    checked = lazy.filter(~pl.col("blank")).with_columns(bad=bad).collect().lazy()
+    good = checked.filter(~pl.col("bad"))
+
+    # 64-bit integers where no sum can overflow them, 128-bit otherwise
+    tokens = checked.select(
+        pl.col("input_tokens").cast(pl.Float64).abs().sum()
+        + pl.col("output_tokens").cast(pl.Float64).abs().sum()
+    ).collect()
+    wide = (tokens.item() or 0) * max(multipliers.values(), default=0) >= 2**62
+    units_type = pl.Int128 if wide else pl.Int64
+
+    def cost_units(tokens: str, price: str) -> Any:
+        multiplier = pl.col(price).replace_strict(multipliers, return_dtype=units_type)
+        return pl.col(tokens).cast(units_type) * multiplier
+
+    flagged, counts, groups, names, seen = pl.collect_all(
+        [
+            checked.filter(pl.col("bad")).head(1 if strict else _SHOWN_ERRORS),
+            checked.select(rows=(~pl.col("bad")).sum(), skipped=pl.col("bad").sum()),
+            good.group_by("bucket", "key", "model").agg(
+                calls=pl.len(),
+                input=pl.col("input_tokens").sum(),
+                output=pl.col("output_tokens").sum(),
+                units=(
+                    cost_units("input_tokens", "input_price")
+                    + cost_units("output_tokens", "output_price")
+                ).sum(),
+            ),
+            good.filter(pl.col("name").is_not_null() & (pl.col("name") != ""))
+            .group_by("key")
+            .agg(pl.col("name").last()),
+            good.select(
+                minutes=pl.col("minute").drop_nulls().unique().implode(),
+                first_parsed=pl.col("parsed_at").min(),
+                last_parsed=pl.col("parsed_at").max(),
+            ),
+        ]
+    )
+    result = ImportResult(scale=6 + decimals)
+    result.rows, result.skipped = (int(n) for n in counts.row(0))
+    if result.skipped:
+        shown = [f"line {row['line']}: {_problem(row)}" for row in flagged.iter_rows(named=True)]
+        if strict:
+            raise ImportError_(f"per-call CSV: {shown[0]}; fix the row or drop --strict")
+        result.errors = shown
+    if not result.rows:
+        return result
+    result.groups = groups
+    result.names = dict(names.iter_rows())
+    # first and last call, to the minute for plain dates (enough to tell the days covered)
+    span = seen.row(0, named=True)
+    calls = [instants[minute] for minute in span["minutes"]]
+    calls += [
+        datetime.fromtimestamp(stamp, UTC)
+        for stamp in (span["first_parsed"], span["last_parsed"])
+        if stamp is not None
+    ]
+    result.first, result.last = min(calls), max(calls)
     return result
+
+
+def _tokens(pl: Any, raw: Any) -> Any:
+    """A token count: an empty cell counts as 0, anything not an integer as missing (bad)."""
+    text = raw.str.strip_chars()
+    return (
+        pl.when(text == "")
+        .then(pl.lit(0, dtype=pl.Int64))
+        .otherwise(text.cast(pl.Int64, strict=False))
+    )
 
 
 def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime) -> int:
     """Write the imported buckets that the API has not filled yet; return how many."""
     fetched = store.fetched_segments("api-keys", datetime(1970, 1, 1, tzinfo=UTC))
-    by_bucket: dict[datetime, list[KeyUsage]] = {}
-    for (start, key_id, model), (cost, calls, inp, out) in result.buckets.items():
-        assert isinstance(cost, Decimal) and isinstance(calls, int)
+    by_bucket: dict[int, list[KeyUsage]] = {}
+    for start, key_id, model, calls, inp, out, cost in result.group_rows():
         by_bucket.setdefault(start, []).append(
             KeyUsage(
                 key_id,
@@ -181,15 +377,16 @@ def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime
                 model,
                 calls,
                 cost,
-                prompt_tokens=int(inp),
-                completion_tokens=int(out),
+                prompt_tokens=inp,
+                completion_tokens=out,
             )
         )
     written = 0
-    for start, rows in sorted(by_bucket.items()):
-        if start in fetched:
+    for start_ts, rows in sorted(by_bucket.items()):
+        begins = datetime.fromtimestamp(start_ts, UTC)
+        if begins in fetched:
             continue  # the API's numbers for this hour win
-        store.replace_key_usage(start, bucket_end(start, tz), rows, now, export="import")
+        store.replace_key_usage(begins, bucket_end(begins, tz), rows, now, export="import")
         written += 1
     return written
 
