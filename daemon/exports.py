@@ -225,19 +225,26 @@ def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage
     i_model = cols["model"] if grouped else None
     t0, t1, t2, t3, t4 = (cols.get(name) for name in TOKEN_FIELDS)
     width = max(cols.values()) + 1
+    # one string object per distinct id, name and model (a key repeats for every model)
+    seen: dict[str, str] = {}
+    same = seen.setdefault
     try:
         for record in reader:
             if len(record) >= width:
                 try:
-                    key_id = record[i_key].strip()
+                    key_id = same(key := record[i_key].strip(), key)
                     raw = record[i_cost] if i_cost is not None else ""
                     cost = Decimal(raw) if raw else _ZERO
                     raw = record[i_req] if i_req is not None else ""
                     if key_id and cost.is_finite():
                         yield KeyUsage(
                             key_id,
-                            (record[i_name].strip() if i_name is not None else "") or key_id,
-                            record[i_model].strip() if i_model is not None else "",
+                            same(name := record[i_name].strip(), name)
+                            if i_name is not None and record[i_name].strip()
+                            else key_id,
+                            same(model := record[i_model].strip(), model)
+                            if i_model is not None
+                            else "",
                             int(raw) if raw else 0,
                             cost,
                             int(record[t0]) if t0 is not None and record[t0] else None,
