@@ -21,10 +21,10 @@ from daemon.ingest import PollReport, Progress, poll
 from daemon.langdock import LangdockClient
 from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
 from daemon.rules.budget import PROFILE_WEEKS
-from daemon.rules.engine import EngineResult, evaluate
+from daemon.rules.engine import EngineResult, evaluate, usage_wanted
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.schema import AnyRule, BudgetRule, NewMemberRule
-from daemon.rules.usage import UsageIndex
+from daemon.rules.usage import UsageIndex, selection_filters
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 from daemon.store import OutboxItem, Store
 
@@ -60,13 +60,25 @@ def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> dat
 
 
 def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
+    """The usage the rules look at: each distinct key-usage selection grouped by SQLite
+    (one query per selection, shared by the rules that select alike), the models export
+    as points, and the contributors of a member loaded only when a message names them."""
     start = history_needed(config.rules, now, config.tz)
     end = bucket_end(now, config.tz)
     history_start = store.history_start()
+    key_names = store.api_key_names()
+    filters = selection_filters(usage_wanted(config.rules), key_names, store.models())
     return UsageIndex(
         model_points=store.model_points(start, end),
-        rows=store.key_rows(start, end),
-        key_names=store.api_key_names(),
+        rows=(),
+        prepared={
+            selection: (selection_filter, store.member_points(selection_filter, start, end))
+            for selection, selection_filter in filters.items()
+        },
+        parts=lambda selection_filter, member: store.member_parts(
+            selection_filter, member, start, end
+        ),
+        key_names=key_names,
         history_start=history_start,
         first_seen=store.first_seen(),
         # the first poll backfills `poll.backfill` up to the hour it started in

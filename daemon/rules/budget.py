@@ -73,6 +73,10 @@ def rule_unit(rule: BudgetRule) -> tuple[Unit, Decimal]:
 _METRIC: dict[Unit, Metric] = {"usd": "cost_usd", "requests": "requests", "tokens": "tokens"}
 
 
+def budget_metric(rule: BudgetRule) -> Metric:
+    return _METRIC[rule_unit(rule)[0]]
+
+
 @dataclass
 class BudgetTable(Sequence[BudgetEvaluation]):
     """Every member of one budget rule, column-wise.
@@ -144,7 +148,7 @@ def evaluate_budget(
     front: there is nothing to step, and with 10,000 keys most members are exactly that.
     """
     unit, limit = rule_unit(rule)
-    metric = _METRIC[unit]
+    metric = budget_metric(rule)
     scale = NANOS if unit == "usd" else 0
     period = window_period(rule.window, now, tz)
     start_ts, end_ts = ts(period.start), ts(min(now, period.end))

@@ -13,11 +13,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from daemon.rules.anomaly import AnomalyEvaluation, evaluate_anomaly
-from daemon.rules.budget import BudgetEvaluation, BudgetTable, evaluate_budget
+from daemon.rules.budget import BudgetEvaluation, BudgetTable, budget_metric, evaluate_budget
 from daemon.rules.lifecycle import AlertState, Transition, end_period, step
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
-from daemon.rules.usage import UsageIndex
+from daemon.rules.usage import Metric, UsageIndex
 from daemon.rules.windows import window_period
 
 Evaluation = BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation
@@ -52,6 +52,20 @@ class EngineResult:
     @property
     def firing(self) -> list[AlertState]:
         return [s for s in self.states.values() if s.status == "firing"]
+
+
+def usage_wanted(rules: Sequence[AnyRule]) -> list[tuple[AnyRule, Metric]]:
+    """The (rule, metric) pairs `evaluate` will ask the `UsageIndex` for: the shell loads
+    just those selections."""
+    wanted: list[tuple[AnyRule, Metric]] = []
+    for rule in rules:
+        if isinstance(rule, BudgetRule):
+            wanted.append((rule, budget_metric(rule)))
+        elif isinstance(rule, AnomalyRule):
+            wanted.append((rule, rule.metric))
+        else:
+            wanted.append((rule, "cost_usd"))
+    return wanted
 
 
 def evaluate(

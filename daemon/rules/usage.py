@@ -155,7 +155,51 @@ def key_rows(points: Iterable[KeyPoint]) -> list[KeyRow]:
     ]
 
 
-Selection = tuple[object, ...]
+Selection = tuple[object, ...]  # (scope, exclude, each, metric)
+KEY_METRICS: tuple[Metric, ...] = ("cost_usd", "requests", "tokens")  # from the key export
+Grouped = dict[str, dict[int, Raw]]  # member (or part) id → bucket start → raw value
+
+
+@dataclass(frozen=True)
+class SelectionFilter:
+    """What one selection reads from the stored key usage, in terms a query can use: the
+    member dimension, the metric, and the keys and models it keeps (None: all of them)."""
+
+    by: Literal["api_key", "model"] | None
+    metric: Metric
+    keys: frozenset[str] | None
+    models: frozenset[str] | None
+
+
+# the shell's loader of a member's contributors: (filter, member id) → part id → points
+PartsLoader = Callable[[SelectionFilter, str], Grouped]
+
+
+def selection_of(rule: AnyRule, metric: Metric) -> Selection:
+    return (rule.scope, tuple(rule.exclude), rule.each, metric)
+
+
+def selection_filters(
+    wanted: Iterable[tuple[AnyRule, Metric]], key_names: dict[str, str], models: Iterable[str]
+) -> dict[Selection, SelectionFilter]:
+    """The distinct key-usage selections of (rule, metric) pairs, as filters the shell can
+    hand to the store, given the keys and models known so far."""
+    index = UsageIndex(key_names=key_names)
+    all_models = set(models)
+    filters: dict[Selection, SelectionFilter] = {}
+    for rule, metric in wanted:
+        selection = selection_of(rule, metric)
+        if metric not in KEY_METRICS or selection in filters:
+            continue
+        keys = {k for k in key_names if index.key_matches(rule.scope, rule.exclude, k)}
+        kept = {m for m in all_models if index.model_matches(rule.scope, rule.exclude, m)}
+        filters[selection] = SelectionFilter(
+            rule.each,
+            metric,
+            None if len(keys) == len(key_names) else frozenset(keys),
+            None if len(kept) == len(all_models) else frozenset(kept),
+        )
+    return filters
 
 
 class UsageIndex:
@@ -173,6 +217,8 @@ class UsageIndex:
         model_points: Iterable[ModelPoint] = (),
         *,
         rows: Iterable[KeyRow] | None = None,
+        prepared: dict[Selection, tuple[SelectionFilter, Grouped]] | None = None,
+        parts: PartsLoader | None = None,
         key_names: dict[str, str] | None = None,
         history_start: datetime | None = None,
         first_seen: dict[str, dict[str, datetime]] | None = None,
@@ -184,6 +230,9 @@ class UsageIndex:
         self.first_seen = first_seen or {}
         self.new_after = new_after  # members first seen from here on are new
         self.rows: list[KeyRow] = list(rows) if rows is not None else key_rows(key_points)
+        # selections the shell already grouped (with a query): no rows needed for them
+        self.prepared = prepared
+        self._load_parts = parts
         self._members: dict[Selection, list[MemberUsage]] = {}
         self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
         self._rankings: dict[tuple[Selection, int, int], list[int]] = {}
@@ -238,7 +287,7 @@ class UsageIndex:
 
     @staticmethod
     def _selection(rule: AnyRule, metric: Metric) -> Selection:
-        return (rule.scope, tuple(rule.exclude), rule.each, metric)
+        return selection_of(rule, metric)
 
     def members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         """The rule's members with their series for ``metric``, sorted by member id.
@@ -287,9 +336,11 @@ class UsageIndex:
     def _select(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         if metric in ("error_rate", "response_time_ms"):
             return self._model_metric_members(rule, metric)
+        scale = NANOS if metric == "cost_usd" else 0
+        if self.prepared is not None:
+            return self._prepared_members(rule, metric, scale)
         column = _VALUE_COLUMN[metric]
         value_of: Callable[[KeyRow], Raw] = itemgetter(column)
-        scale = NANOS if metric == "cost_usd" else 0
         rows = self._selected_rows(rule)
         by = 1 if rule.each == "api_key" else 2 if rule.each == "model" else 0
         grouped: dict[str, dict[int, Raw]] = {}
@@ -317,6 +368,32 @@ class UsageIndex:
             )
             for member_id in sorted(grouped)
         ]
+
+    def _prepared_members(self, rule: AnyRule, metric: Metric, scale: int) -> list[MemberUsage]:
+        assert self.prepared is not None
+        try:
+            selection_filter, grouped = self.prepared[self._selection(rule, metric)]
+        except KeyError:  # a bug in the shell, not bad data: say which rule
+            raise ValueError(f"usage for rule {rule.name!r} ({metric}) was not loaded") from None
+        return [
+            MemberUsage(
+                self._member(rule, member_id),
+                Series(grouped[member_id], scale),
+                load_parts=partial(self._prepared_parts, selection_filter, member_id, scale),
+            )
+            for member_id in sorted(grouped)
+        ]
+
+    def _prepared_parts(
+        self, selection_filter: SelectionFilter, member_id: str, scale: int
+    ) -> dict[str, Series]:
+        if self._load_parts is None:
+            return {}
+        points = self._load_parts(selection_filter, member_id)
+        return {
+            part if selection_filter.by == "api_key" else self.key_label(part): Series(p, scale)
+            for part, p in points.items()
+        }
 
     def _parts(
         self, rule: AnyRule, column: int, scale: int, by: int, member_id: str
