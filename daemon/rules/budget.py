@@ -161,10 +161,7 @@ def evaluate_budget(
     if forecasting or stateful is None:
         candidates: Iterable[int] = range(len(members))
     else:
-        raw_lowest = lowest.scaleb(scale)
-        # an int bound where exact: comparing 10,000 ints with a Decimal is the slow part
-        bound: Raw = int(raw_lowest) if raw_lowest == int(raw_lowest) else raw_lowest
-        hot = {i for i, raw in enumerate(raw_spends) if raw >= bound}
+        hot = set(usage.at_least(rule, metric, start_ts, end_ts, lowest.scaleb(scale)))
         if stateful:
             hot |= {i for i, m in enumerate(members) if m.member.id in stateful}
         candidates = sorted(hot)

@@ -236,6 +236,7 @@ class UsageIndex:
         self._members: dict[Selection, list[MemberUsage]] = {}
         self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
         self._rankings: dict[tuple[Selection, int, int], list[int]] = {}
+        self._ascending: dict[tuple[Selection, int, int], list[Raw]] = {}
         self._distinct: tuple[set[str], set[str]] | None = None  # key ids, models
         self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
@@ -322,6 +323,19 @@ class UsageIndex:
                 range(len(totals)), key=totals.__getitem__, reverse=True
             )
         return cached
+
+    def at_least(
+        self, rule: AnyRule, metric: Metric, start: int, end: int, bound: Raw
+    ) -> list[int]:
+        """Indexes of the members whose total over [start, end) is at least ``bound``: a
+        binary search in the shared ranking, not a pass over 10,000 members per rule."""
+        ranking = self.ranking(rule, metric, start, end)
+        key = (self._selection(rule, metric), start, end)
+        ascending = self._ascending.get(key)
+        if ascending is None:
+            totals = self.raw_totals(rule, metric, start, end)
+            ascending = self._ascending[key] = [totals[i] for i in reversed(ranking)]
+        return ranking[: len(ascending) - bisect_left(ascending, bound)]
 
     def _selected_rows(self, rule: AnyRule) -> list[KeyRow]:
         if self._distinct is None:
