@@ -212,7 +212,7 @@ def describe_members(config: Config) -> str:
     """Each rule expanded over the keys and models in the store (read only; no network)."""
     if not config.state.path.exists():
         return "members: no store yet, so rules are not expanded (run `once` first)"
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, tz=config.tz)
     try:
         key_names, models = store.api_key_names(), store.models()
     finally:
@@ -318,7 +318,7 @@ def _progress_bar(done: int, total: int, what: str = "fetching", unit: str = "bu
 
 def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
-    store = Store.open(config.state.path, exclusive=True)
+    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
     try:
         result = asyncio.run(_once(config, store, dry_run=args.dry_run))
         print(render_cycle(store, config, result, utc_now()))
@@ -372,7 +372,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
         return EXIT_OK
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, tz=config.tz)
     try:
         now = utc_now()
         print(render_report(spend_report(store, now, config.tz)))
@@ -407,7 +407,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
         return EXIT_FAILED
-    store = Store.open(config.state.path, exclusive=not args.dry_run)
+    store = Store.open(config.state.path, exclusive=not args.dry_run, tz=config.tz)
     try:
         message = digest_message(build_digest(store, config, utc_now(), args.period), config.tz)
         if args.dry_run:
@@ -435,7 +435,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (importer.ImportError_, UnicodeDecodeError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    store = Store.open(config.state.path, exclusive=True)
+    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
     try:
         written = importer.store_import(store, result, config.tz, utc_now())
     finally:
@@ -496,7 +496,7 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
         print(f"error: --for: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     now = utc_now()
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, tz=config.tz)
     try:
         silence_id = store.add_silence(args.rule, args.member, now, now + duration, args.reason)
     finally:
@@ -514,7 +514,7 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print("no silences (no store yet)")
         return EXIT_OK
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, tz=config.tz)
     try:
         print(render_silences(store.silences(utc_now(), include_expired=args.all), config.tz))
     finally:
@@ -524,7 +524,7 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
 
 def cmd_silence_expire(args: argparse.Namespace) -> int:
     config = load(args)
-    store = Store.open(config.state.path)
+    store = Store.open(config.state.path, tz=config.tz)
     try:
         ended = store.expire_silence(args.id, utc_now())
     finally:

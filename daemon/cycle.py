@@ -20,12 +20,19 @@ from daemon.config import Config
 from daemon.ingest import PollReport, Progress, poll
 from daemon.langdock import LangdockClient
 from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
-from daemon.rules.budget import PROFILE_WEEKS
 from daemon.rules.engine import EngineResult, evaluate, usage_wanted
 from daemon.rules.lifecycle import AlertState
-from daemon.rules.schema import AnyRule, BudgetRule, NewMemberRule
-from daemon.rules.usage import UsageIndex, selection_filters
-from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
+from daemon.rules.schema import AnyRule
+from daemon.rules.usage import (
+    Raw,
+    Selection,
+    SelectionFilter,
+    UsageIndex,
+    selection_filters,
+    selection_of,
+    ts,
+)
+from daemon.rules.windows import bucket_end
 from daemon.store import OutboxItem, Store
 
 log = structlog.get_logger("langdock_budget.cycle")
@@ -44,39 +51,46 @@ class CycleResult:
 
 
 def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> datetime:
-    """The oldest bucket any rule looks at (window, baseline, forecast profile)."""
-    oldest = now
-    for rule in rules:
-        if isinstance(rule, BudgetRule):
-            start = window_period(rule.window, now, tz).start
-            if rule.forecast and is_calendar(rule.window):
-                start -= timedelta(weeks=PROFILE_WEEKS)
-        elif isinstance(rule, NewMemberRule):
-            start = now - rule.window - timedelta(hours=2)
-        else:
-            start = bucket_start(now, tz) - rule.window - rule.baseline
-        oldest = min(oldest, start)
-    return oldest
+    """The oldest instant any rule looks at (window, baseline, forecast profile)."""
+    return min((need.start for need in usage_wanted(rules, now, tz)), default=now)
 
 
 def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
-    """The usage the rules look at: each distinct key-usage selection grouped by SQLite
-    (one query per selection, shared by the rules that select alike), the models export
-    as points, and the contributors of a member loaded only when a message names them."""
-    start = history_needed(config.rules, now, config.tz)
-    end = bucket_end(now, config.tz)
-    history_start = store.history_start()
+    """The usage the rules read at ``now`` (see `usage_wanted`): for each distinct selection
+    of keys and models, one total per member and budget window (SQLite sums them, whole days
+    from the daily sums) or hourly series over the longest range its rules look back, the
+    models export as points, and a member's contributors only when a message names them."""
+    needs = usage_wanted(config.rules, now, config.tz)
     key_names = store.api_key_names()
-    filters = selection_filters(usage_wanted(config.rules), key_names, store.models())
+    filters = selection_filters(((n.rule, n.metric) for n in needs), key_names, store.models())
+    series: dict[Selection, datetime] = {}
+    totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]] = {}
+    for need in needs:
+        selection = selection_of(need.rule, need.metric)
+        if selection not in filters:
+            continue  # errors and latency: from the models export
+        if need.series:
+            series[selection] = min(need.start, series.get(selection, need.start))
+        else:
+            window = (selection, ts(need.start), ts(need.end))
+            if window not in totals:
+                totals[window] = (
+                    filters[selection],
+                    store.member_totals(filters[selection], need.start, need.end),
+                )
+    end = bucket_end(now, config.tz)
+    oldest = min((need.start for need in needs), default=now)
+    history_start = store.history_start()
     return UsageIndex(
-        model_points=store.model_points(start, end),
+        model_points=store.model_points(oldest, end),
         rows=(),
         prepared={
-            selection: (selection_filter, store.member_points(selection_filter, start, end))
-            for selection, selection_filter in filters.items()
+            selection: (filters[selection], store.member_points(filters[selection], start, end))
+            for selection, start in series.items()
         },
+        prepared_totals=totals,
         parts=lambda selection_filter, member: store.member_parts(
-            selection_filter, member, start, end
+            selection_filter, member, oldest, end
         ),
         key_names=key_names,
         history_start=history_start,
@@ -186,6 +200,8 @@ async def run_cycle(
         on_stored=on_stored,
     )
     try:
+        if not dry_run:
+            store.refresh_rollups(now())  # sum the days that ended since the last cycle
         engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
     except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
         log.error(

@@ -113,7 +113,7 @@ async def run_demo(args: argparse.Namespace) -> bool:
             )
         )
         config = load_config(path)
-        store = Store.open(config.state.path, exclusive=True)
+        store = Store.open(config.state.path, exclusive=True, tz=config.tz)
         print(f"demo: simulator at {base_url}, throw-away store in {tmp}; Ctrl-C stops.")
         print(
             f"demo: polling every {args.interval}; history starts {args.backfill} back (so"

@@ -371,7 +371,7 @@ async def run_daemon(config_path: Path) -> int:
     redactor.set_secrets(config.secrets())
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
-    store = Store.open(config.state.path, exclusive=True)
+    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
     daemon = Daemon(config_path, config, store)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()

@@ -25,12 +25,14 @@ from functools import partial
 from operator import is_not, itemgetter
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
-from daemon.rules.usage import Grouped, ModelPoint, SelectionFilter
+from daemon.rules.usage import Grouped, ModelPoint, Raw, SelectionFilter
+from daemon.rules.windows import calendar_period
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -149,7 +151,24 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX alert_events_at ON alert_events (at);
     """,
+    6: """
+    CREATE TABLE key_usage_daily (
+        day_start INTEGER NOT NULL,
+        api_key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        cost_rest TEXT,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (day_start, api_key_id, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
 }
+# key_usage_daily holds the sums of key_usage per local day (in the zone meta "rollup_tz") for
+# every day before meta "rolled_until"; window totals read those whole days from it and the
+# rest from the hourly buckets. Rewriting an older bucket moves "rolled_until" back.
+_HOURLY_TOKENS = "coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)"
 _FETCH_LOG_KEEP = 5000
 
 
@@ -281,7 +300,7 @@ class Store:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, path: Path, *, exclusive: bool = False) -> Store:
+    def open(cls, path: Path, *, exclusive: bool = False, tz: ZoneInfo | None = None) -> Store:
         """Open (and create, mode 0600) the store.
 
         ``exclusive`` is for the processes that write and notify (`run`, `once`, `demo`): only
@@ -304,6 +323,7 @@ class Store:
             conn.create_function("dec_add", 2, _dec_add, deterministic=True)
             store = cls(conn, path, lock_fd)
             store._migrate()
+            store._use_zone(tz, rebuild=exclusive)
         except StoreError:
             _unlock(lock_fd)
             raise
@@ -342,6 +362,82 @@ class Store:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
+    # ------------------------------------------------------------- daily roll-up
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _use_zone(self, tz: ZoneInfo | None, *, rebuild: bool) -> None:
+        """Keep the daily sums in ``tz`` (None: the zone they are kept in, or UTC)."""
+        kept = self._meta("rollup_tz")
+        if tz is None:
+            tz, rebuild = ZoneInfo(kept or "UTC"), kept is None
+        self.tz = tz
+        self._days: dict[int, int] = {}  # bucket start → start of its local day
+        self._rollups = kept == tz.key
+        if not self._rollups and rebuild:  # a new store, or the configured zone changed
+            with self._transaction():
+                self._conn.execute("DELETE FROM key_usage_daily")
+                self._set_meta("rollup_tz", tz.key)
+                self._set_meta("rolled_until", "0")
+            self._rollups = True
+
+    def _day_start(self, bucket: int) -> int:
+        day = self._days.get(bucket)
+        if day is None:
+            day = self._days[bucket] = _ts(calendar_period("day", _dt(bucket), self.tz).start)
+        return day
+
+    def _rolled_until(self) -> int:
+        return int(self._meta("rolled_until") or 0) if self._rollups else 0
+
+    def refresh_rollups(self, now: datetime) -> int:
+        """Sum every finished local day not summed yet; return how many days were summed."""
+        if not self._rollups:
+            return 0
+        today = _ts(calendar_period("day", now, self.tz).start)
+        since = self._rolled_until()
+        if since >= today:
+            return 0
+        buckets = self._conn.execute(
+            "SELECT DISTINCT bucket_start FROM key_usage"
+            " WHERE bucket_start >= ? AND bucket_start < ?",
+            (since, today),
+        )
+        days = sorted({self._day_start(bucket) for (bucket,) in buckets})
+        with self._transaction():
+            for day in days:
+                end = _ts(calendar_period("day", _dt(day), self.tz).end)
+                self._conn.execute(
+                    f"""INSERT INTO key_usage_daily
+                        SELECT ?, api_key_id, model, sum(requests), sum(cost_nanos),
+                               dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
+                               sum({_HOURLY_TOKENS})
+                        FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?
+                        GROUP BY api_key_id, model""",
+                    (day, day, end),
+                )
+            self._set_meta("rolled_until", str(today))
+        return len(days)
+
+    def _sources(self, start: datetime, end: datetime) -> list[tuple[str, str, str, int, int]]:
+        """[start, end) as (table, time column, tokens, from, to): the summed whole days from
+        the daily table, the rest from the hourly buckets."""
+        s, e = _ts(start), _ts(end)
+        first = calendar_period("day", start, self.tz)
+        d0 = _ts(first.start) if _ts(first.start) == s else _ts(first.end)
+        dn = min(_ts(calendar_period("day", end, self.tz).start), self._rolled_until())
+        hourly = ("key_usage", "bucket_start", _HOURLY_TOKENS)
+        if d0 >= dn:
+            return [(*hourly, s, e)]
+        parts = [(*hourly, s, d0), ("key_usage_daily", "day_start", "tokens", d0, dn)]
+        parts.append((*hourly, dn, e))
+        return [p for p in parts if p[3] < p[4]]
+
     # ---------------------------------------------------------------- writes
 
     def replace_key_usage(
@@ -372,6 +468,10 @@ class Store:
         columns += [name for name, _ in tokens]
         s, e = _ts(start), _ts(end)
         with self._transaction():
+            if s < self._rolled_until():  # a summed day changes: sum it (and later ones) again
+                day = self._day_start(s)
+                self._conn.execute("DELETE FROM key_usage_daily WHERE day_start >= ?", (day,))
+                self._set_meta("rolled_until", str(day))
             self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))
             # the same (key, model) twice in one export: the rows add up
             self._conn.executemany(
@@ -551,25 +651,63 @@ class Store:
         value = {
             "cost_usd": "sum(cost_nanos), dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL)",
             "requests": "sum(requests), NULL",
-            "tokens": "sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), NULL",
+            "tokens": f"sum({_HOURLY_TOKENS}), NULL",
         }[selection.metric]
-        where = ["bucket_start >= ? AND bucket_start < ?"] + ([condition] if condition else [])
-        params: list[object] = [_ts(start), _ts(end), *values]
-        for column, kept in (("api_key_id", selection.keys), ("model", selection.models)):
-            if kept is not None:
-                where.append(f"{column} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(sorted(kept)))
+        kept, kept_params = _selection_sql(selection)
+        where = ["bucket_start >= ? AND bucket_start < ?", *([condition] if condition else [])]
         grouped: Grouped = {}
         for member, bucket, total, rest in self._conn.execute(
             f"""SELECT {group}, bucket_start, {value} FROM key_usage
-                WHERE {" AND ".join(where)} GROUP BY 1, 2""",
-            params,
+                WHERE {" AND ".join(where + kept)} GROUP BY 1, 2""",
+            [_ts(start), _ts(end), *values, *kept_params],
         ):
             points = grouped.get(member)
             if points is None:
                 points = grouped[member] = {}
             points[bucket] = total if rest is None else total + Decimal(rest).scaleb(9)
         return grouped
+
+    def _window_rows(
+        self,
+        start: datetime,
+        end: datetime,
+        select: str,
+        where: Sequence[str],
+        params: list[object],
+    ) -> tuple[str, list[object]]:
+        """A UNION ALL of the rows of [start, end) from the daily sums and the hours; in
+        ``select``, ``{tokens}`` stands for the token count."""
+        parts, values = [], []
+        for table, time, tokens, lo, hi in self._sources(start, end):
+            conditions = " AND ".join([f"{time} >= ? AND {time} < ?", *where])
+            parts.append(f"SELECT {select.format(tokens=tokens)} FROM {table} WHERE {conditions}")
+            values += [lo, hi, *params]
+        return " UNION ALL ".join(parts), values
+
+    def member_totals(
+        self, selection: SelectionFilter, start: datetime, end: datetime
+    ) -> dict[str, Raw]:
+        """Each member's total over [start, end) (cost in nano-dollars), from the daily sums
+        where whole days are summed: a month of 10,000 keys without 7 million rows."""
+        member = {"api_key": "api_key_id", "model": "model", None: "'*'"}[selection.by]
+        value = {"cost_usd": "cost_nanos", "requests": "requests", "tokens": "{tokens}"}
+        rest = "cost_rest" if selection.metric == "cost_usd" else "NULL"
+        where, params = _selection_sql(selection)
+        inner, values = self._window_rows(
+            start,
+            end,
+            f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest",
+            where,
+            params,
+        )
+        return {
+            member_id: total if extra is None else total + Decimal(extra).scaleb(9)
+            for member_id, total, extra in self._conn.execute(
+                f"""SELECT member, sum(v), dec_sum(rest) FILTER (WHERE rest IS NOT NULL)
+                    FROM ({inner}) GROUP BY member""",
+                values,
+            )
+        }
 
     def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:
         rows = self._conn.execute(
@@ -750,6 +888,9 @@ class Store:
             for table in ("key_usage", "model_usage", "segments"):
                 cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
                 removed += cur.rowcount
+            # the daily sums of the days that ended before the cutoff
+            day = _ts(calendar_period("day", before, self.tz).start)
+            self._conn.execute("DELETE FROM key_usage_daily WHERE day_start < ?", (day,))
             self._conn.execute("DELETE FROM fetch_log WHERE at < ?", (cutoff,))
             self._conn.execute("DELETE FROM alert_events WHERE at < ?", (cutoff,))
         return removed
@@ -796,58 +937,42 @@ class Store:
     def top_keys(self, start: datetime, end: datetime, within: datetime, limit: int) -> list[str]:
         """The ``limit`` keys with the most spend in [start, end) among the keys with usage
         in [within, end), ties (and keys without spend there) by id."""
-        rows = self._conn.execute(
-            """SELECT api_key_id FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?
-               GROUP BY api_key_id
-               ORDER BY sum(CASE WHEN bucket_start >= ? THEN cost_nanos ELSE 0 END) DESC,
-                        api_key_id
-               LIMIT ?""",
-            (_ts(min(start, within)), _ts(end), _ts(start), limit),
-        )
-        return [key_id for (key_id,) in rows]
+        spend: dict[str, int] = {}
+        inner, values = self._window_rows(start, end, "api_key_id, cost_nanos", [], [])
+        for key_id, nanos in self._conn.execute(
+            f"SELECT api_key_id, sum(cost_nanos) FROM ({inner}) GROUP BY api_key_id", values
+        ):
+            spend[key_id] = nanos
+        inner, values = self._window_rows(min(start, within), end, "api_key_id", [], [])
+        for (key_id,) in self._conn.execute(f"SELECT DISTINCT api_key_id FROM ({inner})", values):
+            spend.setdefault(key_id, 0)
+        return sorted(spend, key=lambda k: (-spend[k], k))[:limit]
 
     def window_costs(
         self, ranges: dict[str, tuple[datetime, datetime]], keep: Collection[str] | None = None
     ) -> dict[str, list[tuple[str | None, str, Decimal]]]:
-        """Cost per (key id, model) for several windows in one pass over the buckets.
+        """Cost per (key id, model) for each window.
 
         With ``keep``, the keys not in it are summed per model under the key id None (the
         metrics' "other" series): 10,000 keys x 10 models need not come back to Python.
         """
-        names = list(ranges)
-        columns: list[str] = []
+        key_column = "key_id"
         params: list[object] = []
-        for name in names:
-            s, e = ranges[name]
-            columns.append(
-                "count(CASE WHEN u.bucket_start >= ? AND u.bucket_start < ? THEN 1 END),"
-                " sum(CASE WHEN u.bucket_start >= ? AND u.bucket_start < ?"
-                " THEN u.cost_nanos END),"
-                " dec_sum(u.cost_rest) FILTER (WHERE u.cost_rest IS NOT NULL"
-                " AND u.bucket_start >= ? AND u.bucket_start < ?)"
-            )
-            params += [_ts(s), _ts(e)] * 3
-        low = min(_ts(s) for s, _ in ranges.values())
-        high = max(_ts(e) for _, e in ranges.values())
-        key_column = "u.api_key_id"
         if keep is not None:
-            key_column = (
-                "CASE WHEN u.api_key_id IN (SELECT value FROM json_each(?)) THEN u.api_key_id END"
+            key_column = "CASE WHEN key_id IN (SELECT value FROM json_each(?)) THEN key_id END"
+            params.append(json.dumps(sorted(keep)))
+        result: dict[str, list[tuple[str | None, str, Decimal]]] = {}
+        for name, (start, end) in ranges.items():
+            inner, values = self._window_rows(
+                start, end, "api_key_id AS key_id, model, cost_nanos, cost_rest", [], []
             )
-            params.insert(0, json.dumps(sorted(keep)))
-        rows = self._conn.execute(
-            f"""SELECT {key_column} AS key_id, u.model, {", ".join(columns)}
-                FROM key_usage u WHERE u.bucket_start >= ? AND u.bucket_start < ?
-                GROUP BY key_id, u.model""",
-            (*params, low, high),
-        )
-        result: dict[str, list[tuple[str | None, str, Decimal]]] = {name: [] for name in names}
-        for row in rows:
-            key_id, model = row[0], row[1]
-            for index, name in enumerate(names):
-                count, nanos, rest = row[2 + 3 * index : 5 + 3 * index]
-                if count:
-                    result[name].append((key_id, model, join_nanos(nanos, rest)))
+            rows = self._conn.execute(
+                f"""SELECT {key_column} AS kept, model, sum(cost_nanos),
+                           dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL)
+                    FROM ({inner}) GROUP BY kept, model""",
+                [*params, *values],
+            )
+            result[name] = [(key_id, model, join_nanos(n, r)) for key_id, model, n, r in rows]
         return result
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
@@ -930,6 +1055,17 @@ def _unlock(fd: int | None) -> None:
 
 
 _is_set = partial(is_not, None)  # `x is not None`, without a Python frame per row
+
+
+def _selection_sql(selection: SelectionFilter) -> tuple[list[str], list[object]]:
+    """The WHERE conditions (and their parameters) that keep a selection's keys and models."""
+    where: list[str] = []
+    params: list[object] = []
+    for column, kept in (("api_key_id", selection.keys), ("model", selection.models)):
+        if kept is not None:
+            where.append(f"{column} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted(kept)))
+    return where, params
 
 
 def _dec_add(a: str | int | None, b: str | int | None) -> str | int | None:

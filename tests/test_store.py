@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.exports import KeyUsage, ModelUsage
+from daemon.rules.usage import SelectionFilter
 from daemon.rules.windows import buckets, calendar_period
 from daemon.store import SCHEMA_VERSION, Store, StoreError
 
@@ -224,3 +226,67 @@ def test_top_keys_rank_by_spend_then_id(store: Store) -> None:
         "old",
     ]
     assert store.top_keys(T0, T0 + H, T0, 10) == ["k2", "k5", "k1", "k4", "k0", "k3"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 24 * 9 - 1),  # hour of a nine-day span across a DST change
+            st.sampled_from(["k1", "k2", "k3"]),
+            st.sampled_from(["m1", "m2"]),
+            st.decimals(min_value=0, max_value=100, places=11),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 24 * 9 + 24), min_size=1, max_size=4),  # when sums are refreshed
+    st.sampled_from(["Europe/Berlin", "Asia/Kolkata", "UTC"]),
+    st.tuples(st.integers(0, 24 * 9), st.integers(1, 24 * 9)),
+)
+def test_window_totals_from_daily_sums_equal_the_hourly_sums(
+    writes: list[tuple[int, str, str, Decimal]],
+    refreshes: list[int],
+    zone: str,
+    window: tuple[int, int],
+) -> None:
+    tz = ZoneInfo(zone)
+    base = datetime(2026, 10, 21, tzinfo=UTC)  # Berlin leaves summer time on the 25th
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "s.db", exclusive=True, tz=tz)
+        grid = list(buckets(base, base + timedelta(days=10), tz))
+        steps = sorted(refreshes)
+        for i, (hour, key, model, cost) in enumerate(writes):
+            bucket = grid[hour]
+            # rewriting a bucket (the same hour again) replaces it, even after its day was summed
+            store.replace_key_usage(bucket.start, bucket.end, [usage(key, model, str(cost))], T0)
+            if steps and i % 7 == 6:
+                store.refresh_rollups(base + timedelta(hours=steps.pop(0)))
+        for step in steps:
+            store.refresh_rollups(base + timedelta(hours=step))
+        # late corrections of hours whose days were already summed (settle re-fetches, import)
+        for hour, key, model, cost in writes[::3]:
+            bucket = grid[hour]
+            store.replace_key_usage(
+                bucket.start, bucket.end, [usage(key, model, str(cost * 3))], T0
+            )
+        if len(writes) % 2:
+            store.refresh_rollups(base + timedelta(days=11))
+        start = base + timedelta(hours=window[0])
+        end = start + timedelta(hours=window[1])
+        hourly = {(t.api_key_id, t.model): t.cost_usd for t in store.key_model_totals(start, end)}
+        combined = store.window_costs({"w": (start, end)})["w"]
+        assert {(k, m): c for k, m, c in combined} == hourly
+        by_key: dict[str, Decimal] = {}
+        for (key, _), cost in hourly.items():
+            by_key[key] = by_key.get(key, Decimal(0)) + cost
+        selection = SelectionFilter("api_key", "cost_usd", None, None)
+        totals = store.member_totals(selection, start, end)
+        assert {k: Decimal(v).scaleb(-9) for k, v in totals.items()} == by_key
+        store.close()
+        # another zone in the config: the daily sums are rebuilt in it, totals stay the same
+        other = Store.open(Path(tmp) / "s.db", exclusive=True, tz=ZoneInfo("America/New_York"))
+        other.refresh_rollups(base + timedelta(days=11))
+        again = other.window_costs({"w": (start, end)})["w"]
+        assert {(k, m): c for k, m, c in again} == hourly
+        other.close()

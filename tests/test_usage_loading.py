@@ -28,7 +28,7 @@ MODELS = ["gpt-4o", "gpt-4o-mini", "claude"]
 
 usage_rows = st.lists(
     st.tuples(
-        st.integers(1, 6),  # hours before now
+        st.integers(1, 24 * 12),  # hours before now: the days of this month and last week
         st.sampled_from(sorted(KEYS)),
         st.sampled_from(MODELS),
         st.decimals(min_value=0, max_value=50, places=12),  # finer than a nano-dollar too
@@ -47,6 +47,8 @@ rule_specs = st.lists(
             "limit": st.sampled_from(
                 [{"limit_usd": 20}, {"limit_requests": 300}, {"limit_tokens": 10**6}]
             ),
+            "window": st.sampled_from(["day", "week", "month", "24h", "7d"]),
+            "forecast": st.booleans(),
         }
     ),
     min_size=1,
@@ -57,8 +59,10 @@ rule_specs = st.lists(
 def config_yaml(specs: list[dict[str, Any]], state: Path) -> str:
     rules = []
     for i, spec in enumerate(specs):
-        rule: dict[str, Any] = {"name": f"r{i}", "kind": "budget", "window": "day"}
+        rule: dict[str, Any] = {"name": f"r{i}", "kind": "budget", "window": spec["window"]}
         rule.update(spec["limit"])
+        if spec["forecast"] and spec["window"] in ("day", "week", "month"):
+            rule["forecast"] = True
         if spec["each"]:
             rule["each"] = spec["each"]
         if spec["scope"]:
@@ -78,7 +82,7 @@ def config_yaml(specs: list[dict[str, Any]], state: Path) -> str:
 
 def summary(evaluations: list[Any]) -> list[tuple[Any, ...]]:
     return [
-        (e.rule, e.member.id, e.member.label, e.spend, e.top_parts)
+        (e.rule, e.member.id, e.member.label, e.spend, e.forecast, e.top_parts)
         for e in evaluations
         if isinstance(e, BudgetEvaluation)
     ]
@@ -107,6 +111,7 @@ def test_grouped_selections_equal_the_row_by_row_index(
                 KeyPoint(start, u.api_key_id, u.model, u.cost_usd, u.requests, u.prompt_tokens or 0)
                 for u in bucket
             ]
+        store.refresh_rollups(NOW)  # whole days come from the daily sums
         from_store = evaluate(config.rules, load_usage(store, config, NOW), {}, NOW, config.tz)
         # duplicates within a bucket were added up by the store; the row index adds them too
         by_rows = UsageIndex(points, key_names=KEYS, history_start=store.history_start())

@@ -6,7 +6,6 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import partial
 from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
@@ -152,16 +151,16 @@ def evaluate_budget(
     scale = NANOS if unit == "usd" else 0
     period = window_period(rule.window, now, tz)
     start_ts, end_ts = ts(period.start), ts(min(now, period.end))
-    members = usage.members(rule, metric)
-    raw_spends = usage.raw_totals(rule, metric, start_ts, end_ts)
+    forecasting = rule.forecast and is_calendar(rule.window)
+    window = usage.window(rule, metric, start_ts, end_ts, series=forecasting)
+    members, raw_spends = window.members, window.raws
     # per rule, not per member: the threshold's name, the spend it takes, its severity
     levels = [(_pct(t), limit * t / 100, rule.severity_for(t)) for t in rule.thresholds]
     lowest = min(level for _, level, _ in levels)
-    forecasting = rule.forecast and is_calendar(rule.window)
     if forecasting or stateful is None:
         candidates: Iterable[int] = range(len(members))
     else:
-        hot = set(usage.at_least(rule, metric, start_ts, end_ts, lowest.scaleb(scale)))
+        hot = set(window.at_least(lowest.scaleb(scale)))
         if stateful:
             hot |= {i for i, m in enumerate(members) if m.member.id in stateful}
         candidates = sorted(hot)
@@ -221,7 +220,7 @@ def evaluate_budget(
         raw_spends,
         scale,
         evaluated,
-        partial(usage.ranking, rule, metric, start_ts, end_ts),
+        window.ranking,
     )
 
 

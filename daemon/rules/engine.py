@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from daemon.rules.anomaly import AnomalyEvaluation, evaluate_anomaly
-from daemon.rules.budget import BudgetEvaluation, BudgetTable, budget_metric, evaluate_budget
+from daemon.rules.budget import (
+    PROFILE_WEEKS,
+    BudgetEvaluation,
+    BudgetTable,
+    budget_metric,
+    evaluate_budget,
+)
 from daemon.rules.lifecycle import AlertState, Transition, end_period, step
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
-from daemon.rules.usage import Metric, UsageIndex
-from daemon.rules.windows import window_period
+from daemon.rules.usage import UsageIndex, UsageNeed
+from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 
 Evaluation = BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation
 
@@ -54,17 +60,28 @@ class EngineResult:
         return [s for s in self.states.values() if s.status == "firing"]
 
 
-def usage_wanted(rules: Sequence[AnyRule]) -> list[tuple[AnyRule, Metric]]:
-    """The (rule, metric) pairs `evaluate` will ask the `UsageIndex` for: the shell loads
-    just those selections."""
-    wanted: list[tuple[AnyRule, Metric]] = []
+def usage_wanted(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> list[UsageNeed]:
+    """What `evaluate` will read from the `UsageIndex` at ``now``, rule by rule, so the shell
+    loads just that: one total per member for a budget window, hourly series where a
+    forecast, a baseline or first-seen times need them."""
+    current = bucket_start(now, tz)
+    end = bucket_end(now, tz)
+    wanted: list[UsageNeed] = []
     for rule in rules:
         if isinstance(rule, BudgetRule):
-            wanted.append((rule, budget_metric(rule)))
+            period = window_period(rule.window, now, tz)
+            if rule.forecast and is_calendar(rule.window):
+                start = period.start - timedelta(weeks=PROFILE_WEEKS)
+                wanted.append(UsageNeed(rule, budget_metric(rule), start, end, True))
+            else:
+                last = min(now, period.end)
+                wanted.append(UsageNeed(rule, budget_metric(rule), period.start, last, False))
         elif isinstance(rule, AnomalyRule):
-            wanted.append((rule, rule.metric))
-        else:
-            wanted.append((rule, "cost_usd"))
+            start = current - rule.window - rule.baseline
+            wanted.append(UsageNeed(rule, rule.metric, start, end, True))
+        else:  # new members: who was first seen lately
+            start = now - rule.window - timedelta(hours=2)
+            wanted.append(UsageNeed(rule, "cost_usd", start, end, True))
     return wanted
 
 

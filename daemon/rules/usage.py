@@ -89,6 +89,10 @@ class Series:
         """`total` with unix-second bounds (hot loops convert their bounds once)."""
         return _scaled(self.raw_total(start, end), self.scale)
 
+    def has_points(self, start: int, end: int) -> bool:
+        """Whether any bucket starts in [start, end)."""
+        return bisect_left(self.starts, end) > bisect_left(self.starts, start)
+
     def raw_total(self, start: int, end: int) -> Raw:
         """`total_ts` in the series' own units (no `Decimal` made)."""
         lo, hi = bisect_left(self.starts, start), bisect_left(self.starts, end)
@@ -175,6 +179,42 @@ class SelectionFilter:
 PartsLoader = Callable[[SelectionFilter, str], Grouped]
 
 
+@dataclass(frozen=True)
+class UsageNeed:
+    """What one rule reads: ``series`` (hourly, for forecasts, baselines and first-seen) or
+    one total per member over [start, end) (budget windows)."""
+
+    rule: AnyRule
+    metric: Metric
+    start: datetime
+    end: datetime
+    series: bool
+
+
+class WindowTotals:
+    """Members and their totals over one window, with the ranking computed once."""
+
+    __slots__ = ("_ascending", "_ranking", "members", "raws")
+
+    def __init__(self, members: list[MemberUsage], raws: list[Raw]) -> None:
+        self.members, self.raws = members, raws
+        self._ranking: list[int] | None = None
+        self._ascending: list[Raw] | None = None
+
+    def ranking(self) -> list[int]:
+        """Member indexes, the biggest total first (ties by id)."""
+        if self._ranking is None:
+            self._ranking = sorted(range(len(self.raws)), key=self.raws.__getitem__, reverse=True)
+        return self._ranking
+
+    def at_least(self, bound: Raw) -> list[int]:
+        """Indexes of the members whose total is at least ``bound`` (a binary search)."""
+        ranking = self.ranking()
+        if self._ascending is None:
+            self._ascending = [self.raws[i] for i in reversed(ranking)]
+        return ranking[: len(self._ascending) - bisect_left(self._ascending, bound)]
+
+
 def selection_of(rule: AnyRule, metric: Metric) -> Selection:
     return (rule.scope, tuple(rule.exclude), rule.each, metric)
 
@@ -218,6 +258,8 @@ class UsageIndex:
         *,
         rows: Iterable[KeyRow] | None = None,
         prepared: dict[Selection, tuple[SelectionFilter, Grouped]] | None = None,
+        prepared_totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]]
+        | None = None,
         parts: PartsLoader | None = None,
         key_names: dict[str, str] | None = None,
         history_start: datetime | None = None,
@@ -232,11 +274,11 @@ class UsageIndex:
         self.rows: list[KeyRow] = list(rows) if rows is not None else key_rows(key_points)
         # selections the shell already grouped (with a query): no rows needed for them
         self.prepared = prepared
+        # (selection, start, end) → each member's total over that window, where loaded
+        self.prepared_totals = prepared_totals or {}
         self._load_parts = parts
         self._members: dict[Selection, list[MemberUsage]] = {}
-        self._totals: dict[tuple[Selection, int, int], list[Raw]] = {}
-        self._rankings: dict[tuple[Selection, int, int], list[int]] = {}
-        self._ascending: dict[tuple[Selection, int, int], list[Raw]] = {}
+        self._windows: dict[tuple[Selection, int, int, bool], WindowTotals] = {}
         self._distinct: tuple[set[str], set[str]] | None = None  # key ids, models
         self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
@@ -302,40 +344,42 @@ class UsageIndex:
             cached = self._members[selection] = self._select(rule, metric)
         return cached
 
-    def raw_totals(self, rule: AnyRule, metric: Metric, start: int, end: int) -> list[Raw]:
-        """Each member's total over [start, end) in its series' units, in `members` order;
-        shared by rules that select alike and look at the same window."""
-        key = (self._selection(rule, metric), start, end)
-        cached = self._totals.get(key)
-        if cached is None:
-            cached = self._totals[key] = [
-                m.value.raw_total(start, end) for m in self.members(rule, metric)
+    def window(
+        self, rule: AnyRule, metric: Metric, start: int, end: int, *, series: bool = False
+    ) -> WindowTotals:
+        """The rule's members and their totals over [start, end), shared by the rules that
+        select alike and look at the same window.
+
+        Where the shell loaded that window's totals (budget rules without a forecast), they
+        come from there and a member's series is that one total; otherwise (or with
+        ``series``) from the members' hourly series.
+        """
+        selection = self._selection(rule, metric)
+        key = (selection, start, end, series)
+        cached = self._windows.get(key)
+        if cached is not None:
+            return cached
+        loaded = None if series else self.prepared_totals.get((selection, start, end))
+        if loaded is not None:
+            selection_filter, totals = loaded
+            scale = NANOS if metric == "cost_usd" else 0
+            ids = sorted(totals)
+            members = [
+                MemberUsage(
+                    self._member(rule, member_id),
+                    Series({start: totals[member_id]}, scale),
+                    load_parts=partial(self._prepared_parts, selection_filter, member_id, scale),
+                )
+                for member_id in ids
             ]
+            cached = WindowTotals(members, [totals[member_id] for member_id in ids])
+        else:
+            members = self.members(rule, metric)
+            if not series:  # as the loaded totals: the members with usage in the window
+                members = [m for m in members if m.value.has_points(start, end)]
+            cached = WindowTotals(members, [m.value.raw_total(start, end) for m in members])
+        self._windows[key] = cached
         return cached
-
-    def ranking(self, rule: AnyRule, metric: Metric, start: int, end: int) -> list[int]:
-        """Member indexes by their total over [start, end), biggest first (ties by id)."""
-        key = (self._selection(rule, metric), start, end)
-        cached = self._rankings.get(key)
-        if cached is None:
-            totals = self.raw_totals(rule, metric, start, end)
-            cached = self._rankings[key] = sorted(
-                range(len(totals)), key=totals.__getitem__, reverse=True
-            )
-        return cached
-
-    def at_least(
-        self, rule: AnyRule, metric: Metric, start: int, end: int, bound: Raw
-    ) -> list[int]:
-        """Indexes of the members whose total over [start, end) is at least ``bound``: a
-        binary search in the shared ranking, not a pass over 10,000 members per rule."""
-        ranking = self.ranking(rule, metric, start, end)
-        key = (self._selection(rule, metric), start, end)
-        ascending = self._ascending.get(key)
-        if ascending is None:
-            totals = self.raw_totals(rule, metric, start, end)
-            ascending = self._ascending[key] = [totals[i] for i in reversed(ranking)]
-        return ranking[: len(ascending) - bisect_left(ascending, bound)]
 
     def _selected_rows(self, rule: AnyRule) -> list[KeyRow]:
         if self._distinct is None:
