@@ -50,6 +50,12 @@ class CycleResult:
         return self.poll.ok and self.delivery.ok and self.store_error is None
 
 
+# A window over this many stored hours or fewer is summed from the members' hourly series (one
+# query for all windows of a selection); longer ones are summed by SQLite, whole days from
+# the daily sums.
+FEW_BUCKETS = 48
+
+
 def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> datetime:
     """The oldest instant any rule looks at (window, baseline, forecast profile)."""
     return min((need.start for need in usage_wanted(rules, now, tz)), default=now)
@@ -64,20 +70,21 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
     key_names = store.api_key_names()
     filters = selection_filters(((n.rule, n.metric) for n in needs), key_names, store.models())
     series: dict[Selection, datetime] = {}
-    totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]] = {}
+    windows: dict[Selection, list[tuple[datetime, datetime]]] = {}
     for need in needs:
         selection = selection_of(need.rule, need.metric)
         if selection not in filters:
             continue  # errors and latency: from the models export
-        if need.series:
+        if need.series or store.stored_buckets(need.start, need.end) <= FEW_BUCKETS:
             series[selection] = min(need.start, series.get(selection, need.start))
-        else:
-            window = (selection, ts(need.start), ts(need.end))
-            if window not in totals:
-                totals[window] = (
-                    filters[selection],
-                    store.member_totals(filters[selection], need.start, need.end),
-                )
+        elif (need.start, need.end) not in windows.setdefault(selection, []):
+            windows[selection].append((need.start, need.end))
+    totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]] = {}
+    for selection, spans in windows.items():
+        for (start, stop), by_member in zip(
+            spans, store.member_totals(filters[selection], spans), strict=True
+        ):
+            totals[(selection, ts(start), ts(stop))] = (filters[selection], by_member)
     end = bucket_end(now, config.tz)
     oldest = min((need.start for need in needs), default=now)
     history_start = store.history_start()

@@ -606,6 +606,15 @@ class Store:
         )
         return {_dt(s): _dt(f) for s, f in rows}
 
+    def stored_buckets(self, start: datetime, end: datetime) -> int:
+        """How many hours of key usage (fetched or imported) start in [start, end)."""
+        row = self._conn.execute(
+            "SELECT count(DISTINCT bucket_start) FROM segments"
+            " WHERE export IN ('api-keys', 'import') AND bucket_start >= ? AND bucket_start < ?",
+            (_ts(start), _ts(end)),
+        ).fetchone()
+        return int(row[0])
+
     def key_model_totals(self, start: datetime, end: datetime) -> list[KeyModelTotal]:
         """Spend per (key, model) over buckets that start in [start, end)."""
         token_sum = " + ".join(f"coalesce(sum(u.{f}), 0)" for f in TOKEN_FIELDS[:2])
@@ -667,47 +676,67 @@ class Store:
             points[bucket] = total if rest is None else total + Decimal(rest).scaleb(9)
         return grouped
 
-    def _window_rows(
-        self,
-        start: datetime,
-        end: datetime,
-        select: str,
-        where: Sequence[str],
-        params: list[object],
-    ) -> tuple[str, list[object]]:
-        """A UNION ALL of the rows of [start, end) from the daily sums and the hours; in
-        ``select``, ``{tokens}`` stands for the token count."""
-        parts, values = [], []
-        for table, time, tokens, lo, hi in self._sources(start, end):
-            conditions = " AND ".join([f"{time} >= ? AND {time} < ?", *where])
-            parts.append(f"SELECT {select.format(tokens=tokens)} FROM {table} WHERE {conditions}")
-            values += [lo, hi, *params]
-        return " UNION ALL ".join(parts), values
+    def _windows_pass(
+        self, windows: Sequence[tuple[datetime, datetime]], columns: str
+    ) -> tuple[str, list[object], list[tuple[str, list[object]]]]:
+        """One pass over the rows several windows need: the merged hourly edges and daily
+        sums as a UNION ALL (``columns`` may use ``{tokens}``), plus for each window the
+        condition (and its parameters) that picks its rows from that pass."""
+        sources = [self._sources(start, end) for start, end in windows]
+        parts = [
+            f"SELECT 0 AS kind, bucket_start AS t, {columns.format(tokens=_HOURLY_TOKENS)}"
+            " FROM key_usage WHERE 0"
+        ]
+        values: list[object] = []
+        for table, time, tokens in (
+            ("key_usage", "bucket_start", _HOURLY_TOKENS),
+            ("key_usage_daily", "day_start", "tokens"),
+        ):
+            spans = _merge([(lo, hi) for srcs in sources for t, _, _, lo, hi in srcs if t == table])
+            for lo, hi in spans:
+                parts.append(
+                    f"SELECT {int(table != 'key_usage')} AS kind, {time} AS t,"
+                    f" {columns.format(tokens=tokens)} FROM {table}"
+                    f" WHERE {time} >= ? AND {time} < ?"
+                )
+                values += [lo, hi]
+        picks: list[tuple[str, list[object]]] = []
+        for srcs in sources:
+            terms = [f"(kind = {int(t != 'key_usage')} AND t >= ? AND t < ?)" for t, *_ in srcs]
+            picks.append((" OR ".join(terms) or "0", [v for *_, lo, hi in srcs for v in (lo, hi)]))
+        return " UNION ALL ".join(parts), values, picks
 
     def member_totals(
-        self, selection: SelectionFilter, start: datetime, end: datetime
-    ) -> dict[str, Raw]:
-        """Each member's total over [start, end) (cost in nano-dollars), from the daily sums
-        where whole days are summed: a month of 10,000 keys without 7 million rows."""
+        self, selection: SelectionFilter, windows: Sequence[tuple[datetime, datetime]]
+    ) -> list[dict[str, Raw]]:
+        """Each member's total over each window (cost in nano-dollars), in one pass; whole
+        days come from the daily sums: a month of 10,000 keys without 7 million rows."""
         member = {"api_key": "api_key_id", "model": "model", None: "'*'"}[selection.by]
         value = {"cost_usd": "cost_nanos", "requests": "requests", "tokens": "{tokens}"}
         rest = "cost_rest" if selection.metric == "cost_usd" else "NULL"
-        where, params = _selection_sql(selection)
-        inner, values = self._window_rows(
-            start,
-            end,
-            f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest",
-            where,
-            params,
+        kept, kept_params = _selection_sql(selection)
+        inner, values, picks = self._windows_pass(
+            windows,
+            f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest,"
+            " api_key_id, model",
         )
-        return {
-            member_id: total if extra is None else total + Decimal(extra).scaleb(9)
-            for member_id, total, extra in self._conn.execute(
-                f"""SELECT member, sum(v), dec_sum(rest) FILTER (WHERE rest IS NOT NULL)
-                    FROM ({inner}) GROUP BY member""",
-                values,
-            )
-        }
+        sums = ", ".join(
+            f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN v END),"
+            f" dec_sum(CASE WHEN {pick} THEN rest END)"
+            for pick, _ in picks
+        )
+        params = [p for _, pick_params in picks for p in pick_params * 3]
+        totals: list[dict[str, Raw]] = [{} for _ in windows]
+        for row in self._conn.execute(
+            f"""SELECT member, {sums} FROM ({inner}) {"WHERE " + " AND ".join(kept) if kept else ""}
+                GROUP BY member""",
+            [*params, *values, *kept_params],
+        ):
+            for index, window in enumerate(totals):
+                count, total, extra = row[1 + 3 * index : 4 + 3 * index]
+                if count:
+                    window[row[0]] = total if extra is None else total + Decimal(extra).scaleb(9)
+        return totals
 
     def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:
         rows = self._conn.execute(
@@ -937,42 +966,50 @@ class Store:
     def top_keys(self, start: datetime, end: datetime, within: datetime, limit: int) -> list[str]:
         """The ``limit`` keys with the most spend in [start, end) among the keys with usage
         in [within, end), ties (and keys without spend there) by id."""
-        spend: dict[str, int] = {}
-        inner, values = self._window_rows(start, end, "api_key_id, cost_nanos", [], [])
-        for key_id, nanos in self._conn.execute(
-            f"SELECT api_key_id, sum(cost_nanos) FROM ({inner}) GROUP BY api_key_id", values
-        ):
-            spend[key_id] = nanos
-        inner, values = self._window_rows(min(start, within), end, "api_key_id", [], [])
-        for (key_id,) in self._conn.execute(f"SELECT DISTINCT api_key_id FROM ({inner})", values):
-            spend.setdefault(key_id, 0)
-        return sorted(spend, key=lambda k: (-spend[k], k))[:limit]
+        inner, values, ((spent, spent_params), (seen, seen_params)) = self._windows_pass(
+            [(start, end), (min(start, within), end)], "api_key_id, cost_nanos"
+        )
+        rows = self._conn.execute(
+            f"""SELECT api_key_id, coalesce(sum(CASE WHEN {spent} THEN cost_nanos END), 0)
+                FROM ({inner}) WHERE {seen} GROUP BY api_key_id
+                ORDER BY 2 DESC, api_key_id LIMIT ?""",
+            [*spent_params, *values, *seen_params, limit],
+        )
+        return [key_id for key_id, _ in rows]
 
     def window_costs(
         self, ranges: dict[str, tuple[datetime, datetime]], keep: Collection[str] | None = None
     ) -> dict[str, list[tuple[str | None, str, Decimal]]]:
-        """Cost per (key id, model) for each window.
+        """Cost per (key id, model) for several windows, in one pass.
 
         With ``keep``, the keys not in it are summed per model under the key id None (the
         metrics' "other" series): 10,000 keys x 10 models need not come back to Python.
         """
-        key_column = "key_id"
-        params: list[object] = []
+        names = list(ranges)
+        inner, values, picks = self._windows_pass(
+            list(ranges.values()), "api_key_id, model, cost_nanos, cost_rest"
+        )
+        key_column, params = "api_key_id", list[object]()
         if keep is not None:
-            key_column = "CASE WHEN key_id IN (SELECT value FROM json_each(?)) THEN key_id END"
+            key_column = (
+                "CASE WHEN api_key_id IN (SELECT value FROM json_each(?)) THEN api_key_id END"
+            )
             params.append(json.dumps(sorted(keep)))
-        result: dict[str, list[tuple[str | None, str, Decimal]]] = {}
-        for name, (start, end) in ranges.items():
-            inner, values = self._window_rows(
-                start, end, "api_key_id AS key_id, model, cost_nanos, cost_rest", [], []
-            )
-            rows = self._conn.execute(
-                f"""SELECT {key_column} AS kept, model, sum(cost_nanos),
-                           dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL)
-                    FROM ({inner}) GROUP BY kept, model""",
-                [*params, *values],
-            )
-            result[name] = [(key_id, model, join_nanos(n, r)) for key_id, model, n, r in rows]
+        sums = ", ".join(
+            f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN cost_nanos END),"
+            f" dec_sum(CASE WHEN {pick} THEN cost_rest END)"
+            for pick, _ in picks
+        )
+        params += [p for _, pick_params in picks for p in pick_params * 3]
+        result: dict[str, list[tuple[str | None, str, Decimal]]] = {name: [] for name in names}
+        for row in self._conn.execute(
+            f"SELECT {key_column} AS kept, model, {sums} FROM ({inner}) GROUP BY kept, model",
+            [*params, *values],
+        ):
+            for index, name in enumerate(names):
+                count, nanos, rest = row[2 + 3 * index : 5 + 3 * index]
+                if count:
+                    result[name].append((row[0], row[1], join_nanos(nanos, rest)))
         return result
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
@@ -1055,6 +1092,17 @@ def _unlock(fd: int | None) -> None:
 
 
 _is_set = partial(is_not, None)  # `x is not None`, without a Python frame per row
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching [lo, hi) spans, merged."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _selection_sql(selection: SelectionFilter) -> tuple[list[str], list[object]]:

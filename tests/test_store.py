@@ -242,13 +242,13 @@ def test_top_keys_rank_by_spend_then_id(store: Store) -> None:
     ),
     st.lists(st.integers(0, 24 * 9 + 24), min_size=1, max_size=4),  # when sums are refreshed
     st.sampled_from(["Europe/Berlin", "Asia/Kolkata", "UTC"]),
-    st.tuples(st.integers(0, 24 * 9), st.integers(1, 24 * 9)),
+    st.lists(st.tuples(st.integers(0, 24 * 9), st.integers(1, 24 * 9)), min_size=1, max_size=4),
 )
 def test_window_totals_from_daily_sums_equal_the_hourly_sums(
     writes: list[tuple[int, str, str, Decimal]],
     refreshes: list[int],
     zone: str,
-    window: tuple[int, int],
+    windows: list[tuple[int, int]],
 ) -> None:
     tz = ZoneInfo(zone)
     base = datetime(2026, 10, 21, tzinfo=UTC)  # Berlin leaves summer time on the 25th
@@ -272,21 +272,26 @@ def test_window_totals_from_daily_sums_equal_the_hourly_sums(
             )
         if len(writes) % 2:
             store.refresh_rollups(base + timedelta(days=11))
-        start = base + timedelta(hours=window[0])
-        end = start + timedelta(hours=window[1])
-        hourly = {(t.api_key_id, t.model): t.cost_usd for t in store.key_model_totals(start, end)}
-        combined = store.window_costs({"w": (start, end)})["w"]
-        assert {(k, m): c for k, m, c in combined} == hourly
-        by_key: dict[str, Decimal] = {}
-        for (key, _), cost in hourly.items():
-            by_key[key] = by_key.get(key, Decimal(0)) + cost
+        # several windows in one pass: the hours one window reads must not leak into another
+        spans = [(base + timedelta(hours=h), base + timedelta(hours=h + n)) for h, n in windows]
+        ranges = {f"w{i}": span for i, span in enumerate(spans)}
+        combined = store.window_costs(ranges)
         selection = SelectionFilter("api_key", "cost_usd", None, None)
-        totals = store.member_totals(selection, start, end)
-        assert {k: Decimal(v).scaleb(-9) for k, v in totals.items()} == by_key
+        per_key = store.member_totals(selection, spans)
+        expected = {}
+        for i, (start, end) in enumerate(spans):
+            totals = store.key_model_totals(start, end)
+            hourly = {(t.api_key_id, t.model): t.cost_usd for t in totals}
+            assert {(k, m): c for k, m, c in combined[f"w{i}"]} == hourly
+            by_key: dict[str, Decimal] = {}
+            for (key, _), cost in hourly.items():
+                by_key[key] = by_key.get(key, Decimal(0)) + cost
+            assert {k: Decimal(v).scaleb(-9) for k, v in per_key[i].items()} == by_key
+            expected[f"w{i}"] = hourly
         store.close()
         # another zone in the config: the daily sums are rebuilt in it, totals stay the same
         other = Store.open(Path(tmp) / "s.db", exclusive=True, tz=ZoneInfo("America/New_York"))
         other.refresh_rollups(base + timedelta(days=11))
-        again = other.window_costs({"w": (start, end)})["w"]
-        assert {(k, m): c for k, m, c in again} == hourly
+        again = other.window_costs(ranges)
+        assert {w: {(k, m): c for k, m, c in rows} for w, rows in again.items()} == expected
         other.close()
