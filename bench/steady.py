@@ -62,6 +62,7 @@ def main() -> None:
             ]
             store.replace_key_usage(hour, hour + timedelta(hours=1), rows, hour)
             hour += timedelta(hours=1)
+        store.refresh_rollups(now)  # what the first cycle after each midnight does
         built = time.perf_counter() - built
         daemon = Daemon(config_path, config, store)
         started = time.perf_counter()

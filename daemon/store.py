@@ -163,8 +163,21 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (day_start, api_key_id, model)
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE key_usage_buckets (
+        bucket_start INTEGER PRIMARY KEY,
+        requests INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        cost_rest TEXT,
+        tokens INTEGER NOT NULL
+    );
+    INSERT INTO key_usage_buckets
+        SELECT bucket_start, sum(requests), sum(cost_nanos),
+               dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
+               sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
+        FROM key_usage GROUP BY bucket_start;
     """,
 }
+# key_usage_buckets holds the workspace's sum of each hour (the series of workspace forecasts);
 # key_usage_daily holds the sums of key_usage per local day (in the zone meta "rollup_tz") for
 # every day before meta "rolled_until"; window totals read those whole days from it and the
 # rest from the hourly buckets. Rewriting an older bucket moves "rolled_until" back.
@@ -502,6 +515,15 @@ class Store:
                     last_seen = max(api_keys.last_seen, excluded.last_seen)""",
                 ((key_id, name, s, e) for key_id, name in names.items()),
             )
+            self._conn.execute("DELETE FROM key_usage_buckets WHERE bucket_start = ?", (s,))
+            self._conn.execute(
+                f"""INSERT INTO key_usage_buckets
+                    SELECT bucket_start, sum(requests), sum(cost_nanos),
+                           dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
+                           sum({_HOURLY_TOKENS})
+                    FROM key_usage WHERE bucket_start = ? GROUP BY bucket_start""",
+                (s,),
+            )
             self._upsert_models({row.model for row in rows if row.model}, s, e)
             self._mark_segment(export, s, e, fetched_at, len(rows))
         return len(rows)
@@ -657,16 +679,20 @@ class Store:
         condition: str = "",
         *values: object,
     ) -> Grouped:
+        kept, kept_params = _selection_sql(selection)
+        where = ["bucket_start >= ? AND bucket_start < ?", *([condition] if condition else [])]
+        # the whole workspace hour by hour: one stored sum per hour
+        table, tokens = "key_usage", _HOURLY_TOKENS
+        if group == "'*'" and not kept and not condition:
+            table, tokens = "key_usage_buckets", "tokens"
         value = {
             "cost_usd": "sum(cost_nanos), dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL)",
             "requests": "sum(requests), NULL",
-            "tokens": f"sum({_HOURLY_TOKENS}), NULL",
+            "tokens": f"sum({tokens}), NULL",
         }[selection.metric]
-        kept, kept_params = _selection_sql(selection)
-        where = ["bucket_start >= ? AND bucket_start < ?", *([condition] if condition else [])]
         grouped: Grouped = {}
         for member, bucket, total, rest in self._conn.execute(
-            f"""SELECT {group}, bucket_start, {value} FROM key_usage
+            f"""SELECT {group}, bucket_start, {value} FROM {table}
                 WHERE {" AND ".join(where + kept)} GROUP BY 1, 2""",
             [_ts(start), _ts(end), *values, *kept_params],
         ):
@@ -722,7 +748,7 @@ class Store:
         )
         sums = ", ".join(
             f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN v END),"
-            f" dec_sum(CASE WHEN {pick} THEN rest END)"
+            f" dec_sum(rest) FILTER (WHERE rest IS NOT NULL AND ({pick}))"
             for pick, _ in picks
         )
         params = [p for _, pick_params in picks for p in pick_params * 3]
@@ -914,7 +940,7 @@ class Store:
         cutoff = _ts(before)
         with self._transaction():
             removed = 0
-            for table in ("key_usage", "model_usage", "segments"):
+            for table in ("key_usage", "key_usage_buckets", "model_usage", "segments"):
                 cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
                 removed += cur.rowcount
             # the daily sums of the days that ended before the cutoff
@@ -997,7 +1023,7 @@ class Store:
             params.append(json.dumps(sorted(keep)))
         sums = ", ".join(
             f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN cost_nanos END),"
-            f" dec_sum(CASE WHEN {pick} THEN cost_rest END)"
+            f" dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL AND ({pick}))"
             for pick, _ in picks
         )
         params += [p for _, pick_params in picks for p in pick_params * 3]
