@@ -34,6 +34,7 @@ lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/steady.py
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/import_bench.py
 

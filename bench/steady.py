@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from scale import rules_yaml  # noqa: E402
+from scale import rules_yaml
 
 KEYS, MODELS, DAYS = 1_000, 10, 30
 
