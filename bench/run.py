@@ -76,7 +76,7 @@ def synthetic_csv(keys: int, models: int) -> str:
 def ingest_and_windows() -> None:
     text = synthetic_csv(10_000, 10)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store.open(Path(tmp) / "bench.db")
+        store = Store.open(Path(tmp) / "bench.db", exclusive=True, tz=TZ)
         t0 = time.perf_counter()
         rows = list(parse_key_usage(io.StringIO(text, newline=""), grouped=True))
         t1 = time.perf_counter()
@@ -91,7 +91,14 @@ def ingest_and_windows() -> None:
         t3 = time.perf_counter()
         totals = store.key_model_totals(START - timedelta(days=30), START)
         t4 = time.perf_counter()
-        line(f"month window sum ({len(totals)} series)", t4 - t3, "s", 1.0)
+        line(f"30d sum, hourly rows ({len(totals)} series)", t4 - t3, "s", 1.0)
+        summed = store.refresh_rollups(START)  # once per day in the daemon
+        t5 = time.perf_counter()
+        window = {"30d": (START - timedelta(days=30) + timedelta(minutes=30), START)}
+        costs = store.window_costs(window)["30d"]
+        t6 = time.perf_counter()
+        print(f"{f'sum {summed} days (once, after each day)':<34} {t5 - t4:>10.2f} s")
+        line(f"30d sum, daily sums ({len(costs)} series)", t6 - t5, "s", 1.0)
         store.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     line("peak RSS", peak_mb, "MB", 150)
