@@ -1,8 +1,11 @@
-"""Usage series as the engine sees them: per-bucket values with prefix sums, and scopes.
+"""Usage as the engine sees it: members (glob scopes, `each`, `exclude`), their hourly series
+with prefix sums, and their totals over budget windows.
 
-The shell loads hourly buckets from the store into a `UsageIndex` once per cycle; every rule
-then selects its members (glob scopes, `each`, `exclude`) and sums any range of buckets in
-O(log n) through prefix sums. Nothing here reads a clock or does I/O.
+The shell says what it loaded in a `UsageIndex` once per cycle: per distinct selection either
+hourly series or one total per member and window, as `usage_wanted` asked (see
+`selection_filters` for the filters it hands the store). Built from plain (key, model) rows
+instead, the index selects and sums them itself: the reference the loaded form is tested
+against, and what the engine's unit tests use. Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
@@ -245,10 +248,10 @@ def selection_filters(
 class UsageIndex:
     """All usage the engine may look at in one cycle.
 
-    Key usage is kept as flat `KeyRow` tuples (200,000 of them for 10,000 keys x 10 models x
-    2 hours); a rule's members are built from them once per distinct selection (scope,
-    exclude, each, metric) and shared by every rule that selects alike, as are the members'
-    window totals.
+    Either ``prepared`` (series per selection) and ``prepared_totals`` (totals per selection
+    and window), as the shell loads them, or flat `KeyRow` tuples / `KeyPoint`s that the index
+    groups itself. Either way a selection's members are built once and shared by every rule
+    that selects alike, as are their window totals and rankings.
     """
 
     def __init__(
