@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from daemon.money import format_percent, format_usd
 from daemon.rules.anomaly import AnomalyEvaluation
-from daemon.rules.budget import BudgetEvaluation, Condition
+from daemon.rules.budget import BudgetEvaluation, BudgetTable, Condition
 from daemon.rules.engine import EngineResult
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.new_member import NewMemberEvaluation
@@ -127,31 +127,53 @@ def _alerts_column(conditions: Sequence[Condition], states: dict[str, AlertState
     return ", ".join(parts) or "ok"
 
 
+def _budget_row(b: BudgetEvaluation, result: EngineResult, tz: ZoneInfo) -> list[str]:
+    forecast = "-"
+    if b.forecast is not None:
+        forecast = f"{format_amount(b.forecast.projected, b.unit)} ({b.forecast.method})"
+        if b.forecast.crossing is not None:
+            forecast += f", 100% at {b.forecast.crossing.astimezone(tz):%m-%d %H:%M}"
+    return [
+        b.rule,
+        b.member.label,
+        b.period.id,
+        format_amount(b.spend, b.unit),
+        format_amount(b.limit, b.unit),
+        format_percent(b.utilization),
+        forecast,
+        _alerts_column(b.conditions, result.states),
+    ]
+
+
+SHOWN_PER_RULE = 20
+
+
+def shown_budget_members(table: BudgetTable, limit: int = SHOWN_PER_RULE) -> list[BudgetEvaluation]:
+    """A budget rule's members worth a table row: all of them, or, past ``limit``, the
+    ``limit`` most used plus every member with an alert (a 10,000-key rule is not 10,000
+    lines)."""
+    if len(table) <= limit:
+        return list(table)
+    top = table.top(limit)
+    shown = {id(e.member) for e in top}
+    alerting = [e for e in table.evaluated.values() if e.conditions and id(e.member) not in shown]
+    return top + sorted(alerting, key=lambda e: e.spend, reverse=True)
+
+
 def render_evaluations(result: EngineResult, tz: ZoneInfo) -> str:
-    evaluations = result.all_evaluations()
-    budgets = [e for e in evaluations if isinstance(e, BudgetEvaluation)]
+    # budget members come from their tables, capped per rule; the rest are few
+    evaluations = [e for e in result.evaluations if not isinstance(e, BudgetEvaluation)]
     anomalies = [e for e in evaluations if isinstance(e, AnomalyEvaluation)]
     lines: list[str] = []
-    if budgets:
-        rows = []
-        for b in budgets:
-            forecast = "-"
-            if b.forecast is not None:
-                forecast = f"{format_amount(b.forecast.projected, b.unit)} ({b.forecast.method})"
-                if b.forecast.crossing is not None:
-                    forecast += f", 100% at {b.forecast.crossing.astimezone(tz):%m-%d %H:%M}"
-            rows.append(
-                [
-                    b.rule,
-                    b.member.label,
-                    b.period.id,
-                    format_amount(b.spend, b.unit),
-                    format_amount(b.limit, b.unit),
-                    format_percent(b.utilization),
-                    forecast,
-                    _alerts_column(b.conditions, result.states),
-                ]
-            )
+    budget_rows = []
+    for table in result.budget_tables:
+        shown = shown_budget_members(table)
+        budget_rows += [_budget_row(b, result, tz) for b in shown]
+        if len(shown) < len(table):
+            more = f"... {len(table) - len(shown):,} more members below these"
+            budget_rows.append([table.rule, more, "", "", "", "", "", ""])
+    if budget_rows:
+        rows = budget_rows
         lines += _grid(
             ["Budget rule", "member", "period", "spent", "limit", "used", "forecast", "alerts"],
             rows,

@@ -226,3 +226,22 @@ def test_members_below_every_threshold_without_state_carry_no_conditions() -> No
     # with a stored alert the member is judged in full, so its alert can resolve
     (_, with_state) = evaluate_budget(rule, usage, NOW, UTC_ZONE, stateful={"big", "small"})
     assert len(with_state.conditions) == 2
+
+
+def test_reports_show_the_top_members_and_every_alerting_one() -> None:
+    from daemon.report import render_evaluations, shown_budget_members
+    from daemon.rules.lifecycle import AlertKey, AlertState
+
+    usage = index(
+        *(hourly(NOW - 2 * H, NOW, lambda _, i=i: str(i), key=f"k{i:02d}") for i in range(30))
+    )
+    rule = budget(window="day", limit_usd=50, each="api_key")
+    table = evaluate_budget(rule, usage, NOW, UTC_ZONE, stateful={"k03"})
+    shown = [e.member.id for e in shown_budget_members(table)]
+    # the 20 biggest (k29 ... k10) and k03, whose stored alert must be seen resolving
+    assert shown == [f"k{i:02d}" for i in range(29, 9, -1)] + ["k03"]
+    period = table.period.id
+    stored = AlertState(AlertKey("r", "k03", "80", period), "firing", NOW - H, NOW - H, NOW - H)
+    result = evaluate([rule], usage, {stored.key.id: stored}, NOW, UTC_ZONE)
+    text = render_evaluations(result, UTC_ZONE)
+    assert "... 9 more members below these" in text and "k03" in text and "k05" not in text
