@@ -71,14 +71,18 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
     filters = selection_filters(((n.rule, n.metric) for n in needs), key_names, store.models())
     series: dict[Selection, datetime] = {}
     windows: dict[Selection, list[tuple[datetime, datetime]]] = {}
+    stored: dict[tuple[datetime, datetime], int] = {}  # hours stored per window (few windows)
     for need in needs:
         selection = selection_of(need.rule, need.metric)
         if selection not in filters:
             continue  # errors and latency: from the models export
-        if need.series or store.stored_buckets(need.start, need.end) <= FEW_BUCKETS:
+        span = (need.start, need.end)
+        if span not in stored:
+            stored[span] = store.stored_buckets(*span)
+        if need.series or stored[span] <= FEW_BUCKETS:
             series[selection] = min(need.start, series.get(selection, need.start))
-        elif (need.start, need.end) not in windows.setdefault(selection, []):
-            windows[selection].append((need.start, need.end))
+        elif span not in windows.setdefault(selection, []):
+            windows[selection].append(span)
     totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]] = {}
     for selection, spans in windows.items():
         for (start, stop), by_member in zip(
@@ -86,7 +90,7 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
         ):
             totals[(selection, ts(start), ts(stop))] = (filters[selection], by_member)
     end = bucket_end(now, config.tz)
-    oldest = min((need.start for need in needs), default=now)
+    oldest = history_needed(config.rules, now, config.tz)
     history_start = store.history_start()
     return UsageIndex(
         model_points=store.model_points(oldest, end),
