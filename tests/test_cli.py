@@ -130,11 +130,10 @@ def test_status_without_a_store(
     assert "run `langdock-budget once` first" in capsys.readouterr().out
 
 
-def test_once_as_a_real_process(tmp_path: Path, live_simulator: Simulator) -> None:
-    path = config_for(tmp_path, live_simulator.base_url)
-    env = {**os.environ, "CLI_TEST_KEY": SECRET}
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--config", str(path), "--log-level", "debug", "once"],
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m daemon.cli ARGS` as its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -142,19 +141,17 @@ def test_once_as_a_real_process(tmp_path: Path, live_simulator: Simulator) -> No
         timeout=60,
         check=False,
     )
+
+
+def test_once_as_a_real_process(tmp_path: Path, live_simulator: Simulator) -> None:
+    path = config_for(tmp_path, live_simulator.base_url)
+    env = {**os.environ, "CLI_TEST_KEY": SECRET}
+    done = run_cli(env, "--config", str(path), "--log-level", "debug", "once")
     assert done.returncode == 0, done.stderr
     assert "nightly-batch (key_a5e870)" in done.stdout
     assert SECRET not in done.stdout + done.stderr
     assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0
-    bad = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--config", str(tmp_path / "missing.yaml"), "once"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    bad = run_cli(env, "--config", str(tmp_path / "missing.yaml"), "once")
     assert bad.returncode == 2 and "file not found" in bad.stderr
 
 
