@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
@@ -657,8 +657,7 @@ class Store:
     def member_points(self, selection: SelectionFilter, start: datetime, end: datetime) -> Grouped:
         """One selection's members, per bucket in [start, end), summed by SQLite: 10,000 keys
         x 10 models x 2 hours come back as 20,000 rows per key, not 200,000."""
-        member = {"api_key": "api_key_id", "model": "model", None: "'*'"}[selection.by]
-        return self._grouped(member, selection, start, end)
+        return self._grouped(_MEMBER_COLUMN[selection.by], selection, start, end)
 
     def member_parts(
         self, selection: SelectionFilter, member_id: str, start: datetime, end: datetime
@@ -737,7 +736,7 @@ class Store:
     ) -> list[dict[str, Raw]]:
         """Each member's total over each window (cost in nano-dollars), in one pass; whole
         days come from the daily sums: a month of 10,000 keys without 7 million rows."""
-        member = {"api_key": "api_key_id", "model": "model", None: "'*'"}[selection.by]
+        member = _MEMBER_COLUMN[selection.by]
         value = {"cost_usd": "cost_nanos", "requests": "requests", "tokens": "{tokens}"}
         rest = "cost_rest" if selection.metric == "cost_usd" else "NULL"
         kept, kept_params = _selection_sql(selection)
@@ -746,22 +745,15 @@ class Store:
             f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest,"
             " api_key_id, model",
         )
-        sums = ", ".join(
-            f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN v END),"
-            f" dec_sum(rest) FILTER (WHERE rest IS NOT NULL AND ({pick}))"
-            for pick, _ in picks
-        )
-        params = [p for _, pick_params in picks for p in pick_params * 3]
+        sums, params = _window_sums(picks)
         totals: list[dict[str, Raw]] = [{} for _ in windows]
         for row in self._conn.execute(
             f"""SELECT member, {sums} FROM ({inner}) {"WHERE " + " AND ".join(kept) if kept else ""}
                 GROUP BY member""",
             [*params, *values, *kept_params],
         ):
-            for index, window in enumerate(totals):
-                count, total, extra = row[1 + 3 * index : 4 + 3 * index]
-                if count:
-                    window[row[0]] = total if extra is None else total + Decimal(extra).scaleb(9)
+            for index, total, extra in _picked(row, 1, len(windows)):
+                totals[index][row[0]] = total if extra is None else total + Decimal(extra).scaleb(9)
         return totals
 
     def model_points(self, start: datetime, end: datetime) -> list[ModelPoint]:
@@ -1013,7 +1005,7 @@ class Store:
         """
         names = list(ranges)
         inner, values, picks = self._windows_pass(
-            list(ranges.values()), "api_key_id, model, cost_nanos, cost_rest"
+            list(ranges.values()), "api_key_id, model, cost_nanos AS v, cost_rest AS rest"
         )
         key_column, params = "api_key_id", list[object]()
         if keep is not None:
@@ -1021,21 +1013,15 @@ class Store:
                 "CASE WHEN api_key_id IN (SELECT value FROM json_each(?)) THEN api_key_id END"
             )
             params.append(json.dumps(sorted(keep)))
-        sums = ", ".join(
-            f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN cost_nanos END),"
-            f" dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL AND ({pick}))"
-            for pick, _ in picks
-        )
-        params += [p for _, pick_params in picks for p in pick_params * 3]
+        sums, sum_params = _window_sums(picks)
+        params += sum_params
         result: dict[str, list[tuple[str | None, str, Decimal]]] = {name: [] for name in names}
         for row in self._conn.execute(
             f"SELECT {key_column} AS kept, model, {sums} FROM ({inner}) GROUP BY kept, model",
             [*params, *values],
         ):
-            for index, name in enumerate(names):
-                count, nanos, rest = row[2 + 3 * index : 5 + 3 * index]
-                if count:
-                    result[name].append((row[0], row[1], join_nanos(nanos, rest)))
+            for index, nanos, rest in _picked(row, 2, len(names)):
+                result[names[index]].append((row[0], row[1], join_nanos(nanos, rest)))
         return result
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
@@ -1118,6 +1104,29 @@ def _unlock(fd: int | None) -> None:
 
 
 _is_set = partial(is_not, None)  # `x is not None`, without a Python frame per row
+
+
+_MEMBER_COLUMN = {"api_key": "api_key_id", "model": "model", None: "'*'"}  # by → column
+
+
+def _window_sums(picks: list[tuple[str, list[object]]]) -> tuple[str, list[object]]:
+    """Per window of a `_windows_pass`: how many rows it picks, the sum of their ``v`` and
+    the exact sum of their ``rest`` (SQL, and its parameters)."""
+    sql = ", ".join(
+        f"count(CASE WHEN {pick} THEN 1 END), sum(CASE WHEN {pick} THEN v END),"
+        f" dec_sum(rest) FILTER (WHERE rest IS NOT NULL AND ({pick}))"
+        for pick, _ in picks
+    )
+    return sql, [p for _, pick_params in picks for p in pick_params * 3]
+
+
+def _picked(row: Sequence[Any], first: int, windows: int) -> Iterator[tuple[int, Any, Any]]:
+    """(window index, sum, rest) of the windows that picked rows, from a `_window_sums` row
+    whose sums start at column ``first``."""
+    for index in range(windows):
+        count, total, rest = row[first + 3 * index : first + 3 * index + 3]
+        if count:
+            yield index, total, rest
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -88,16 +88,13 @@ class Series:
         """Sum over buckets that start in [start, end)."""
         return _scaled(self.raw_total(ts(start), ts(end)), self.scale)
 
-    def total_ts(self, start: int, end: int) -> Decimal:
-        """`total` with unix-second bounds (hot loops convert their bounds once)."""
-        return _scaled(self.raw_total(start, end), self.scale)
-
     def has_points(self, start: int, end: int) -> bool:
         """Whether any bucket starts in [start, end)."""
         return bisect_left(self.starts, end) > bisect_left(self.starts, start)
 
     def raw_total(self, start: int, end: int) -> Raw:
-        """`total_ts` in the series' own units (no `Decimal` made)."""
+        """The sum over buckets that start in [start, end) (unix seconds), in the series' own
+        units (no `Decimal` made)."""
         lo, hi = bisect_left(self.starts, start), bisect_left(self.starts, end)
         return self._prefix[hi] - self._prefix[lo] if hi > lo else 0
 
