@@ -5,22 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
 
-from daemon import __version__, importer, prometheus_rules
+from daemon import __version__, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from daemon.cycle import CycleResult, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
-from daemon.logs import configure_logging, redactor
-from daemon.money import format_usd
+from daemon.logs import configure_logging, default_log_format, redactor
 from daemon.notify import (
     Sender,
     SlackSender,
@@ -36,13 +37,14 @@ from daemon.report import (
     render_silences,
     spend_report,
 )
-from daemon.rules.durations import format_duration, parse_duration
+from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule, NewMemberRule
 from daemon.rules.usage import expand_members
 from daemon.service import make_client
 from daemon.store import Store, StoreError
 
 Handler = Callable[[argparse.Namespace], int]
+AddCommand = Callable[..., argparse.ArgumentParser]  # `command` in build_parser
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = structlog.get_logger("langdock_budget.cli")
 
@@ -53,30 +55,71 @@ def utc_now() -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, default in _GLOBAL_DEFAULTS.items():
+    for name, default in global_defaults().items():
         if not hasattr(args, name):  # options given neither before nor after the command
             setattr(args, name, default)
     configure_logging(args.log_format, args.log_level)
     handler: Handler = args.handler
-    try:
-        return handler(args)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_OK if args.command == "demo" else EXIT_INTERRUPTED
+    with StopSignals() as stop:
+        try:
+            return handler(args)
+        except ConfigError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return EXIT_CONFIG
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            log.info(
+                "stopped",
+                signal=stop.received,
+                command=args.command,
+                note="stopped before the end; what was already stored is kept",
+            )
+            if stop.received == "SIGTERM" or args.command == "demo":
+                return EXIT_OK  # a requested stop, as `run` exits on SIGTERM
+            return EXIT_INTERRUPTED  # Ctrl-C: 128 + SIGINT, as shells report it
 
 
-# Defaults applied after parsing: `set_defaults` would leak into the shared parent actions.
-_GLOBAL_DEFAULTS = {
-    "config": None,
-    "log_format": os.environ.get("LANGDOCK_BUDGET_LOG_FORMAT", "json"),
-    "log_level": os.environ.get("LANGDOCK_BUDGET_LOG_LEVEL", "info"),
-}
+def global_defaults() -> dict[str, Any]:
+    """Defaults applied after parsing (`set_defaults` would leak into the shared parent
+    actions), read when the command starts: logs are console lines for a person at a terminal,
+    JSON otherwise, unless --log-format or $LANGDOCK_BUDGET_LOG_FORMAT says which."""
+    return {
+        "config": None,
+        "log_format": default_log_format(os.environ.get("LANGDOCK_BUDGET_LOG_FORMAT")),
+        "log_level": os.environ.get("LANGDOCK_BUDGET_LOG_LEVEL", "info"),
+    }
+
+
+class StopSignals:
+    """While a command runs, SIGTERM stops it the way Ctrl-C does: inside `asyncio.run` the
+    running cycle is cancelled at its next await (connections closed, no partial bucket,
+    `demo` removes its store), elsewhere KeyboardInterrupt is raised; `main` then logs one
+    line and exits 0 for SIGTERM, 130 for Ctrl-C. `run` installs its own handlers."""
+
+    def __init__(self) -> None:
+        self.received = "SIGINT"
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+
+    def _on_sigterm(self, _signum: int, frame: FrameType | None) -> None:
+        self.received = "SIGTERM"
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if not callable(on_sigint):  # SIGINT ignored (a background job): stop all the same
+            raise KeyboardInterrupt
+        on_sigint(signal.SIGINT, frame)  # asyncio.run's handler cancels its main task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format",
         choices=("json", "console"),
         default=argparse.SUPPRESS,
-        help="log lines on stderr: json (default) or console",
+        help="log lines on stderr (default: $LANGDOCK_BUDGET_LOG_FORMAT, else console when"
+        " stderr is a terminal, json otherwise)",
     )
     common.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help="log level (default: $LANGDOCK_BUDGET_LOG_LEVEL, else info)",
     )
     parser = argparse.ArgumentParser(
         prog="langdock-budget",
@@ -105,69 +152,99 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        group: Any, name: str, help: str, handler: Handler | None = None
+        group: Any, name: str, help: str, handler: Handler | None = None, *, description: str
     ) -> argparse.ArgumentParser:
-        """A subcommand that takes the common options (and runs ``handler``)."""
-        parser = group.add_parser(name, parents=[common], help=help)
+        """A subcommand that takes the common options (and runs ``handler``); ``help`` is its
+        line in the parent's list, ``description`` what its own --help says."""
+        parser = group.add_parser(name, parents=[common], help=help, description=description)
         if handler is not None:
             parser.set_defaults(handler=handler)
         return parser  # type: ignore[no-any-return]
 
     command(
-        sub, "run", "the daemon: poll, evaluate, publish metrics, notify until stopped", cmd_run
+        sub,
+        "run",
+        "the daemon: poll, evaluate, publish metrics, notify until stopped",
+        cmd_run,
+        description="The daemon: poll Langdock every poll.interval (a backfill first), keep"
+        " the usage in the store, evaluate the rules, send Slack messages through a durable"
+        " outbox and serve /metrics and /healthz, until SIGTERM or SIGINT (exit 0). SIGHUP"
+        " reloads the config and rules, keeping the old ones if the new are invalid.",
     )
-    command(sub, "check", "validate config and rules; no network", cmd_check)
+    command(
+        sub,
+        "check",
+        "validate config and rules; no network",
+        cmd_check,
+        description="Validate the config and its rule files and print what they say, each"
+        " rule expanded over the keys and models in the store; no network. Exit 0 valid, 2"
+        " invalid (one line per problem: file, key, what is wrong, how to fix it).",
+    )
     once = command(
-        sub, "once", "one cycle: fetch, store, evaluate, print a summary; then exit", cmd_once
+        sub,
+        "once",
+        "one cycle: fetch, store, evaluate, print a summary; then exit",
+        cmd_once,
+        description="One cycle, then exit: fetch what is due from Langdock (the first run"
+        " backfills poll.backfill and resumes where it stopped), store it, evaluate every rule,"
+        " send what Slack should hear, and print spend per key and per model and each rule's"
+        " result. Exit 0 when all went well; 1 when a fetch or a Slack notification failed"
+        " (the last line, on stderr, says which and what to do); 2 on a bad config. SIGTERM"
+        " stops it with exit 0, Ctrl-C with 130; what was stored is kept.",
     )
     once.add_argument("--dry-run", action="store_true", help="send no notifications")
-    command(sub, "status", "spend from the store; no network", cmd_status)
     command(
-        sub, "test-alert", "send sample budget and anomaly messages to every route", cmd_test_alert
+        sub,
+        "status",
+        "spend from the store; no network",
+        cmd_status,
+        description="What the store knows, without network and without writing: spend per key"
+        " and per model, the rules' results, active alerts and silences, and when the last"
+        " fetches succeeded.",
+    )
+    command(
+        sub,
+        "test-alert",
+        "send sample budget and anomaly messages to every route",
+        cmd_test_alert,
+        description="Send a sample budget and a sample anomaly message through every Slack"
+        " route of the config and print Slack's answers, to check webhooks, tokens and"
+        " channels before an alert needs them. Exit 0 all sent, 1 a send failed.",
     )
 
-    digest = command(sub, "digest", "the spend digest of the last complete day or week", cmd_digest)
+    digest = command(
+        sub,
+        "digest",
+        "the spend digest of the last complete day or week",
+        cmd_digest,
+        description="Build the spend digest of the last complete day or week (in the"
+        " configured zone) and send it through the Slack outbox, or print it with --dry-run."
+        " The daemon sends digests by itself when the config has a digests section.",
+    )
     digest.add_argument("--period", choices=("day", "week"), default="day")
     digest.add_argument("--dry-run", action="store_true", help="print it; send nothing")
 
-    imports = command(
-        sub, "import", "ingest a per-call CSV from the web UI (Settings > API > Export)", cmd_import
-    )
-    imports.add_argument("file", type=Path, help="the per-call CSV")
-    imports.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    imports.add_argument(
-        "--reconcile",
-        action="store_true",
-        help="compare per-key daily cost with the API-key export; exit 1 on differences",
-    )
-    imports.add_argument(
-        "--tolerance",
-        type=Decimal,
-        default=Decimal("0.01"),
-        help="USD difference per key and day to ignore (default 0.01)",
-    )
+    from daemon.cli_import import add_import_parser
+    from daemon.cli_silence import add_silence_parser
 
-    silence = command(
-        sub, "silence", "keep Slack quiet for a rule (state and metrics still tracked)"
-    )
-    actions = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
-    add = command(actions, "add", "silence a rule (and member)", cmd_silence_add)
-    add.add_argument("--rule", required=True, help="rule name")
-    add.add_argument("--member", help="glob on the key name or id, or the model (default: all)")
-    add.add_argument("--for", dest="duration", required=True, help="how long, e.g. 24h, 3d")
-    add.add_argument("--reason", required=True, help="why (shown in status)")
-    listing = command(actions, "list", "active silences", cmd_silence_list)
-    listing.add_argument("--all", action="store_true", help="include expired ones")
-    expire = command(actions, "expire", "end a silence now", cmd_silence_expire)
-    expire.add_argument("id", type=int)
+    add_import_parser(sub, command)
+    add_silence_parser(sub, command)
 
-    rules = command(sub, "rules", "rule utilities")
+    rules = command(
+        sub,
+        "rules",
+        "rule utilities",
+        description="Tools around the rules of the config.",
+    )
     rule_actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     command(
         rule_actions,
         "export-prometheus",
         "print Prometheus alerting rules equivalent to the budget rules",
         cmd_rules_export,
+        description="Print Prometheus alerting rules (YAML) equivalent to the budget rules,"
+        " over the daemon's own metrics, for teams that route alerts through Alertmanager"
+        " instead of (or besides) Slack.",
     )
 
     from daemon.demo import add_demo_parser
@@ -324,7 +401,47 @@ def cmd_once(args: argparse.Namespace) -> int:
         print(render_cycle(store, config, result, utc_now()))
     finally:
         store.close()
-    return EXIT_OK if result.ok else EXIT_FAILED
+    problems = once_problems(result)
+    for line in problems:
+        print(f"once: {line}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def once_problems(result: CycleResult) -> list[str]:
+    """Why `once` exits 1: one line per part that failed (fetch, notify, store), naming it
+    and what to do; empty when the cycle went well."""
+    lines = []
+    poll, delivery = result.poll, result.delivery
+    if not poll.ok:
+        first = poll.failures[0].message if poll.failures else f"stopped: {poll.aborted}"
+        if poll.aborted in ("auth", "bad_request"):
+            todo = "fix the langdock section of the config as the error says, then run once again"
+        elif poll.aborted == "store":
+            todo = "free disk space or stop the other process holding the store, then run again"
+        else:
+            todo = "what was fetched is stored; run once again later, it fetches what is missing"
+        lines.append(
+            f"fetch failed: {len(poll.failures)} of {poll.planned} buckets not fetched"
+            f" ({first}); {todo}"
+        )
+    if not delivery.ok:
+        if delivery.rejected:
+            todo = (
+                "Slack's answer is in the notification_rejected log line: fix the slack section"
+                " (webhook_url, token, channel) and check it with `langdock-budget test-alert`"
+            )
+        else:
+            todo = "Slack or the network is failing; the next once or run sends what is queued"
+        lines.append(
+            f"notify failed: {delivery.deferred} Slack message(s) queued for retry,"
+            f" {delivery.rejected} rejected; {todo}"
+        )
+    if result.store_error is not None:
+        lines.append(
+            f"store failed: the alert state was not saved ({result.store_error}); free disk"
+            " space or stop the other process holding the store, then run once again"
+        )
+    return lines
 
 
 async def _once(config: Config, store: Store, *, dry_run: bool) -> CycleResult:
@@ -377,17 +494,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         now = utc_now()
         print(render_report(spend_report(store, now, config.tz)))
         print()
-        if config.rules:
-            stored = store.load_alerts()
-            result = evaluate_rules(store, config, now, persist=False)
-            print(render_evaluations(result, config.tz))
-            print()
-            print(render_active(stored, config.tz))
-            print()
+        from daemon.notify import silence_matcher
+        from daemon.report import render_outbox
+        from daemon.rules.lifecycle import AlertState
+
         silences = store.silences(now)
+        key_names = store.api_key_names()
+        labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
+        silenced_key = silence_matcher(silences, key_names, now)
+
+        def silenced(state: AlertState) -> bool:
+            return silenced_key(state.key)
+
+        if config.rules:
+            # one evaluation feeds both tables, so they agree: the alerts as of now
+            result = evaluate_rules(store, config, now, persist=False)
+            print(render_evaluations(result, config.tz, silenced=silenced))
+            print()
+            print(
+                render_active(
+                    result.states,
+                    config.tz,
+                    labels=labels,
+                    silenced=silenced,
+                    warming=result.warming,
+                )
+            )
+            print()
         if silences:
             print(render_silences(silences, config.tz))
             print()
+        waiting = store.outbox_waiting()
+        print(render_outbox(waiting, config.tz, now, labels=labels, silenced=silenced_key))
+        print()
         for export in ("api-keys", "models"):
             last = store.last_success(export)
             age = f"{(now - last).total_seconds() / 60:.0f} min ago" if last else "never"
@@ -423,114 +562,6 @@ def cmd_digest(args: argparse.Namespace) -> int:
         store.close()
     print(f"digest: {report.sent} sent" + ("" if report.ok else ", queued for retry"))
     return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    config = load(args)
-    try:
-        result = importer.read_calls(args.file, config.tz, strict=args.strict)
-    except OSError as exc:
-        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (importer.ImportError_, UnicodeDecodeError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
-    try:
-        written = importer.store_import(store, result, config.tz, utc_now())
-    finally:
-        store.close()
-    print(
-        f"imported {result.rows:,} calls into {result.group_count:,} (hour, key, model)"
-        f" groups; {written} hourly buckets written (hours the API already filled are kept)"
-    )
-    if result.skipped:
-        print(f"skipped {result.skipped:,} bad rows, e.g.:")
-        for line in result.errors:
-            print(f"  {line}")
-    if not args.reconcile or result.first is None or result.last is None:
-        return EXIT_OK
-    return asyncio.run(_reconcile(config, result, args.tolerance))
-
-
-async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:
-    """The file's per-key daily cost next to the API-key export's, day by day."""
-    assert result.first is not None and result.last is not None
-    ours = result.cost_by_key_day(config.tz)
-    days = importer.day_ranges(result.first, result.last, config.tz)
-    differences = 0
-    print(f"reconciling {len(days)} days against the API-key export (tolerance {tolerance} USD)")
-    async with make_client(config) as client:
-        for index, (day, start, end) in enumerate(days):
-            partial = index in (0, len(days) - 1)
-            theirs: dict[str, Decimal] = {}
-            for row in await client.key_usage(start, end):
-                theirs[row.api_key_id] = theirs.get(row.api_key_id, Decimal(0)) + row.cost_usd
-            keys = {k for k, d in ours if d == day} | set(theirs)
-            for key in sorted(keys):
-                mine = ours.get((key, day), Decimal(0))
-                api = theirs.get(key, Decimal(0))
-                if abs(mine - api) > tolerance:
-                    note = " (the file covers part of this day only)" if partial else ""
-                    differences += 0 if partial else 1
-                    print(
-                        f"  {day} {key}: file {format_usd(mine)}, API {format_usd(api)},"
-                        f" difference {format_usd(mine - api)}{note}"
-                    )
-    print(f"{differences} difference(s) above {tolerance} USD on fully covered days")
-    return EXIT_FAILED if differences else EXIT_OK
-
-
-def cmd_silence_add(args: argparse.Namespace) -> int:
-    config = load(args)
-    if args.rule not in {rule.name for rule in config.rules}:
-        names = ", ".join(sorted(rule.name for rule in config.rules)) or "(none)"
-        print(
-            f"error: no rule named {args.rule!r} in {config.source}; rules: {names}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    try:
-        duration = parse_duration(args.duration)
-    except ValueError as exc:
-        print(f"error: --for: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    now = utc_now()
-    store = Store.open(config.state.path, tz=config.tz)
-    try:
-        silence_id = store.add_silence(args.rule, args.member, now, now + duration, args.reason)
-    finally:
-        store.close()
-    until = (now + duration).astimezone(config.tz)
-    print(
-        f"silence {silence_id}: {args.rule}{' / ' + args.member if args.member else ''}"
-        f" until {until:%Y-%m-%d %H:%M %Z}"
-    )
-    return EXIT_OK
-
-
-def cmd_silence_list(args: argparse.Namespace) -> int:
-    config = load(args)
-    if not config.state.path.exists():
-        print("no silences (no store yet)")
-        return EXIT_OK
-    store = Store.open(config.state.path, tz=config.tz)
-    try:
-        print(render_silences(store.silences(utc_now(), include_expired=args.all), config.tz))
-    finally:
-        store.close()
-    return EXIT_OK
-
-
-def cmd_silence_expire(args: argparse.Namespace) -> int:
-    config = load(args)
-    store = Store.open(config.state.path, tz=config.tz)
-    try:
-        ended = store.expire_silence(args.id, utc_now())
-    finally:
-        store.close()
-    print(f"silence {args.id} {'expired' if ended else 'was not active (unknown or already over)'}")
-    return EXIT_OK if ended else EXIT_FAILED
 
 
 def cmd_rules_export(args: argparse.Namespace) -> int:

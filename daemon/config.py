@@ -66,6 +66,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+BACKFILL_PACE_LIMIT = 100  # export calls a minute; above only against a loopback simulator
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,11 +80,25 @@ class LangdockConfig(_Strict):
     timeout: Duration = timedelta(seconds=30)
     max_requests_per_minute: int = Field(default=30, ge=1, le=250)
     max_retries: int = Field(default=5, ge=0, le=20)
+    # the pace while history is being filled (first start, after downtime): a hard cap on
+    # every export call in any 60 s, the poll's included (docs/OPERATIONS.md, "First start")
+    backfill_max_requests_per_minute: int = Field(default=90, ge=1, le=10_000)
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
         return check_url(value.rstrip("/"))
+
+    @model_validator(mode="after")
+    def _polite_backfill(self) -> LangdockConfig:
+        host = urlsplit(self.base_url).hostname or ""
+        if self.backfill_max_requests_per_minute > BACKFILL_PACE_LIMIT and not _is_loopback(host):
+            raise ValueError(
+                f"langdock.backfill_max_requests_per_minute is"
+                f" {self.backfill_max_requests_per_minute}: at most {BACKFILL_PACE_LIMIT}, the"
+                " workspace's 500 calls a minute are shared with its real traffic"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_key(self) -> LangdockConfig:

@@ -17,7 +17,16 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from daemon.config import Config
-from daemon.ingest import PollReport, Progress, poll
+from daemon.coverage import (
+    BackfillProgress,
+    Segment,
+    backfill_progress,
+    fine_start,
+    first_windows,
+    poll_plan,
+    warming_rules,
+)
+from daemon.ingest import PollReport, Progress, load_segments, poll
 from daemon.langdock import LangdockClient
 from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
 from daemon.rules.engine import EngineResult, evaluate, usage_wanted
@@ -38,11 +47,39 @@ from daemon.store import OutboxItem, Store
 log = structlog.get_logger("langdock_budget.cycle")
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """How complete the store's history is at one instant: the backfill's progress, the
+    rules still warming up (with why) and where the hour-by-hour history begins."""
+
+    progress: BackfillProgress
+    warming: dict[str, str]
+    fine_start: datetime | None
+
+
+def readiness(store: Store, config: Config, now: datetime) -> Readiness:
+    tz, backfill = config.tz, config.poll.backfill
+    segments = load_segments(store, now, tz, backfill)
+    keys: list[Segment] = segments["api-keys"]
+    return Readiness(
+        backfill_progress(segments, store.staged_starts(), now, tz, backfill),
+        warming_rules(usage_wanted(config.rules, now, tz), segments, now, tz, backfill),
+        fine_start(keys, now, tz),
+    )
+
+
+def backfill_pace(config: Config, backfilling: bool) -> int:
+    """Export calls a minute: the backfill pace while history is missing, else the poll's."""
+    steady = config.langdock.max_requests_per_minute
+    return max(steady, config.langdock.backfill_max_requests_per_minute) if backfilling else steady
+
+
 @dataclass
 class CycleResult:
     poll: PollReport
     engine: EngineResult
     delivery: DeliveryReport
+    readiness: Readiness | None = None
     store_error: str | None = None
 
     @property
@@ -61,7 +98,9 @@ def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> dat
     return min((need.start for need in usage_wanted(rules, now, tz)), default=now)
 
 
-def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
+def load_usage(
+    store: Store, config: Config, now: datetime, history_start: datetime | None
+) -> UsageIndex:
     """The usage the rules read at ``now`` (see `usage_wanted`): for each distinct selection
     of keys and models, one total per member and budget window (SQLite sums them, whole days
     from the daily sums) or hourly series over the longest range its rules look back, the
@@ -91,7 +130,6 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
             totals[(selection, ts(start), ts(stop))] = (filters[selection], by_member)
     end = bucket_end(now, config.tz)
     oldest = history_needed(config.rules, now, config.tz)
-    history_start = store.history_start()
     return UsageIndex(
         model_points=store.model_points(oldest, end),
         rows=(),
@@ -106,10 +144,8 @@ def load_usage(store: Store, config: Config, now: datetime) -> UsageIndex:
         key_names=key_names,
         history_start=history_start,
         first_seen=store.first_seen(),
-        # the first poll backfills `poll.backfill` up to the hour it started in
-        new_after=history_start + config.poll.backfill + timedelta(hours=1)
-        if history_start is not None
-        else None,
+        # what the first poll found is not new (see Store.start_watching)
+        new_after=store.watch_since(),
     )
 
 
@@ -120,16 +156,21 @@ def evaluate_rules(
     *,
     persist: bool = True,
     console: bool = False,
+    ready: Readiness | None = None,
 ) -> EngineResult:
-    """Evaluate all rules against the store.
+    """Evaluate all rules against the store; rules still warming up (see `readiness`) are
+    shown but cannot fire.
 
     With ``persist`` the new alert states and the notifications about them are saved in one
     transaction; without it (``status``, ``once --dry-run``) nothing is written.
     """
     if not config.rules:
         return EngineResult()
-    usage = load_usage(store, config, now)
-    result = evaluate(config.rules, usage, store.load_alerts(), now, config.tz)
+    ready = ready or readiness(store, config, now)
+    usage = load_usage(store, config, now, ready.fine_start)
+    result = evaluate(
+        config.rules, usage, store.load_alerts(), now, config.tz, warming=ready.warming
+    )
     if not persist:
         return result
     outbox, notified = plan_notifications(store, config, result, now, console=console)
@@ -199,21 +240,36 @@ async def run_cycle(
     on_stored: Callable[[], None] | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> CycleResult:
-    """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs)."""
-    report = await poll(
-        client,
-        store,
-        now=now,
-        tz=config.tz,
-        backfill=config.poll.backfill,
+    """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs).
+
+    The poll fills what the budget and report windows need first (coarsely where it can,
+    see `daemon.coverage`); finer history is the background refiner's (`run` only)."""
+    tz, backfill = config.tz, config.poll.backfill
+    started = now()
+    store.start_watching(started, backfill)
+    segments = load_segments(store, started, tz, backfill)
+    plan = poll_plan(
+        started,
+        tz,
+        backfill=backfill,
         settle_after=config.poll.settle_after,
-        progress=progress,
-        on_stored=on_stored,
+        segments=segments,
+        windows=first_windows(config.rules, started, tz),
     )
+    before = backfill_progress(segments, store.staged_starts(), started, tz, backfill)
+    backfilling = not before.done or any(f.why == "gap" for f in plan)
+    pace = backfill_pace(config, backfilling)
+    if pace >= client.pacer.per_minute or client.pacer.used() < pace:
+        client.pacer.per_minute = pace  # back to the poll's pace once a backfill burst is over
+    report = await poll(client, store, plan, now=now, progress=progress, on_stored=on_stored)
+    at = now()  # the instant this cycle evaluates at
     try:
         if not dry_run:
-            store.refresh_rollups(now())  # sum the days that ended since the last cycle
-        engine = evaluate_rules(store, config, now(), persist=not dry_run, console=console)
+            store.refresh_rollups(at)  # sum the days that ended since the last cycle
+        ready = readiness(store, config, at)
+        engine = evaluate_rules(
+            store, config, at, persist=not dry_run, console=console, ready=ready
+        )
     except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
         log.error(
             "store_write_failed",
@@ -224,4 +280,4 @@ async def run_cycle(
     delivery = DeliveryReport()
     if sender is not None and not dry_run:
         delivery = await deliver(store, sender, now, sleep=sleep)
-    return CycleResult(report, engine, delivery)
+    return CycleResult(report, engine, delivery, ready)

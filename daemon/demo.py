@@ -63,6 +63,10 @@ def add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "demo",
         parents=[common],
         help="run against the bundled Langdock simulator (throw-away store)",
+        description="Run the daemon's cycle in a loop against the bundled Langdock simulator,"
+        " with example budget and anomaly rules and a throw-away store (removed when the demo"
+        " stops: Ctrl-C, SIGTERM or --cycles). Slack messages are printed instead of sent."
+        " Needs no Langdock account, no internet and no config file.",
     )
     demo.add_argument("--interval", default="15s", help="poll interval (default 15s)")
     demo.add_argument("--cycles", type=int, default=0, help="stop after N polls (default: never)")
@@ -85,6 +89,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.cli import EXIT_FAILED, EXIT_OK
 
     return EXIT_OK if asyncio.run(run_demo(args)) else EXIT_FAILED
+
+
+def banner_lines(
+    args: argparse.Namespace,
+    simulator_url: str,
+    store_dir: str,
+    *,
+    metrics_url: str | None = None,
+    health_url: str | None = None,
+) -> list[str]:
+    """What the demo prints before its first poll: where things are and what will happen."""
+    lines = [f"demo: simulator at {simulator_url}, throw-away store in {store_dir}; Ctrl-C stops."]
+    if metrics_url is not None:
+        lines.append(f"demo: Prometheus metrics at {metrics_url}")
+    if health_url is not None:
+        lines.append(f"demo: health check at {health_url}")
+    lines.append(
+        f"demo: polling every {args.interval}; history starts {args.backfill} back (so"
+        f" 'month' is partial); the 'nightly-batch' key starts spiking {args.spike_after} in."
+    )
+    return lines
 
 
 async def run_demo(args: argparse.Namespace) -> bool:
@@ -114,12 +139,7 @@ async def run_demo(args: argparse.Namespace) -> bool:
         )
         config = load_config(path)
         store = Store.open(config.state.path, exclusive=True, tz=config.tz)
-        print(f"demo: simulator at {base_url}, throw-away store in {tmp}; Ctrl-C stops.")
-        print(
-            f"demo: polling every {args.interval}; history starts {args.backfill} back (so"
-            f" 'month' is partial); the 'nightly-batch' key starts spiking {args.spike_after}"
-            " in.\n"
-        )
+        print("\n".join(banner_lines(args, base_url, tmp)) + "\n")
         try:
             async with make_client(config) as client:
                 cycle = 0

@@ -15,6 +15,7 @@ fetches them later, and the API's numbers then replace the import's.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,12 +51,13 @@ class ImportError_(ValueError):
 
 
 def _polars() -> Any:
+    """polars, loaded here only: the daemon and the other commands never pay for it."""
     try:
         import polars
     except ImportError:
         raise ImportError_(
-            "reading per-call files needs the optional CSV engine:"
-            " pip install 'langdock-budget[import]'"
+            "polars, the CSV engine of `import` and a dependency of langdock-budget, is not"
+            " installed: reinstall langdock-budget, or pip install 'polars>=1.20'"
         ) from None
     return polars
 
@@ -109,10 +111,16 @@ class ImportResult:
 def _header(source: Source) -> list[str]:
     """The header row, read with the csv module (byte-order mark and quotes handled)."""
     if isinstance(source, Path):
-        with source.open(encoding="utf-8-sig", newline="") as handle:
-            line = handle.readline()
+        with source.open("rb") as handle:
+            raw = handle.readline()
     else:
-        line = source.split(b"\n", 1)[0].decode("utf-8-sig")
+        raw = source.split(b"\n", 1)[0]
+    try:
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportError_(
+            "per-call CSV: line 1 (the header) is not UTF-8; export it again, or save it as UTF-8"
+        ) from None
     header = next(csv.reader([line]), [])
     if not header:
         raise ImportError_("per-call CSV: the file is empty")
@@ -152,34 +160,106 @@ def _price(text: str) -> Decimal | None:
     return price if price.is_finite() and price >= 0 else None
 
 
-def _problem(row: dict[str, Any]) -> str:
-    """Why a row flagged bad is bad, in words (only for the few rows shown to the user)."""
-    date = (row["date"] or "").strip()
+def _problem(row: dict[str, Any], labels: dict[str, str]) -> str:
+    """Why a row flagged bad is bad, naming the column as the file's header spells it (only
+    for the few rows shown to the user)."""
+
+    def cell(name: str) -> tuple[str, str]:
+        return f"column {labels[name]!r}", (row[name] or "").strip()
+
+    column, date = cell("date")
     if not date:
-        return "empty Date"
+        return f"{column} is empty"
     try:
         _parse_date(date)
     except ValueError as exc:
-        return f"Date {date[:40]!r}: {exc}"
-    if not (row["key_id"] or "").strip() or not (row["model"] or "").strip():
-        return "empty API Key ID or Model"
-    for column, label in (("input", "Input Tokens"), ("output", "Output Tokens")):
-        text = (row[column] or "").strip() or "0"
-        if not text.lstrip("-").isdigit():
-            return f"{label} {text[:40]!r} is not a whole number"
-        if int(text) < 0:
-            return "negative token count"
-    for column in ("input_price", "output_price"):
-        text = (row[column] or "").strip() or "0"
+        return f"{column}: {date[:40]!r} is not a date ({exc})"
+    for name in ("key_id", "model"):
+        column, text = cell(name)
+        if not text:
+            return f"{column} is empty"
+    for name in ("input", "output"):
+        column, text = cell(name)
+        if not (text or "0").lstrip("-").isdigit():
+            return f"{column}: {text[:40]!r} is not a whole number"
+        if int(text or "0") < 0:
+            return f"{column}: {text[:40]!r} is negative"
+    for name in ("input_price", "output_price"):
+        column, text = cell(name)
         if _price(text) is None:
-            return f"invalid price {text[:40]!r}"
+            return f"{column}: {text[:40]!r} is not a price (a number >= 0, USD per 1M tokens)"
     return "unreadable row"
+
+
+def _locate_unreadable(source: Source, header: list[str]) -> str | None:
+    """Where polars gave up on a file, found with the csv module: the first cell that is not
+    UTF-8 or holds a stray double quote, or the quoted cell that never closes; as
+    "line N: column 'X': what is wrong". Only runs on that failure path."""
+    labels = [h.strip().lstrip("\ufeff") for h in header]
+
+    def column(index: int) -> str:
+        return repr(labels[index]) if index < len(labels) else f"#{index + 1} (no header)"
+
+    def lines() -> Any:
+        if isinstance(source, Path):
+            # invalid bytes become lone surrogates, which no valid UTF-8 text decodes to
+            return source.open(encoding="utf-8", errors="surrogateescape", newline="")
+        return io.StringIO(source.decode("utf-8", errors="surrogateescape"), newline="")
+
+    with lines() as handle:
+        reader = csv.reader(handle, strict=True)
+        line = 1  # where the next record starts
+        try:
+            for number, record in enumerate(reader):
+                for index, text in enumerate(record):
+                    where = f"line {line}: column {column(index)}"
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        shown = text.encode("utf-8", errors="surrogateescape")[:40]
+                        return f"{where}: {shown!r} is not UTF-8; save the file as UTF-8"
+                    if number and '"' in text:
+                        return (
+                            f"{where}: a stray double quote in {text[:40]!r} (a cell with"
+                            ' quotes must be quoted whole, its quotes doubled: "a ""b""")'
+                        )
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            error = str(exc)
+        else:
+            return None
+    with lines() as handle:
+        first = next((text for number, text in enumerate(handle, 1) if number == line), "")
+    return (
+        f"line {line}: column {column(_bad_quote_cell(first))}: {error} (a quoted cell that"
+        " is never closed, or text after its closing quote?)"
+    )
+
+
+def _bad_quote_cell(line: str) -> int:
+    """The index of the cell where a record's first line breaks the quoting rules: text after
+    a closing quote, or a quote still open at the end of the line."""
+    index, state = 0, "start"  # start | plain | quoted | closed (a quote just closed)
+    for char in line.rstrip("\r\n"):
+        if state == "quoted":
+            state = "closed" if char == '"' else state
+        elif state == "closed" and char not in '",':
+            return index
+        elif char == ",":
+            index, state = index + 1, "start"
+        elif char == '"' and state in ("start", "closed"):
+            state = "quoted"  # an opening quote, or the second of a doubled one
+        else:
+            state = "plain"
+    return index
 
 
 def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportResult:
     """Aggregate a per-call CSV into priced hourly (key, model) groups."""
     pl = _polars()
-    wanted = _header_map(_header(source))
+    header = _header(source)
+    wanted = _header_map(header)
+    labels = {name: header[index].strip().lstrip("\ufeff") for name, index in wanted.items()}
     order = sorted(wanted, key=wanted.__getitem__)
     try:
         raw = pl.read_csv(
@@ -192,6 +272,9 @@ def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportR
             encoding="utf8",
         )
     except Exception as exc:  # polars' own error types: not UTF-8, broken quoting, ...
+        where = _locate_unreadable(source, header)
+        if where is not None:
+            raise ImportError_(f"per-call CSV: unreadable: {where}") from None
         first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise ImportError_(f"per-call CSV: unreadable ({first_line})") from None
     raw = raw.rename(dict(zip(raw.columns, order, strict=True)))  # selected, in file order
@@ -335,7 +418,9 @@ def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportR
     result = ImportResult(scale=6 + decimals)
     result.rows, result.skipped = (int(n) for n in counts.row(0))
     if result.skipped:
-        shown = [f"line {row['line']}: {_problem(row)}" for row in flagged.iter_rows(named=True)]
+        shown = [
+            f"line {row['line']}: {_problem(row, labels)}" for row in flagged.iter_rows(named=True)
+        ]
         if strict:
             raise ImportError_(f"per-call CSV: {shown[0]}; fix the row or drop --strict")
         result.errors = shown

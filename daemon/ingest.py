@@ -1,56 +1,34 @@
-"""The ingestion plan and the poll that carries it out.
-
-Usage is kept in buckets (local hours of the configured zone). A poll fetches, for each of the
-two exports, only the buckets that are not settled yet:
-
-* the running bucket (every poll: it is still growing);
-* a complete bucket never fetched (backfill, or a gap after downtime);
-* a complete bucket last fetched while it was still running (once, right after it ends);
-* a complete bucket not yet fetched ``settle_after`` past its end (once, for late data).
-
-So a steady-state poll makes 2 export calls, at most 4 when an hour just ended, however many
-rules or windows there are: every window is a sum over stored buckets.
+"""Carrying out fetch plans: each `Fetch` (see `daemon.coverage`) is one export call whose
+rows replace their range in the store, or wait in its staging area when they refine a
+coarse range. `poll` runs the cycle's plan; the background refiner (`daemon.refine`) runs
+its own plan one fetch at a time through `fetch_into`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
 
-from daemon.langdock import ExportKind, LangdockClient, LangdockError, TransientError
-from daemon.rules.windows import Period, buckets
+from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, horizon
+from daemon.langdock import LangdockClient, LangdockError, TransientError
+from daemon.rules.windows import Period
 from daemon.store import Store
 
-EXPORTS: tuple[ExportKind, ...] = ("api-keys", "models")
 Progress = Callable[[int, int], None]
 log = structlog.get_logger("langdock_budget.ingest")
 
 
-def plan_buckets(
-    now: datetime,
-    tz: ZoneInfo,
-    backfill: timedelta,
-    settle_after: timedelta,
-    fetched: dict[datetime, datetime],
-) -> list[Period]:
-    """Buckets of one export to fetch at ``now``, newest first (see the module docstring)."""
-    due = []
-    for bucket in buckets(now - backfill, now, tz):
-        last = fetched.get(bucket.start)
-        if (
-            bucket.end > now
-            or last is None
-            or last < bucket.end
-            or (last < bucket.end + settle_after <= now)
-        ):
-            due.append(bucket)
-    due.reverse()
-    return due
+def load_segments(
+    store: Store, now: datetime, tz: ZoneInfo, backfill: timedelta
+) -> dict[ExportKind, list[Segment]]:
+    """Every stored range of both exports that reaches into the backfill."""
+    since = horizon(now, tz, backfill)
+    return {export: store.segments(export, since) for export in EXPORTS}
 
 
 @dataclass
@@ -82,36 +60,28 @@ class PollReport:
 async def poll(
     client: LangdockClient,
     store: Store,
+    plan: Sequence[Fetch],
     *,
     now: Callable[[], datetime],
-    tz: ZoneInfo,
-    backfill: timedelta,
-    settle_after: timedelta,
     progress: Progress | None = None,
     on_stored: Callable[[], None] | None = None,
 ) -> PollReport:
-    """Fetch every due bucket of both exports into the store; never raises on remote errors.
+    """Carry out ``plan`` (newest first) into the store; never raises on remote errors.
 
-    Data problems of one bucket are recorded and the poll goes on; an authentication error,
+    Data problems of one range are recorded and the poll goes on; an authentication error,
     exhausted retries or a store failure end the poll early (the next poll tries again).
     """
     started = now()
     report = PollReport(started=started)
     wall = time.perf_counter()
     calls_before = client.requests_sent
-    work: list[tuple[Period, ExportKind]] = []
-    for export in EXPORTS:
-        fetched = store.fetched_segments(export, started - backfill - timedelta(hours=2))
-        work += [(b, export) for b in plan_buckets(started, tz, backfill, settle_after, fetched)]
-    work.sort(
-        key=lambda item: item[0].start, reverse=True
-    )  # newest first: current windows fill first
-    report.planned = len(work)
-    log.info("poll_started", due_buckets=len(work))
-    for done, (bucket, export) in enumerate(work, start=1):
+    report.planned = len(plan)
+    log.info("poll_started", due_buckets=len(plan))
+    for done, fetch in enumerate(plan, start=1):
+        export, bucket = fetch.export, _period(fetch)
         began = time.perf_counter()
         try:
-            report.rows += await _fetch_bucket(client, store, export, bucket, now)
+            report.rows += await fetch_into(client, store, fetch, now)
             report.fetched += 1
             report.export_ok_at[export] = now()
             if on_stored is not None:
@@ -145,7 +115,7 @@ async def poll(
                 report.export_seconds.get(export, 0.0) + time.perf_counter() - began
             )
         if progress is not None:
-            progress(done, len(work))
+            progress(done, len(plan))
     report.calls = client.requests_sent - calls_before
     report.seconds = time.perf_counter() - wall
     log.info(
@@ -161,18 +131,21 @@ async def poll(
     return report
 
 
-async def _fetch_bucket(
-    client: LangdockClient,
-    store: Store,
-    export: ExportKind,
-    bucket: Period,
-    now: Callable[[], datetime],
+async def fetch_into(
+    client: LangdockClient, store: Store, fetch: Fetch, now: Callable[[], datetime]
 ) -> int:
-    if export == "api-keys":
-        key_rows = await client.key_usage(bucket.start, bucket.end)
-        return store.replace_key_usage(bucket.start, bucket.end, key_rows, now())
-    model_rows = await client.model_usage(bucket.start, bucket.end)
-    return store.replace_model_usage(bucket.start, bucket.end, model_rows, now())
+    """One export call into the store; returns the row count. Raises `LangdockError`."""
+    if fetch.export == "api-keys":
+        key_rows = await client.key_usage(fetch.start, fetch.end)
+        if fetch.staged:
+            return store.stage_key_usage(fetch.start, fetch.end, key_rows, now())
+        return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
+    model_rows = await client.model_usage(fetch.start, fetch.end)
+    return store.replace_model_usage(fetch.start, fetch.end, model_rows, now())
+
+
+def _period(fetch: Fetch) -> Period:
+    return Period(fetch.start.isoformat(), fetch.start, fetch.end)
 
 
 def _record(store: Store, failure: FetchFailure, at: datetime) -> None:

@@ -5,6 +5,15 @@ their zone) answered with a signed ``downloadUrl``; the CSV behind it is fetched
 HTTP client that never carries the API key, streamed to a spooled temporary file, parsed, and
 checked against ``recordCount`` before anything is returned. The caller gets all rows of a
 range or an exception: never a partial result.
+
+Retries (tenacity, ``docs/DESIGN.md`` "Retries"): one export may be tried
+``max_retries + 1`` times in all. An attempt is a POST and its download; a 429, a 5xx, a
+timeout or a broken connection on either, or a file shorter than ``recordCount``, fails the
+attempt, and the next one starts with a fresh export (new POST, new ``downloadUrl``) after a
+backoff (``Retry-After`` when given, else exponential with jitter). An expired signed URL gets
+one fresh export at once. Auth errors, bad requests and files that do not parse are not
+retried. Every POST passes the shared ``Pacer``; downloads go to storage, not to the API, and
+do not.
 """
 
 from __future__ import annotations
@@ -14,10 +23,11 @@ import functools
 import io
 import json
 import random
+import re
 import ssl
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -27,6 +37,8 @@ from zoneinfo import ZoneInfo
 
 import certifi
 import httpx
+import structlog
+import tenacity
 
 from daemon import __version__
 from daemon.exports import (
@@ -36,16 +48,39 @@ from daemon.exports import (
     parse_key_usage,
     parse_model_usage,
 )
+from daemon.pacing import Clock, Pacer, Sleep
+
+__all__ = [
+    "AuthError",
+    "BadRequestError",
+    "Clock",
+    "DataError",
+    "ExportKind",
+    "LangdockClient",
+    "LangdockError",
+    "Pacer",
+    "Sleep",
+    "TransientError",
+    "export_body",
+    "export_endpoint",
+    "wall_clock",
+]
 
 ExportKind = Literal["api-keys", "models"]
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 T = TypeVar("T")
 
 _UTC_ZONE = ZoneInfo("UTC")
 _MAX_BACKOFF = 120.0
 _MAX_RETRY_AFTER = 300.0
 _SPOOL_BYTES = 8 * 1024 * 1024
+_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
+log = structlog.get_logger("langdock_budget.langdock")
+
+
+async def default_sleep(seconds: float) -> None:
+    """The client's sleep when none is given; looked up when a client is made, so a test
+    that runs the real command line can replace it (``monkeypatch.setattr``)."""
+    await asyncio.sleep(seconds)
 
 
 class LangdockError(Exception):
@@ -68,19 +103,38 @@ class BadRequestError(LangdockError):
 
 
 class TransientError(LangdockError):
-    """Retries were exhausted on 429, 5xx, timeouts or connection errors."""
+    """Retries were exhausted on 429, 5xx, timeouts or broken connections (of the export
+    POST or of the download): Langdock or its storage is unavailable; the poll stops."""
 
 
 class DataError(LangdockError):
-    """The export answered, but its file is unusable (truncated, malformed, short)."""
+    """The export answered, but its file is unusable (malformed, short after every retry)."""
 
 
 class _TooLarge(Exception):
     pass
 
 
-class _UrlExpired(Exception):
-    pass
+class _Retry(Exception):
+    """One attempt failed in a way a fresh export may fix (internal: tenacity retries it).
+
+    ``problem`` says what failed and where (no secrets), ``fix`` what happens or what to do
+    when no attempt is left; ``final`` is the error raised then. ``wait`` overrides the
+    backoff (``Retry-After``; 0 for an expired URL).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        problem: str,
+        fix: str,
+        *,
+        final: type[LangdockError] = TransientError,
+        wait: float | None = None,
+    ) -> None:
+        super().__init__(problem)
+        self.reason, self.problem, self.fix = reason, problem, fix
+        self.final, self.wait = final, wait
 
 
 @dataclass(frozen=True)
@@ -89,37 +143,11 @@ class _ExportInfo:
     record_count: int | None
 
 
-class TokenBucket:
-    """Client-side pacing: at most ``per_minute`` requests a minute, ``burst`` at once."""
+@dataclass
+class _Attempts:
+    """What the attempts of one export have seen so far."""
 
-    def __init__(
-        self,
-        per_minute: float,
-        burst: int = 3,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self._clock, self._sleep = clock, sleep
-        self._last = clock()
-        self._lock = asyncio.Lock()
-        self.waited = 0.0
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self.tokens >= 1 - 1e-9:  # tolerate float rounding of the refill
-                    self.tokens = max(0.0, self.tokens - 1)
-                    return
-                wait = (1 - self.tokens) / self.rate
-                self.waited += wait
-                await self._sleep(wait)
+    expired: int = 0
 
 
 def wall_clock(instant: datetime, zone: ZoneInfo) -> str:
@@ -157,16 +185,29 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), _MAX_RETRY_AFTER)
 
 
-def _error_text(response: httpx.Response) -> str:
+def one_line(text: str) -> str:
+    """``text`` on one line, every URL without its query (a signed URL's query is its
+    signature): for error messages built from what a server or a file said."""
+    return _URL_QUERY.sub(r"\1", " ".join(text.split()))
+
+
+def _error_text(response: httpx.Response, secret: str = "") -> str:
+    """What an error answer says, on one line, short, without ``secret`` or URL queries (the
+    secret is removed before anything is cut, so no part of it can be left)."""
     try:
         payload = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:200].strip()
-    if isinstance(payload, dict):
-        for key in ("error", "message", "detail"):
-            if payload.get(key):
-                return str(payload[key])[:300]
-    return str(payload)[:200]
+        raw, limit = response.text, 200
+    else:
+        raw, limit = str(payload), 200
+        if isinstance(payload, dict):
+            for key in ("error", "message", "detail"):
+                if payload.get(key):
+                    raw, limit = str(payload[key]), 300
+                    break
+    if secret:
+        raw = raw.replace(secret, "[redacted]")
+    return one_line(raw)[:limit]
 
 
 def _safe_url(url: str) -> str:
@@ -183,7 +224,12 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class LangdockClient:
-    """Fetches exports with pacing, bounded retries, splitting and download checks."""
+    """Fetches exports with pacing, bounded retries, splitting and download checks.
+
+    ``pacer`` may be shared by several clients (a foreground poll and a background backfill);
+    ``reserve`` is passed to each of this client's ``Pacer.acquire`` calls. Without a pacer
+    the client makes its own, ``max_requests_per_minute`` calls in any 60 s.
+    """
 
     def __init__(
         self,
@@ -191,19 +237,27 @@ class LangdockClient:
         api_key: str,
         *,
         timeout: float = 30.0,
-        max_requests_per_minute: float = 30.0,
+        max_requests_per_minute: int = 30,
         max_retries: int = 5,
         request_zone: ZoneInfo = _UTC_ZONE,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
+        reserve: int = 0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.request_zone = request_zone
         self.max_retries = max_retries
-        self._sleep = sleep
+        self.reserve = reserve
+        self._sleep: Sleep = sleep if sleep is not None else default_sleep
         self._rng = rng or random.Random()
-        self.bucket = TokenBucket(max_requests_per_minute, clock=clock, sleep=sleep)
+        self.pacer = (
+            pacer
+            if pacer is not None
+            else Pacer(max(1, int(max_requests_per_minute)), clock=clock, sleep=self._sleep)
+        )
+        self._api_key = api_key
         headers = {"User-Agent": f"langdock-budget/{__version__}", "Accept": "application/json"}
         tls = _tls_context()
         self._api = httpx.AsyncClient(
@@ -219,7 +273,7 @@ class LangdockClient:
             follow_redirects=False,
             verify=tls,
         )
-        self.requests_sent = 0
+        self.requests_sent = 0  # export POSTs, retries included (downloads are not counted)
 
     async def aclose(self) -> None:
         await self._api.aclose()
@@ -251,6 +305,11 @@ class LangdockClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _clean(self, text: str) -> str:
+        """Server or file text for an error message: one line, no URL query, no API key."""
+        text = one_line(text)
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
     async def _export(
         self,
         kind: ExportKind,
@@ -280,136 +339,223 @@ class LangdockClient:
         parse: Callable[[IO[str]], list[T]],
         extra: dict[str, str],
     ) -> list[T]:
+        """One export of [start, end), tried up to ``max_retries + 1`` times (POST failures
+        and download failures share that budget), each try with a fresh ``downloadUrl``."""
         body = export_body(start, end, self.request_zone, **extra)
-        for fresh_url_attempt in range(2):
-            info = await self._request_export(kind, body)
-            if info is None:
-                return []
-            try:
-                return await self._download_rows(kind, info, parse)
-            except _UrlExpired:
-                if fresh_url_attempt == 1:
-                    raise DataError(
-                        f"{kind} export: the signed download URL was refused twice (expired or"
-                        " forbidden); check the machine clock and retry next poll",
-                        reason="download_expired",
-                    ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        attempts = self.max_retries + 1
+        seen = _Attempts()
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.info(
+                "export_retry",
+                export=kind,
+                attempt=state.attempt_number,
+                attempts=attempts,
+                reason=getattr(exc, "reason", "error"),
+                error=str(exc),
+                wait_s=round(state.upcoming_sleep, 3),
+            )
+
+        retrying = tenacity.AsyncRetrying(
+            sleep=self._sleep,
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=self._backoff,
+            retry=tenacity.retry_if_exception_type(_Retry),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            rows: list[T] = await retrying(self._attempt, kind, body, parse, seen)
+        except _Retry as exc:
+            raise exc.final(
+                f"{kind} export: {exc.problem} after {attempts} attempts; {exc.fix}",
+                reason=exc.reason,
+            ) from None
+        return rows
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        """Seconds before the next attempt: what the server asked for (``Retry-After``,
+        capped at 5 minutes), else exponential (1, 2, 4 ... 120 s) times a jitter of 0.5-1.5."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _Retry) and exc.wait is not None:
+            return exc.wait
+        return min(_MAX_BACKOFF, 2.0 ** (state.attempt_number - 1)) * self._rng.uniform(0.5, 1.5)
+
+    async def _attempt(
+        self,
+        kind: ExportKind,
+        body: dict[str, object],
+        parse: Callable[[IO[str]], list[T]],
+        seen: _Attempts,
+    ) -> list[T]:
+        info = await self._request_export(kind, body)
+        if info is None:
+            return []
+        return await self._download_rows(kind, info, parse, seen)
 
     async def _request_export(
         self, kind: ExportKind, body: dict[str, object]
     ) -> _ExportInfo | None:
+        """One paced POST: the download info, None for "No data found", or an exception."""
         url = export_endpoint(self.base_url, kind)
-        last_problem = ""
-        reason = "server"
-        for attempt in range(self.max_retries + 1):
-            await self.bucket.acquire()
-            self.requests_sent += 1
-            wait: float | None = None
-            try:
-                response = await self._api.post(url, json=body)
-            except httpx.TimeoutException:
-                reason, last_problem = "timeout", "timed out"
-            except httpx.TransportError as exc:
-                reason, last_problem = "connect", f"connection failed ({type(exc).__name__})"
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._parse_info(kind, response)
-                text = _error_text(response)
-                if status == 404 and "no data" in text.lower():
-                    return None
-                if status == 400 and "too large" in text.lower():
-                    raise _TooLarge(text)
-                if status in (401, 403):
-                    raise AuthError(
-                        f"{kind} export: HTTP {status} ({text}): the Langdock API key is wrong or"
-                        " lacks the USAGE_EXPORT_API scope; create one as a workspace admin"
-                    )
-                if status == 429 or status >= 500:
-                    reason = "rate_limited" if status == 429 else "server"
-                    last_problem = f"HTTP {status} ({text})"
-                    wait = _retry_after(response)
-                else:
-                    hint = (
-                        "check langdock.base_url (a dedicated deployment ends in /api/public)"
-                        if status == 404
-                        else "this is a bug or an API change; please report it"
-                    )
-                    raise BadRequestError(f"{kind} export: HTTP {status} ({text}); {hint}")
-            if attempt == self.max_retries:
-                break
-            if wait is None:
-                wait = min(_MAX_BACKOFF, 2.0**attempt) * self._rng.uniform(0.5, 1.5)
-            await self._sleep(wait)
-        raise TransientError(
-            f"{kind} export: {last_problem} after {self.max_retries + 1} attempts;"
-            " will retry next poll",
-            reason=reason,
+        fix = (
+            "Langdock is unavailable or rate-limiting this workspace; nothing stored, the next"
+            " poll retries (langdock.max_retries sets the attempts)"
         )
+        await self.pacer.acquire(self.reserve)
+        self.requests_sent += 1
+        try:
+            response = await self._api.post(url, json=body)
+        except httpx.TimeoutException:
+            raise _Retry("timeout", f"POST {url} timed out", fix) from None
+        except httpx.TransportError as exc:
+            raise _Retry(
+                "connect", f"POST {url} failed to connect ({type(exc).__name__})", fix
+            ) from None
+        status = response.status_code
+        if status == 200:
+            return self._parse_info(kind, response)
+        text = _error_text(response, self._api_key)
+        if status == 404 and "no data" in text.lower():
+            return None
+        if status == 400 and "too large" in text.lower():
+            raise _TooLarge(text)
+        if status in (401, 403):
+            raise AuthError(
+                f"{kind} export: POST {url} answered HTTP {status} ({text}): the Langdock API"
+                " key is wrong or lacks the USAGE_EXPORT_API scope; create one as a workspace"
+                " admin"
+            )
+        if status == 429 or status >= 500:
+            raise _Retry(
+                "rate_limited" if status == 429 else "server",
+                f"POST {url} answered HTTP {status} ({text})",
+                fix,
+                wait=_retry_after(response),
+            )
+        hint = (
+            "check langdock.base_url (a dedicated deployment ends in /api/public)"
+            if status == 404
+            else "this is a bug or an API change; please report it"
+        )
+        raise BadRequestError(f"{kind} export: POST {url} answered HTTP {status} ({text}); {hint}")
 
     def _parse_info(self, kind: ExportKind, response: httpx.Response) -> _ExportInfo:
+        where = str(response.request.url)
         try:
             payload = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise DataError(
-                f"{kind} export: HTTP 200 but the body is not JSON", "bad_response"
+                f"{kind} export: POST {where} answered HTTP 200 but the body is not JSON;"
+                " a proxy may be answering instead of Langdock, check langdock.base_url",
+                "bad_response",
             ) from None
         if not isinstance(payload, dict) or payload.get("success") is not True:
-            detail = _error_text(response)
+            detail = _error_text(response, self._api_key)
             raise DataError(
-                f"{kind} export: Langdock answered success=false ({detail})", "unsuccessful"
+                f"{kind} export: Langdock answered success=false ({detail}) to POST {where};"
+                " nothing stored, the next poll retries",
+                "unsuccessful",
             )
         data = payload.get("data") or {}
         url = data.get("downloadUrl") if isinstance(data, dict) else None
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise DataError(f"{kind} export: the answer has no usable downloadUrl", "bad_response")
+            raise DataError(
+                f"{kind} export: the answer to POST {where} has no usable downloadUrl;"
+                " this is a bug or an API change, please report it",
+                "bad_response",
+            )
         count = data.get("recordCount")
         return _ExportInfo(
             url, int(count) if isinstance(count, int | str) and str(count).isdigit() else None
         )
 
     async def _download_rows(
-        self, kind: ExportKind, info: _ExportInfo, parse: Callable[[IO[str]], list[T]]
+        self,
+        kind: ExportKind,
+        info: _ExportInfo,
+        parse: Callable[[IO[str]], list[T]],
+        seen: _Attempts,
     ) -> list[T]:
         where = _safe_url(info.download_url)
+        retry_fix = (
+            "the storage behind Langdock's downloadUrl is failing; nothing stored, the next"
+            " poll retries"
+        )
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
             try:
                 async with self._download.stream("GET", info.download_url) as response:
-                    if response.status_code in (401, 403, 410) or (
-                        response.status_code == 400 and b"expired" in await response.aread()
+                    status = response.status_code
+                    if status in (401, 403, 410) or (
+                        status == 400 and b"expired" in await response.aread()
                     ):
-                        raise _UrlExpired()
-                    if response.status_code != 200:
+                        seen.expired += 1
+                        problem = (
+                            f"the signed download URL {where} was refused (HTTP {status}:"
+                            " expired or forbidden)"
+                        )
+                        fix = "check the machine clock (NTP); nothing stored, the next poll retries"
+                        if seen.expired > 1:  # a fresh URL did not help: not a passing glitch
+                            raise DataError(
+                                f"{kind} export: {problem} twice, the second time right after"
+                                f" a fresh export; {fix}",
+                                "download_expired",
+                            )
+                        raise _Retry("download_expired", problem, fix, final=DataError, wait=0.0)
+                    if status == 429 or status >= 500:
+                        raise _Retry(
+                            "download",
+                            f"download from {where} answered HTTP {status}",
+                            retry_fix,
+                            wait=_retry_after(response),
+                        )
+                    if status != 200:
+                        what = " (a redirect; not followed)" if 300 <= status < 400 else ""
                         raise DataError(
-                            f"{kind} export: download from {where} failed with HTTP"
-                            f" {response.status_code}; will retry next poll",
+                            f"{kind} export: download from {where} answered HTTP {status}{what};"
+                            " nothing stored, the next poll retries; the signed URL must be"
+                            " fetched directly, check proxies between the daemon and storage",
                             "download",
                         )
                     async for chunk in response.aiter_bytes():
                         spool.write(chunk)
             except httpx.HTTPError as exc:
-                raise DataError(
-                    f"{kind} export: download from {where} broke off ({type(exc).__name__});"
-                    " nothing stored, will retry next poll",
+                raise _Retry(
                     "download",
+                    f"download from {where} broke off ({type(exc).__name__})",
+                    retry_fix,
                 ) from None
             spool.seek(0)
             text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")
             try:
                 rows = parse(text)
             except ExportFormatError as exc:
-                raise DataError(f"{exc}; nothing stored", "parse") from None
+                raise DataError(
+                    f"{self._clean(str(exc))} (file from {where}); nothing stored; Langdock's"
+                    " export format changed or the file is damaged, report it if it persists",
+                    "parse",
+                ) from None
             except UnicodeDecodeError:
                 raise DataError(
-                    f"{kind} export: the file is not UTF-8 text; nothing stored", "parse"
+                    f"{kind} export: the file from {where} is not UTF-8 text; nothing stored;"
+                    " report it if it persists",
+                    "parse",
                 ) from None
             finally:
                 text.detach()
-        if info.record_count is not None and len(rows) != info.record_count:
-            raise DataError(
-                f"{kind} export: file has {len(rows)} rows but Langdock announced"
-                f" {info.record_count} (truncated download); nothing stored, will retry",
+        if info.record_count is not None and len(rows) < info.record_count:
+            raise _Retry(
                 "truncated",
+                f"the file from {where} has {len(rows)} rows but Langdock announced"
+                f" {info.record_count} (truncated download)",
+                "nothing stored, the next poll retries",
+                final=DataError,
+            )
+        if info.record_count is not None and len(rows) > info.record_count:
+            raise DataError(
+                f"{kind} export: the file from {where} has {len(rows)} rows but Langdock"
+                f" announced only {info.record_count}; nothing stored; report it if it persists",
+                "count_mismatch",
             )
         return rows

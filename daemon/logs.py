@@ -50,6 +50,18 @@ class SecretRedactor:
 redactor = SecretRedactor()
 
 
+def default_log_format(env: str | None = None, stream: Any = None) -> LogFormat:
+    """``$LANGDOCK_BUDGET_LOG_FORMAT`` when set, else console lines for a person at a
+    terminal and JSON for everything else (journald, containers, files, pipes)."""
+    if env == "console" or env == "json":
+        return "console" if env == "console" else "json"
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "console" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "json"
+
+
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     """Looks ``sys.stderr`` up at logging time, so a replaced stderr (tests) is honoured."""
     return structlog.PrintLogger(sys.stderr)

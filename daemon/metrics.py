@@ -72,6 +72,8 @@ class Snapshot:
     outbox_pending: int = 0
     store_bytes: int = 0
     stats: Stats = field(default_factory=Stats)
+    ready: tuple[tuple[str, bool], ...] = ()  # rule, history complete (not warming up)
+    backfill: tuple[int, int] | None = None  # buckets in hour by hour, buckets in all
 
     @cached_property
     def series_text(self) -> str:
@@ -232,6 +234,26 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "langdock_outbox_pending", "Notifications waiting for Slack", value=snap.outbox_pending
         )
+        ready = GaugeMetricFamily(
+            "langdock_rule_ready",
+            "1 when the rule's history is complete, 0 while it warms up (it cannot fire)",
+            labels=["rule"],
+        )
+        for rule, ok in snap.ready:
+            ready.add_metric([rule], 1 if ok else 0)
+        yield ready
+        if snap.backfill is not None:
+            fine, total = snap.backfill
+            yield GaugeMetricFamily(
+                "langdock_backfill_progress_ratio",
+                "Share of the backfill's buckets (both exports) stored hour by hour",
+                value=fine / total if total else 1.0,
+            )
+            yield GaugeMetricFamily(
+                "langdock_backfill_remaining_buckets",
+                "Buckets of the backfill still to fetch hour by hour",
+                value=total - fine,
+            )
         info = GaugeMetricFamily(
             "langdock_budget_daemon_build_info", "Version of the daemon", labels=["version"]
         )

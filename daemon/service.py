@@ -12,18 +12,22 @@ protocol (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config
-from daemon.cycle import CycleResult, history_needed, run_cycle
+from daemon.coverage import BackfillProgress
+from daemon.cycle import CycleResult, Readiness, history_needed, run_cycle
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.langdock import LangdockClient
 from daemon.logs import redactor
@@ -38,6 +42,8 @@ from daemon.metrics import (
     firing_series,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
+from daemon.pacing import Pacer
+from daemon.refine import Refiner
 from daemon.report import window_ranges
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.store import Store
@@ -52,14 +58,22 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def make_client(config: Config) -> LangdockClient:
+def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) -> LangdockClient:
     return LangdockClient(
         config.langdock.base_url,
         config.api_key(),
         timeout=config.langdock.timeout.total_seconds(),
         max_requests_per_minute=config.langdock.max_requests_per_minute,
         max_retries=config.langdock.max_retries,
+        request_zone=config.tz,
+        pacer=pacer,
+        reserve=reserve,
     )
+
+
+def poll_reserve(config: Config) -> int:
+    """Calls a minute the background backfill leaves to the poll (a poll makes 2-4)."""
+    return min(10, config.langdock.backfill_max_requests_per_minute // 3)
 
 
 def make_sender(config: Config) -> Sender | None:
@@ -73,8 +87,20 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.store = store
-        self.client = make_client(config)
+        self.pacer = Pacer(config.langdock.max_requests_per_minute)
+        self.client = make_client(config, self.pacer)
+        self.background = make_client(config, self.pacer, poll_reserve(config))
         self.sender = make_sender(config)
+        self.idle = asyncio.Event()  # set while no cycle runs: the refiner waits for it
+        self.idle.set()
+        self.refiner = Refiner(
+            store, lambda: self.config, lambda: self.background, utc_now, self.idle
+        )
+        self.refine_task: asyncio.Task[None] | None = None
+        self.cycle_task: asyncio.Task[Any] | None = None
+        self.readiness: Readiness | None = None
+        self.progress: BackfillProgress | None = None
+        self.refiner.on_progress = self._progressed
         self.stats = Stats()
         self.collector = SnapshotCollector()
         self.lock = asyncio.Lock()
@@ -121,12 +147,18 @@ class Daemon:
                 lambda: notify("WATCHDOG=1"), "interval", id="watchdog", seconds=interval
             )
         self.scheduler.start()
+        self.refine_task = asyncio.get_running_loop().create_task(self.refiner.run())
         notify("READY=1\nSTATUS=started; first poll running")
 
     async def stop(self) -> None:
         notify("STOPPING=1")
-        log.info("daemon_stopping")
         self.scheduler.shutdown(wait=False)
+        if self.refine_task is not None:
+            self.refine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.refine_task
+        if self.cycle_task is not None and not self.cycle_task.done():
+            self.cycle_task.cancel()  # a long first poll: what is stored stays, the rest resumes
         try:
             await asyncio.wait_for(self.lock.acquire(), STOP_TIMEOUT)
         except TimeoutError:
@@ -141,20 +173,35 @@ class Daemon:
             finally:
                 self.lock.release()
         await self.client.aclose()
+        await self.background.aclose()
         if self.server is not None:
             self.server.stop()
+        progress = self.progress
         self.store.close()
-        log.info("daemon_stopped")
+        log.info(
+            "daemon_stopped",
+            backfill=progress.describe(self.pacer.per_minute) if progress else None,
+        )
 
     def health(self) -> tuple[bool, dict[str, object]]:
+        """200 while the last poll is fresh; the body says "backfilling" or "ready"."""
         window = 3 * self.config.poll.interval.total_seconds()
         last = self.stats.last_fetch_success
         age = time.time() - last if last else None
         ok = age is not None and age <= window
-        return ok, {
+        ready, progress = self.readiness, self.progress
+        state = "starting" if ready is None or progress is None else "ready"
+        if ready is not None and progress is not None and (ready.warming or not progress.done):
+            state = "backfilling"
+        body: dict[str, object] = {
+            "state": state,
             "last_success_age_s": None if age is None else round(age, 1),
             "max_age_s": window,
         }
+        if ready is not None and progress is not None:
+            body["backfill"] = progress.describe(self.pacer.per_minute)
+            body["warming_rules"] = sorted(ready.warming)
+        return ok, body
 
     # -------------------------------------------------------------------- jobs
 
@@ -164,6 +211,8 @@ class Daemon:
         async with self.lock:
             number = next(self.cycles)
             structlog.contextvars.bind_contextvars(cycle=number)
+            self.cycle_task = asyncio.current_task()
+            self.idle.clear()
             try:
                 result = await run_cycle(
                     self.config,
@@ -172,15 +221,22 @@ class Daemon:
                     utc_now,
                     sender=self.sender,
                     on_stored=self._stored,
-                    progress=_log_progress,
+                    progress=ProgressLog(self.pacer),
                 )
                 self._record(result)
                 self.publish(result)
                 notify(f"STATUS=cycle {number}: {_status_text(result)}")
+            except asyncio.CancelledError:
+                if not self.stopping.is_set():
+                    raise
+                # stopping in the middle of a poll: what was stored stays, the rest resumes
             except Exception as exc:  # keep running on anything from outside
                 log.exception("cycle_failed", error=str(exc))
                 notify(f"STATUS=cycle {number} failed: {exc}")
             finally:
+                self.cycle_task = None
+                self.idle.set()
+                self.refiner.wake()
                 structlog.contextvars.unbind_contextvars("cycle")
 
     async def outbox_job(self) -> None:
@@ -258,9 +314,11 @@ class Daemon:
         async with self.lock:
             if new.metrics.listen != self.config.metrics.listen:
                 log.warning("reload_metrics_listen_ignored", fix="restart to move the listener")
-            if new.langdock != self.config.langdock:
+            if new.langdock != self.config.langdock or new.timezone != self.config.timezone:
                 await self.client.aclose()
-                self.client = make_client(new)
+                await self.background.aclose()
+                self.client = make_client(new, self.pacer)
+                self.background = make_client(new, self.pacer, poll_reserve(new))
             if new.state.path != self.config.state.path:
                 log.warning("reload_state_path_ignored", fix="restart to use another store")
             self.sender = make_sender(new)
@@ -286,7 +344,7 @@ class Daemon:
         stats.polls += 1
         stats.poll_duration = poll.seconds
         stats.rows_ingested += poll.rows
-        stats.rate_limit_wait_seconds = self.client.bucket.waited
+        stats.rate_limit_wait_seconds = self.pacer.waited
         stats.export_duration.update(poll.export_seconds)
         for export, at in poll.export_ok_at.items():
             stats.export_last_success[export] = at.timestamp()
@@ -305,6 +363,9 @@ class Daemon:
 
     def publish(self, result: CycleResult) -> None:
         now = utc_now()
+        self.readiness = result.readiness
+        if result.readiness is not None:
+            self.progress = result.readiness.progress
         ranges = window_ranges(now, self.config.tz, COST_WINDOWS)
         # the cost series cover the top keys by month spend; the rest is summed as "other"
         top = self.store.top_keys(
@@ -334,26 +395,45 @@ class Daemon:
             outbox_pending=self.store.outbox_pending_count(),
             store_bytes=self.store.size_bytes(),
             stats=self.stats,
+            ready=self._ready_series(result),
+            backfill=self._backfill_series(),
         )
+
+    def _ready_series(self, result: CycleResult) -> tuple[tuple[str, bool], ...]:
+        warming = result.readiness.warming if result.readiness is not None else {}
+        return tuple((rule.name, rule.name not in warming) for rule in self.config.rules)
+
+    def _backfill_series(self) -> tuple[int, int] | None:
+        progress = self.progress
+        return None if progress is None else (progress.fine, progress.buckets)
+
+    def _progressed(self, progress: BackfillProgress) -> None:
+        """The refiner's latest progress, on `/metrics` and `/healthz` between cycles."""
+        self.progress = progress
+        self.collector.snapshot = replace(self.collector.snapshot, backfill=self._backfill_series())
 
     def _refresh_outbox(self) -> None:
-        snap = self.collector.snapshot
-        self.collector.snapshot = Snapshot(
-            snap.costs,
-            snap.budgets,
-            snap.firing,
-            snap.silenced,
-            self.store.outbox_pending_count(),
-            snap.store_bytes,
-            self.stats,
+        self.collector.snapshot = replace(
+            self.collector.snapshot, outbox_pending=self.store.outbox_pending_count()
         )
 
 
-def _log_progress(done: int, total: int) -> None:
-    """Backfill progress in the log: every 50 buckets of a long first poll, and the last."""
-    if total > 50 and (done % 50 == 0 or done == total):
-        log.info("backfill_progress", done=done, total=total, percent=round(100 * done / total))
-        notify(f"STATUS=backfilling: {done}/{total} buckets")
+class ProgressLog:
+    """Progress of a long poll (a first start): a log line at most once a minute, with
+    counts and the time left at the current pace, and the systemd status."""
+
+    def __init__(self, pacer: Pacer, every: float = 60.0) -> None:
+        self.pacer, self.every = pacer, every
+        self.began = self.logged = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        clock = time.monotonic()
+        if total <= 10 or (clock - self.logged < self.every and done < total):
+            return
+        self.logged = clock
+        left = round((total - done) * 60 / max(self.pacer.per_minute, 1))
+        log.info("poll_progress", done=done, total=total, eta_s=left)
+        notify(f"STATUS=first poll: {done}/{total} ranges, about {left}s left")
 
 
 def _status_text(result: CycleResult) -> str:

@@ -154,7 +154,8 @@ class Simulator:
         self.clock, self.url_ttl, self.max_rows = clock, url_ttl, max_rows
         self.model_header = model_header
         self.faults: deque[Fault] = deque()
-        # "truncate", "garbage", "expire", "500", "redirect", "missing_column", "bom_extra"
+        # "truncate", "garbage", "expire", "500", "429" (Retry-After: 3), "drop" (the
+        # connection breaks off mid-file), "redirect", "missing_column", "bom_extra"
         self.download_faults: deque[str] = deque()
         self.seen: list[SeenRequest] = []
         self.request_seen = threading.Event()  # set on every request (tests wait on it)
@@ -229,9 +230,9 @@ class Simulator:
             for group in groups:
                 usages = [self.pair_usage(ki, mi, start, end) for mi in group]
                 requests = sum(u["requests"] for u in usages)
-                if requests == 0:
-                    continue
                 cost = sum((u["cost"] for u in usages), Decimal(0))
+                if requests == 0 and not cost:  # a sliver of a call still has its tokens
+                    continue
                 row = [start.isoformat(), end.isoformat(), "org_sim", key.id, _csv_text(key.name)]
                 if grouped:
                     row.append(self.models[group[0]].name)
@@ -267,7 +268,7 @@ class Simulator:
         for mi, model in enumerate(self.models):
             usages = [self.pair_usage(ki, mi, start, end) for ki in range(len(self.keys))]
             requests = sum(u["requests"] for u in usages)
-            if requests == 0:
+            if requests == 0 and not any(u["cost"] or u["errors"] for u in usages):
                 continue
             row = [
                 start.isoformat(),
@@ -461,6 +462,17 @@ class Simulator:
             return
         if fault == "500":
             _send(handler, 500, b"internal error", "text/plain")
+            return
+        if fault == "429":
+            _send(handler, 429, b"slow down", "text/plain", {"Retry-After": "3"})
+            return
+        if fault == "drop":  # half the announced body, then the connection closes
+            handler.close_connection = True
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/csv")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data[: len(data) // 2])
             return
         if fault == "redirect":  # storage pointing elsewhere: must not be followed
             _send(handler, 302, b"", "text/plain", {"Location": "http://198.51.100.7/elsewhere"})

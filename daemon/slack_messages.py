@@ -25,8 +25,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from daemon.formatting import format_amount, format_metric, format_score
 from daemon.money import format_percent
-from daemon.report import format_amount, format_metric
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.durations import format_duration
@@ -38,6 +38,7 @@ EMOJI = {
     "warning": ":large_orange_circle:",
     "critical": ":red_circle:",
     "resolved": ":white_check_mark:",
+    "period_ended": ":calendar:",
 }
 MAX_NAME = 80
 MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
@@ -121,16 +122,24 @@ def budget_message(
     *,
     repeat: bool = False,
     mention: str | None = None,
+    reached: Sequence[str] = (),
+    came_true: bool = False,
 ) -> SlackMessage:
+    """A budget alert. ``reached``: the member's lower thresholds crossed too (this message
+    speaks for them); ``came_true``: a forecast alert of the member came true (the forecast's
+    own alert when the message is about it, else the threshold that took over)."""
     condition = state.key.condition
     used = format_percent(ev.utilization)
     spend = format_amount(ev.spend, ev.unit)
     limit = format_amount(ev.limit, ev.unit)
-    if condition == "forecast":
-        assert ev.forecast is not None
+    if condition == "forecast" and came_true:
+        title = f"Budget limit reached: {ev.rule} (forecast came true)"
+    elif condition == "forecast":
         title = f"Budget forecast over 100%: {ev.rule}"
     else:
         title = f"Budget {condition}% reached: {ev.rule}"
+        if came_true:
+            title += " (forecast came true)"
     if repeat:
         title = f"Still firing: {title}"
     pairs = [
@@ -139,6 +148,8 @@ def budget_message(
         ("Spend", f"{spend} of {limit} ({used})"),
         ("Severity", f"{EMOJI[state.severity]} {state.severity}"),
     ]
+    if reached:
+        pairs.append(("Also reached", ", ".join(_condition_text(c) for c in reached)))
     if ev.forecast is not None:
         forecast = f"{format_amount(ev.forecast.projected, ev.unit)} by period end"
         if ev.forecast.crossing is not None:
@@ -173,7 +184,7 @@ def anomaly_message(
         f"{format_duration(ev.baseline.duration)} before the window,"
         f" {ev.seasonality.replace('_', ' ')}, {ev.points} points"
     )
-    score = "∞" if ev.score is not None and abs(ev.score) == float("inf") else f"{ev.score:+.1f}"
+    score = format_score(ev.score)
     pairs = [
         ("Member", _member_text(ev.member.label)),
         ("Window", window),
@@ -220,20 +231,32 @@ def _add_contributors(
         )
 
 
+def _condition_text(condition: str) -> str:
+    return f"{condition}%" if condition[:1].isdigit() else condition
+
+
 def resolved_message(
     state: AlertState,
     label: str,
     reason: str,
     tz: ZoneInfo,
     evaluation: BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation | None,
+    *,
+    still: Sequence[str] = (),
 ) -> SlackMessage:
+    """An alert went back under (green), or its period ended (neutral: nothing went back
+    under, a new period starts). ``still``: the member's lower alerts that keep firing."""
     key = state.key
-    what = f"{key.condition}%" if key.condition[:1].isdigit() else key.condition
-    title = f"Resolved: {key.rule} ({what})"
+    what = _condition_text(key.condition)
+    ended = reason == "period ended"
+    title = f"{'Period ended' if ended else 'Resolved'}: {key.rule} ({what})"
+    emoji = EMOJI["period_ended" if ended else "resolved"]
     pairs = [
         ("Member", _member_text(label)),
         ("Cleared", f"{_when(state.resolved_at or state.since, tz)} ({escape(reason)})"),
     ]
+    if still:
+        pairs.append(("Still reached", ", ".join(_condition_text(c) for c in still)))
     if state.fired_at is not None:
         pairs.append(("Fired", _when(state.fired_at, tz)))
     if key.period:
@@ -254,11 +277,14 @@ def resolved_message(
                 f" {format_metric(evaluation.expected, evaluation.metric)}",
             )
         )
-    text = f"[RESOLVED] {key.rule} ({what}) — {escape(label)}: {escape(reason)}"
+    tag = "PERIOD ENDED" if ended else "RESOLVED"
+    text = f"[{tag}] {key.rule} ({what}) — {escape(label)}: {escape(reason)}"
+    if still:
+        text += f"; still reached: {', '.join(_condition_text(c) for c in still)}"
     return SlackMessage(
         text,
         _blocks(
-            HeaderBlock(text=f"{EMOJI['resolved']} {title}"[:150]),
+            HeaderBlock(text=f"{emoji} {title}"[:150]),
             _fields(pairs),
             ContextBlock(elements=[MarkdownTextObject(text=f"langdock-budget · {escape(key.id)}")]),
         ),

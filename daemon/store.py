@@ -18,7 +18,7 @@ import os
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from fnmatch import fnmatchcase
 from functools import partial
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from daemon.coverage import Segment
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import Grouped, ModelPoint, Raw, SelectionFilter
 from daemon.rules.windows import calendar_period
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -176,7 +177,31 @@ _MIGRATIONS: dict[int, str] = {
                sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
         FROM key_usage GROUP BY bucket_start;
     """,
+    7: """
+    CREATE TABLE staged_key_usage (
+        bucket_start INTEGER NOT NULL,
+        bucket_end INTEGER NOT NULL,
+        api_key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        cost_rest TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
+        cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
+        PRIMARY KEY (bucket_start, api_key_id, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE staged_segments (
+        bucket_start INTEGER PRIMARY KEY,
+        bucket_end INTEGER NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        rows INTEGER NOT NULL
+    );
+    """,
 }
+# A segment of the api-keys export is one bucket or a coarse range inside one local day
+# (docs/DESIGN.md, "First start: coarse to fine"); its rows carry the range's start. The
+# hours that refine a coarse range wait in staged_key_usage / staged_segments until all of
+# them are in, then replace it in one transaction: no sum ever counts a range twice.
 # key_usage_buckets holds the workspace's sum of each hour (the series of workspace forecasts);
 # key_usage_daily holds the sums of key_usage per local day (in the zone meta "rollup_tz") for
 # every day before meta "rolled_until"; window totals read those whole days from it and the
@@ -462,13 +487,92 @@ class Store:
         *,
         export: str = "api-keys",
     ) -> int:
-        """Replace the bucket [start, end) of the grouped api-keys export; return row count.
+        """Replace the range [start, end) of the grouped api-keys export (one bucket or a
+        coarse range); return the row count. Any stored range that overlaps it is dropped
+        whole (its uncovered rest becomes a gap the poller fetches again).
 
         ``export="import"`` marks data from a per-call file: the poller still fetches the
         bucket from the API later (only "api-keys" marks count as fetched).
         """
         rows = list(rows)
-        names = {row.api_key_id: row.api_key_name for row in rows}
+        s, e = _ts(start), _ts(end)
+        with self._transaction():
+            self._clear_key_range(s, e)
+            self._insert_key_rows("key_usage", s, e, rows)
+            self._known_keys(rows, s, e)
+            self._sum_buckets(s, e)
+            self._mark_segment(export, s, e, fetched_at, len(rows))
+        return len(rows)
+
+    def stage_key_usage(
+        self, start: datetime, end: datetime, rows: Iterable[KeyUsage], fetched_at: datetime
+    ) -> int:
+        """Keep one hour that refines a coarse range aside until `promote_staged`."""
+        rows = list(rows)
+        s, e = _ts(start), _ts(end)
+        with self._transaction():
+            self._conn.execute("DELETE FROM staged_key_usage WHERE bucket_start = ?", (s,))
+            self._insert_key_rows("staged_key_usage", s, e, rows)
+            self._known_keys(rows, s, e)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO staged_segments VALUES (?, ?, ?, ?)",
+                (s, e, _ts(fetched_at), len(rows)),
+            )
+            self._log("api-keys", s, e, fetched_at, True, len(rows), None, None)
+        return len(rows)
+
+    def staged_starts(self) -> list[datetime]:
+        return [_dt(b) for (b,) in self._conn.execute("SELECT bucket_start FROM staged_segments")]
+
+    def promote_staged(self, start: datetime, end: datetime, hours: Sequence[datetime]) -> bool:
+        """Replace the coarse range [start, end) by its staged ``hours`` once all are in."""
+        s, e = _ts(start), _ts(end)
+        staged = {
+            b
+            for (b,) in self._conn.execute(
+                "SELECT bucket_start FROM staged_segments WHERE bucket_start >= ? AND"
+                " bucket_start < ?",
+                (s, e),
+            )
+        }
+        if staged != {_ts(h) for h in hours}:
+            return False
+        span = "bucket_start >= ? AND bucket_start < ?"
+        with self._transaction():
+            self._clear_key_range(s, e)
+            self._conn.execute(
+                f"INSERT INTO key_usage SELECT * FROM staged_key_usage WHERE {span}", (s, e)
+            )
+            self._sum_buckets(s, e)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO segments SELECT 'api-keys', bucket_start, bucket_end,"
+                f" fetched_at, rows FROM staged_segments WHERE {span}",
+                (s, e),
+            )
+            for table in ("staged_key_usage", "staged_segments"):
+                self._conn.execute(f"DELETE FROM {table} WHERE {span}", (s, e))
+        return True
+
+    def _clear_key_range(self, s: int, e: int) -> None:
+        """Drop the key usage of [s, e) and of every stored range that overlaps it."""
+        lo, hi = self._conn.execute(
+            "SELECT min(bucket_start), max(bucket_end) FROM segments"
+            " WHERE export IN ('api-keys', 'import') AND bucket_start < ? AND bucket_end > ?",
+            (e, s),
+        ).fetchone()
+        lo, hi = min(s, lo if lo is not None else s), max(e, hi if hi is not None else e)
+        if lo < self._rolled_until():  # a summed day changes: sum it (and later ones) again
+            day = self._day_start(lo)
+            self._conn.execute("DELETE FROM key_usage_daily WHERE day_start >= ?", (day,))
+            self._set_meta("rolled_until", str(day))
+        span = "bucket_start >= ? AND bucket_start < ?"
+        for table in ("key_usage", "key_usage_buckets"):
+            self._conn.execute(f"DELETE FROM {table} WHERE {span}", (lo, hi))
+        self._conn.execute(
+            f"DELETE FROM segments WHERE export IN ('api-keys', 'import') AND {span}", (lo, hi)
+        )
+
+    def _insert_key_rows(self, table: str, s: int, e: int, rows: list[KeyUsage]) -> None:
         # Only the token columns that have a value in this bucket are bound (the others
         # default to NULL): binding is a good part of the cost of storing 100,000 rows.
         tokens = [
@@ -479,54 +583,51 @@ class Store:
         token_indexes = [index for _, index in tokens]
         columns = ["api_key_id", "model", "requests", "cost_nanos", "cost_rest"]
         columns += [name for name, _ in tokens]
-        s, e = _ts(start), _ts(end)
-        with self._transaction():
-            if s < self._rolled_until():  # a summed day changes: sum it (and later ones) again
-                day = self._day_start(s)
-                self._conn.execute("DELETE FROM key_usage_daily WHERE day_start >= ?", (day,))
-                self._set_meta("rolled_until", str(day))
-            self._conn.execute("DELETE FROM key_usage WHERE bucket_start = ?", (s,))
-            # the same (key, model) twice in one export: the rows add up
-            self._conn.executemany(
-                f"""INSERT INTO key_usage (bucket_start, bucket_end, {", ".join(columns)})
-                VALUES ({s}, {e}{", ?" * len(columns)})
-                ON CONFLICT (bucket_start, api_key_id, model) DO UPDATE SET
-                    requests = requests + excluded.requests,
-                    cost_nanos = cost_nanos + excluded.cost_nanos,
-                    cost_rest = dec_add(cost_rest, excluded.cost_rest),
-                    {", ".join(f"{n} = dec_add({n}, excluded.{n})" for n in TOKEN_FIELDS)}""",
+        # the same (key, model) twice in one export: the rows add up
+        self._conn.executemany(
+            f"""INSERT INTO {table} (bucket_start, bucket_end, {", ".join(columns)})
+            VALUES ({s}, {e}{", ?" * len(columns)})
+            ON CONFLICT (bucket_start, api_key_id, model) DO UPDATE SET
+                requests = requests + excluded.requests,
+                cost_nanos = cost_nanos + excluded.cost_nanos,
+                cost_rest = dec_add(cost_rest, excluded.cost_rest),
+                {", ".join(f"{n} = dec_add({n}, excluded.{n})" for n in TOKEN_FIELDS)}""",
+            (
                 (
-                    (
-                        row[0],
-                        row[2],
-                        row[3],
-                        *split_nanos(row[4]),
-                        *[row[index] for index in token_indexes],
-                    )
-                    for row in rows
-                ),
-            )
-            self._conn.executemany(
-                """INSERT INTO api_keys VALUES (?, ?, ?, ?)
-                ON CONFLICT (api_key_id) DO UPDATE SET
-                    name = CASE WHEN excluded.last_seen >= api_keys.last_seen
-                                THEN excluded.name ELSE api_keys.name END,
-                    first_seen = min(api_keys.first_seen, excluded.first_seen),
-                    last_seen = max(api_keys.last_seen, excluded.last_seen)""",
-                ((key_id, name, s, e) for key_id, name in names.items()),
-            )
-            self._conn.execute("DELETE FROM key_usage_buckets WHERE bucket_start = ?", (s,))
-            self._conn.execute(
-                f"""INSERT INTO key_usage_buckets
-                    SELECT bucket_start, sum(requests), sum(cost_nanos),
-                           dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
-                           sum({_HOURLY_TOKENS})
-                    FROM key_usage WHERE bucket_start = ? GROUP BY bucket_start""",
-                (s,),
-            )
-            self._upsert_models({row.model for row in rows if row.model}, s, e)
-            self._mark_segment(export, s, e, fetched_at, len(rows))
-        return len(rows)
+                    row[0],
+                    row[2],
+                    row[3],
+                    *split_nanos(row[4]),
+                    *[row[index] for index in token_indexes],
+                )
+                for row in rows
+            ),
+        )
+
+    def _known_keys(self, rows: list[KeyUsage], s: int, e: int) -> None:
+        names = {row.api_key_id: row.api_key_name for row in rows}
+        self._conn.executemany(
+            """INSERT INTO api_keys VALUES (?, ?, ?, ?)
+            ON CONFLICT (api_key_id) DO UPDATE SET
+                name = CASE WHEN excluded.last_seen >= api_keys.last_seen
+                            THEN excluded.name ELSE api_keys.name END,
+                first_seen = min(api_keys.first_seen, excluded.first_seen),
+                last_seen = max(api_keys.last_seen, excluded.last_seen)""",
+            ((key_id, name, s, e) for key_id, name in names.items()),
+        )
+        self._upsert_models({row.model for row in rows if row.model}, s, e)
+
+    def _sum_buckets(self, s: int, e: int) -> None:
+        """The workspace's sum of each stored range that starts in [s, e)."""
+        self._conn.execute(
+            f"""INSERT OR REPLACE INTO key_usage_buckets
+                SELECT bucket_start, sum(requests), sum(cost_nanos),
+                       dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
+                       sum({_HOURLY_TOKENS})
+                FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?
+                GROUP BY bucket_start""",
+            (s, e),
+        )
 
     def replace_model_usage(
         self, start: datetime, end: datetime, rows: Iterable[ModelUsage], fetched_at: datetime
@@ -553,7 +654,9 @@ class Store:
                 totals[key] = vals
         s, e = _ts(start), _ts(end)
         with self._transaction():
-            self._conn.execute("DELETE FROM model_usage WHERE bucket_start = ?", (s,))
+            self._conn.execute(
+                "DELETE FROM model_usage WHERE bucket_start >= ? AND bucket_start < ?", (s, e)
+            )
             self._conn.executemany(
                 "INSERT INTO model_usage VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -627,6 +730,33 @@ class Store:
             (export, _ts(since)),
         )
         return {_dt(s): _dt(f) for s, f in rows}
+
+    def segments(self, export: str, since: datetime) -> list[Segment]:
+        """The ranges of ``export`` stored (one bucket or a coarse range) that end after
+        ``since``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT bucket_start, bucket_end, fetched_at FROM segments"
+            " WHERE export = ? AND bucket_end > ? ORDER BY bucket_start",
+            (export, _ts(since)),
+        )
+        return [Segment(_dt(s), _dt(e), _dt(f)) for s, e, f in rows]
+
+    def watch_since(self) -> datetime | None:
+        """When this store started watching the workspace (see `start_watching`)."""
+        kept = self._meta("watch_since")
+        return None if kept is None else _dt(int(kept))
+
+    def start_watching(self, now: datetime, backfill: timedelta) -> None:
+        """Remember the first poll: keys and models with usage before it are not new. A
+        store from before this was kept counts from the end of its first backfill."""
+        if self._meta("watch_since") is not None:
+            return
+        row = self._conn.execute(
+            "SELECT min(bucket_start) FROM segments WHERE export = 'api-keys'"
+        ).fetchone()
+        since = now if row[0] is None else min(now, _dt(row[0]) + backfill + timedelta(hours=1))
+        with self._transaction():
+            self._set_meta("watch_since", str(_ts(since)))
 
     def stored_buckets(self, start: datetime, end: datetime) -> int:
         """How many hours of key usage (fetched or imported) start in [start, end)."""
@@ -927,12 +1057,54 @@ class Store:
                 (error, item_id),
             )
 
+    def outbox_drop(self, item_id: int, unannounced: Sequence[str] = ()) -> None:
+        """Drop a message unsent (its alerts were silenced); the alerts in ``unannounced``
+        count as never announced again, so their firing message goes out after the silence."""
+        with self._transaction():
+            self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            self._conn.executemany(
+                "DELETE FROM alert_notify WHERE alert_id = ?", ((a,) for a in unannounced)
+            )
+
+    def outbox_waiting(self) -> list[tuple[OutboxItem, datetime, str | None]]:
+        """Every message still to be sent, oldest first: (item, next attempt, last error)."""
+        rows = self._conn.execute(
+            "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts,"
+            " next_attempt_at, last_error FROM outbox WHERE status = 'pending' ORDER BY id"
+        )
+        return [
+            (
+                OutboxItem(
+                    route,
+                    kind,
+                    json.loads(ids),
+                    thread,
+                    json.loads(payload),
+                    _dt(created),
+                    id=item_id,
+                    attempts=attempts,
+                ),
+                _dt(next_at),
+                error,
+            )
+            for item_id, created, route, kind, ids, thread, payload, attempts, next_at, error in (
+                rows
+            )
+        ]
+
     def compact(self, before: datetime) -> int:
         """Drop usage buckets (and their fetch marks) that start before ``before``."""
         cutoff = _ts(before)
         with self._transaction():
             removed = 0
-            for table in ("key_usage", "key_usage_buckets", "model_usage", "segments"):
+            for table in (
+                "key_usage",
+                "key_usage_buckets",
+                "model_usage",
+                "segments",
+                "staged_key_usage",
+                "staged_segments",
+            ):
                 cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
                 removed += cur.rowcount
             # the daily sums of the days that ended before the cutoff

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config import Config
+from daemon.coverage import EXPORTS, uncovered
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging
 from daemon.simulator import Simulator
+from daemon.rules.windows import bucket_end, bucket_start, buckets
 from daemon.store import Store
 
 NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)  # a Friday
@@ -79,3 +82,17 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "state.db")
     yield s
     s.close()
+
+
+def fill_history(store: Store, config: Config, now: datetime) -> None:
+    """Mark every hour of the backfill that nothing was stored for as fetched and empty, as
+    if the first start and its background refinement were over (rules stop warming up)."""
+    for export in EXPORTS:
+        segments = store.segments(export, now - config.poll.backfill - timedelta(hours=2))
+        start = bucket_start(now - config.poll.backfill, config.tz)
+        for lo, hi in uncovered(segments, start, bucket_end(now, config.tz)):
+            for bucket in buckets(lo, hi, config.tz):
+                if export == "api-keys":
+                    store.replace_key_usage(bucket.start, bucket.end, [], now)
+                else:
+                    store.replace_model_usage(bucket.start, bucket.end, [], now)

@@ -6,6 +6,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from datetime import timedelta
@@ -15,6 +16,7 @@ from daemon.cli import render_cycle
 from daemon.config import load_config
 from daemon.cycle import run_cycle
 from daemon.langdock import LangdockClient
+from daemon.refine import Refiner
 from daemon.simulator import Simulator
 from tests.conftest import API_KEY, NOW, FakeClock
 
@@ -27,7 +29,8 @@ async def test_once_output_matches_golden(
 ) -> None:
     shutil.copytree(ROOT / "alert_rules", tmp_path / "alert_rules")
     (tmp_path / "config.yaml").write_text(
-        f"langdock: {{base_url: '{simulator.base_url}', api_key: '{API_KEY}'}}\n"
+        f"langdock: {{base_url: '{simulator.base_url}', api_key: '{API_KEY}',"
+        " backfill_max_requests_per_minute: 6000}\n"
         "timezone: Europe/Berlin\n"
         "poll: {backfill: 8d}\n"
         "state: {path: state.db}\n"
@@ -41,8 +44,15 @@ async def test_once_output_matches_golden(
 
     store = Store.open(config.state.path)
     try:
+        first = await run_cycle(config, store, client, clock)
+        assert first.poll.ok and first.readiness is not None and first.readiness.warming
+        # what `run` does next in the background: the history hour by hour
+        refiner = Refiner(store, lambda: config, lambda: client, clock, asyncio.Event())
+        assert await refiner.drain() == 0, clock.sleeps
         result = await run_cycle(config, store, client, clock)
-        assert result.poll.ok
+        assert result.poll.ok and result.readiness is not None, clock.sleeps
+        assert not clock.sleeps, clock.sleeps
+        assert result.readiness.warming == {} and result.readiness.progress.done
         text = render_cycle(store, config, result, clock())
     finally:
         store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_bad_rows_are_skipped_with_line_numbers_or_stop_with_strict(tmp_path: Pa
     )
     result = read_calls(text.encode(), ZoneInfo("UTC"))
     assert result.rows == 1 and result.skipped == 2
-    assert result.errors[0].startswith("line 3: ") and result.errors[1].startswith("line 4: ")
+    assert result.errors[0].startswith("line 3: column 'Date': 'not a date' is not a date")
+    assert result.errors[1] == "line 4: column 'Input Tokens': 'ten' is not a whole number"
     path = tmp_path / "calls.csv"
     path.write_text(text)
     (tmp_path / "c.yaml").write_text("langdock: {api_key: x}\nstate: {path: s.db}\n")
@@ -217,5 +219,63 @@ def test_without_polars_the_error_says_how_to_install_it(monkeypatch: pytest.Mon
     from daemon.importer import ImportError_
 
     monkeypatch.setitem(sys.modules, "polars", None)
-    with pytest.raises(ImportError_, match=r"pip install 'langdock-budget\[import\]'"):
+    with pytest.raises(ImportError_, match=r"reinstall langdock-budget, or pip install 'polars"):
         read_calls(b"Date\n", ZoneInfo("UTC"))
+
+
+ROW = "2026-11-20 10:15:00,k1,prod,openai,gpt-4o,500,1200,900,2.50,10.00\n"
+
+
+@pytest.mark.parametrize(
+    ("third_line", "message"),
+    [
+        (
+            b"2026-11-20 10:15:00,k1,prod,openai,gpt\xff-4o,500,1200,900,2.50,10.00\n",
+            "line 3: column 'Model': b'gpt\\xff-4o' is not UTF-8; save the file as UTF-8",
+        ),
+        (  # a column the import does not even read
+            b"2026-11-20 10:15:00,k1,prod,open\xc3ai,gpt-4o,500,1200,900,2.50,10.00\n",
+            "line 3: column 'Provider': b'open\\xc3ai' is not UTF-8",
+        ),
+        (
+            b'2026-11-20 10:15:00,k1,pr"od,openai,gpt-4o,500,1200,900,2.50,10.00\n',
+            "line 3: column 'API Key Name': a stray double quote in 'pr\"od'",
+        ),
+        (
+            b'2026-11-20 10:15:00,k1,prod,openai,gpt-4o,500,1200,900,"2.50,10.00\n' + ROW.encode(),
+            "line 3: column 'Input Token Price (USD/1M tokens)': unexpected end of data",
+        ),
+        (
+            b'2026-11-20 10:15:00,k1,"prod"x,openai,gpt-4o,500,1200,900,2.50,10.00\n',
+            "line 3: column 'API Key Name': ',' expected after '\"'",
+        ),
+    ],
+)
+def test_an_unreadable_cell_names_its_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], third_line: bytes, message: str
+) -> None:
+    from daemon.importer import ImportError_
+
+    data = (",".join(HEADER) + "\n" + ROW).encode() + third_line
+    with pytest.raises(ImportError_, match="unreadable: " + re.escape(message)):
+        read_calls(data, ZoneInfo("UTC"))
+    path = tmp_path / "calls.csv"
+    path.write_bytes(data)
+    (tmp_path / "c.yaml").write_text("langdock: {api_key: x}\nstate: {path: s.db}\n")
+    assert main(["import", "--config", str(tmp_path / "c.yaml"), str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_cell_in_a_readable_file_names_its_column() -> None:
+    text = ",".join(HEADER) + "\n" + ROW + ROW.replace(",10.00", ",ten").replace(",k1,", ",,")
+    result = read_calls(text.encode(), ZoneInfo("UTC"))
+    assert result.errors == ["line 3: column 'API Key ID' is empty"]
+    text = ",".join(HEADER) + "\n" + ROW + ROW.replace(",10.00", ",ten")
+    (error,) = read_calls(text.encode(), ZoneInfo("UTC")).errors
+    assert error.startswith("line 3: column 'Output Token Price (USD/1M tokens)': 'ten' is not")
+    text = ",".join(HEADER) + "\n" + ROW + ROW.replace(",500,", ",-5,")
+    (error,) = read_calls(text.encode(), ZoneInfo("UTC")).errors
+    assert error == "line 3: column 'Input Tokens': '-5' is negative"
+    bad_header = b"Date,API Key \xffID\n"
+    with pytest.raises(ValueError, match=r"line 1 \(the header\) is not UTF-8"):
+        read_calls(bad_header, ZoneInfo("UTC"))

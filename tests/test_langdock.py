@@ -12,10 +12,10 @@ from daemon.langdock import (
     BadRequestError,
     DataError,
     LangdockClient,
-    TokenBucket,
     TransientError,
     export_body,
 )
+from daemon.pacing import Pacer
 from daemon.simulator import Fault, Simulator
 from tests.conftest import API_KEY, NOW, FakeClock
 
@@ -166,48 +166,135 @@ async def test_expired_url_gets_one_fresh_export(
     assert err.value.reason == "download_expired"
 
 
-async def test_truncated_download_is_a_failed_fetch(
-    client: LangdockClient, simulator: Simulator
+async def test_a_truncated_download_gets_a_fresh_export(
+    client: LangdockClient, simulator: Simulator, clock: FakeClock
 ) -> None:
     simulator.download_faults.append("truncate")
-    with pytest.raises(DataError) as err:
-        await client.key_usage(*HOUR)
-    assert err.value.reason == "truncated"
-    assert "announced" in str(err.value)
+    rows = await client.key_usage(*HOUR)
+    assert len(rows) == 20  # 5 keys x 4 models, all of them
+    posts = simulator.export_requests()
+    downloads = [r.path for r in simulator.seen if r.method == "GET"]
+    assert len(posts) == 2 and len(downloads) == 2 and downloads[0] != downloads[1]
+    assert 0.5 <= clock.sleeps[0] <= 1.5  # backoff before the fresh export
 
 
-async def test_garbage_download_is_a_parse_failure(
+async def test_a_download_truncated_every_time_fails_the_bucket_only(
     client: LangdockClient, simulator: Simulator
 ) -> None:
-    simulator.download_faults.append("garbage")
+    simulator.download_faults.extend(["truncate"] * 4)
+    with pytest.raises(DataError) as err:  # not TransientError: the poll goes on
+        await client.key_usage(*HOUR)
+    assert err.value.reason == "truncated"
+    assert "announced" in str(err.value) and "after 4 attempts" in str(err.value)
+    assert len(simulator.export_requests()) == 4
+
+
+@pytest.mark.parametrize("fault", ["500", "drop", "429"])
+async def test_a_failed_download_gets_a_fresh_export(
+    fault: str, client: LangdockClient, simulator: Simulator, clock: FakeClock
+) -> None:
+    simulator.download_faults.append(fault)
+    assert len(await client.model_usage(*HOUR)) == 4
+    assert len(simulator.export_requests()) == 2
+    if fault == "429":
+        assert clock.sleeps == [3.0]  # the download's Retry-After
+    else:
+        assert len(clock.sleeps) == 1 and 0.5 <= clock.sleeps[0] <= 1.5
+
+
+async def test_post_and_download_failures_share_one_retry_budget(
+    client: LangdockClient, simulator: Simulator, clock: FakeClock
+) -> None:
+    # max_retries=3: four attempts in all, whichever step fails
+    simulator.faults.extend([Fault(500, {"error": "boom"}), Fault(502, {"error": "bad gw"})])
+    simulator.download_faults.append("500")
+    assert await client.model_usage(*HOUR)
+    assert len(simulator.export_requests()) == 4
+    assert len(clock.sleeps) == 3 and 2.0 <= clock.sleeps[2] <= 6.0  # 4 s with jitter
+    simulator.seen.clear()
+    simulator.faults.extend([Fault(500, {"error": "boom"}), Fault(429, {"error": "slow"})])
+    simulator.download_faults.extend(["drop", "500"])
+    with pytest.raises(TransientError) as err:
+        await client.model_usage(*HOUR)
+    assert len(simulator.export_requests()) == 4
+    assert err.value.reason == "download"
+    assert "broke off" not in str(err.value) and "HTTP 500 after 4 attempts" in str(err.value)
+
+
+@pytest.mark.parametrize("fault", ["garbage", "missing_column"])
+async def test_a_file_that_does_not_parse_is_not_retried(
+    fault: str, client: LangdockClient, simulator: Simulator
+) -> None:
+    simulator.download_faults.append(fault)
     with pytest.raises(DataError) as err:
         await client.key_usage(*HOUR)
     assert err.value.reason == "parse"
+    assert len(simulator.export_requests()) == 1
 
 
-async def test_signed_url_query_is_not_in_errors(
+async def test_a_redirecting_download_is_not_followed_nor_retried(
     client: LangdockClient, simulator: Simulator
 ) -> None:
-    simulator.download_faults.append("500")
+    simulator.download_faults.append("redirect")
     with pytest.raises(DataError) as err:
         await client.key_usage(*HOUR)
-    assert "signature=" not in str(err.value) and "/download/" in str(err.value)
+    assert err.value.reason == "download" and "not followed" in str(err.value)
+    assert len(simulator.export_requests()) == 1
+    assert not any("198.51.100.7" in r.path for r in simulator.seen)
 
 
-async def test_token_bucket_paces_requests() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(30, burst=3, clock=clock.mono, sleep=clock.sleep)
-    for _ in range(9):
-        await bucket.acquire()
-    # 3 immediately, then one every 2 s (30 a minute)
-    assert clock.sleeps == pytest.approx([2.0] * 6)
-    assert clock.monotonic - 1000.0 == pytest.approx(12.0)
-
-
-async def test_client_paces_against_the_simulator(simulator: Simulator, clock: FakeClock) -> None:
+async def test_errors_are_one_line_without_secrets(simulator: Simulator, clock: FakeClock) -> None:
     async with LangdockClient(
-        simulator.base_url, API_KEY, max_requests_per_minute=30, sleep=clock.sleep, clock=clock.mono
+        simulator.base_url, API_KEY, max_retries=1, sleep=clock.sleep, clock=clock.mono
     ) as c:
-        for _ in range(5):
+        echo = f"upstream\nfailed for Bearer {API_KEY} at https://x.example/f.csv?signature=s3cr3t"
+        simulator.faults.extend([Fault(503, {"error": echo}), Fault(503, {"error": echo})])
+        with pytest.raises(TransientError) as err:
             await c.model_usage(*HOUR)
-    assert sum(clock.sleeps) == pytest.approx(4.0)
+        message = str(err.value)
+        assert "\n" not in message and API_KEY not in message and "s3cr3t" not in message
+        assert "POST http://127.0.0.1:" in message and "/export/models" in message
+        assert "https://x.example/f.csv" in message and "max_retries" in message
+        simulator.download_faults.extend(["500", "500"])
+        with pytest.raises(TransientError) as err:
+            await c.model_usage(*HOUR)
+        message = str(err.value)
+        assert "\n" not in message and "signature=" not in message
+        assert "/download/" in message and "storage" in message
+
+
+async def test_every_post_is_paced_downloads_are_not(
+    simulator: Simulator, clock: FakeClock
+) -> None:
+    async with LangdockClient(
+        simulator.base_url, API_KEY, max_requests_per_minute=3, sleep=clock.sleep, clock=clock.mono
+    ) as c:
+        assert c.pacer.per_minute == 3
+        simulator.faults.append(Fault(500, {"error": "boom"}))  # a retry: 2 POSTs, 1 download
+        await c.model_usage(*HOUR)
+        assert c.pacer.used() == 2 and c.pacer.waited == 0
+        await c.model_usage(*HOUR)  # the third call of the minute
+        before = clock.monotonic
+        await c.model_usage(*HOUR)  # waits until the first POST is 60 s old
+        assert clock.monotonic - before > 50.0
+        assert c.pacer.waited == pytest.approx(clock.monotonic - before)
+
+
+async def test_clients_share_one_pacer_and_keep_their_reserve(
+    simulator: Simulator, clock: FakeClock
+) -> None:
+    pacer = Pacer(4, clock=clock.mono, sleep=clock.sleep)
+    url = simulator.base_url
+    async with (
+        LangdockClient(url, API_KEY, pacer=pacer, sleep=clock.sleep) as poll,
+        LangdockClient(url, API_KEY, pacer=pacer, reserve=2, sleep=clock.sleep) as backfill,
+    ):
+        assert poll.pacer is backfill.pacer is pacer
+        await backfill.model_usage(*HOUR)
+        await backfill.model_usage(*HOUR)
+        assert clock.sleeps == []
+        await poll.model_usage(*HOUR)
+        await poll.model_usage(*HOUR)  # the reserve is the poll's
+        assert clock.sleeps == [] and pacer.used() == 4
+        await backfill.model_usage(*HOUR)  # room only when 3 calls have left the window
+        assert clock.sleeps == [pytest.approx(60.0)]

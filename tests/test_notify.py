@@ -23,7 +23,7 @@ from daemon.rules.engine import evaluate
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.slack_messages import budget_message, escape, name
 from daemon.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import Answer, FakeSlack
 from tests.rules_helpers import budget, hourly, index
 
@@ -82,6 +82,7 @@ def world(
 
 
 async def cycle(store: Store, config: Config, clock: FakeClock) -> tuple[int, int, int]:
+    fill_history(store, config, clock())
     evaluate_rules(store, config, clock())
     report = await deliver(store, SlackSender(config), clock, sleep=clock.sleep)
     return report.sent, report.deferred, report.rejected
@@ -192,6 +193,7 @@ async def test_crash_between_saving_state_and_sending_delivers_once(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
     config, store = world(tmp_path, webhook(slack), K1_OVER)
+    fill_history(store, config, clock())
     evaluate_rules(store, config, clock())  # state and outbox saved...
     store.close()  # ...and the process dies before sending
     restarted = Store.open(config.state.path)

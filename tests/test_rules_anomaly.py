@@ -139,3 +139,61 @@ def test_robust_score_ignores_outliers_in_the_baseline() -> None:
     assert expected == 11
     assert spread == Decimal("1.4826") * (Decimal(41) / 40).sqrt()  # the outlier changes nothing
     assert 0 < score < 1
+
+
+def test_nothing_against_nothing_has_no_score() -> None:
+    usage = index(hourly(START, NOW, lambda t: "0"))
+    (ev,) = evaluate_anomaly(
+        anomaly(window="1h", baseline="14d", direction="both"), usage, NOW, UTC_ZONE
+    )
+    assert ev.observed == 0 and ev.expected == 0 and ev.score is None and ev.note == ""
+    assert not any(c.holds for c in ev.conditions)
+
+
+def test_the_anomaly_table_shows_no_score_for_zero_against_zero_and_the_sensitivity() -> None:
+    from daemon.report import render_evaluations
+    from daemon.rules.engine import evaluate
+
+    # sub-cent amounts: both show as $0.00, so a score of +2.5 would only confuse
+    tiny = hourly(START, NOW, noisy(base=1), key="tiny")
+    tiny = [
+        p.__class__(p.bucket_start, p.api_key_id, p.model, p.cost_usd / 1000, 1, 1) for p in tiny
+    ]
+    usage = index(tiny, hourly(START, NOW, noisy(spike_at=LAST_HOUR), key="big"))
+    rules = [
+        anomaly(name="up", window="1h", baseline="14d", each="api_key", sensitivity=4.5),
+        anomaly(name="both", window="1h", baseline="14d", each="api_key", direction="both"),
+    ]
+    text = render_evaluations(evaluate(rules, usage, {}, NOW, UTC_ZONE), UTC_ZONE)
+    cells = {(row["Anomaly rule"], row["member"]): row for row in table(text)}
+    small = cells[("up", "tiny (tiny)")]
+    assert (small["observed"], small["expected"], small["score"]) == ("$0.00", "$0.00", "-")
+    assert small["fires at"] == "+4.5"
+    big = cells[("up", "big (big)")]
+    assert float(big["score"]) > 10 and big["fires at"] == "+4.5"
+    assert cells[("both", "big (big)")]["fires at"] == "±4"
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """The rows of a rendered grid as {header: cell}, cut at the columns of the dashes line."""
+    lines = text.splitlines()
+    spans, start = [], 0
+    for dashes in lines[1].split("  "):
+        spans.append((start, start + len(dashes)))
+        start += len(dashes) + 2
+    headers = [lines[0][a:b].strip() for a, b in spans]
+    return [
+        {h: line[a:b].strip() for h, (a, b) in zip(headers, spans, strict=True)}
+        for line in lines[2:]
+    ]
+
+
+def test_an_anomaly_message_without_a_score_still_renders() -> None:
+    from daemon.rules.lifecycle import AlertState
+    from daemon.slack_messages import anomaly_message
+
+    usage = index(hourly(START, NOW, lambda t: "0"))
+    (ev,) = evaluate_anomaly(anomaly(window="1h", baseline="14d"), usage, NOW, UTC_ZONE)
+    state = AlertState(ev.conditions[0].key, "firing", NOW, NOW, NOW)
+    message = anomaly_message(ev, state, UTC_ZONE, repeat=True)  # kept firing, now no score
+    assert "(score -)" in message.text

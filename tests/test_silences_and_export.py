@@ -17,7 +17,7 @@ from daemon.cycle import evaluate_rules
 from daemon.notify import SlackSender, deliver
 from daemon.prometheus_rules import prometheus_rules
 from daemon.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import FakeSlack
 from tests.test_notify import BUDGET_24H, T0, make_config, spend, webhook
 
@@ -30,6 +30,7 @@ def slack() -> Iterator[FakeSlack]:
 
 
 async def cycle(store: Store, config: Config, clock: FakeClock) -> int:
+    fill_history(store, config, clock())
     result = evaluate_rules(store, config, clock())
     assert result.states  # the state is tracked whether or not Slack hears of it
     return (await deliver(store, SlackSender(config), clock, sleep=clock.sleep)).sent

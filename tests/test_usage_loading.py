@@ -120,7 +120,7 @@ def test_grouped_selections_equal_the_row_by_row_index(
         # budget windows summed by SQLite (and the daily sums), and from hourly series
         for few in (0, 10_000):
             with patch.object(cycle, "FEW_BUCKETS", few):
-                usage = load_usage(store, config, NOW)
+                usage = load_usage(store, config, NOW, store.history_start())
             from_store = evaluate(config.rules, usage, {}, NOW, config.tz)
             assert summary(from_store.all_evaluations()) == reference, few
         store.close()

@@ -45,6 +45,8 @@ class AnomalyEvaluation:
     conditions: tuple[Condition, ...]
     note: str = ""  # why the rule could not judge (cold start, no data)
     usage: MemberUsage | None = field(default=None, compare=False, repr=False)
+    sensitivity: float = 4.0  # the rule's: |score| it fires at
+    direction: Literal["up", "down", "both"] = "up"
 
     @property
     def contributors(self) -> tuple[tuple[str, Decimal], ...]:
@@ -190,6 +192,8 @@ def _evaluate_member(
             conditions,
             note,
             member_usage,
+            rule.sensitivity,
+            rule.direction,
         )
 
     if observed is None:
@@ -202,6 +206,8 @@ def _evaluate_member(
             f"cold start: {len(samples)} of {rule.min_baseline_points} baseline points",
         )
     expected, _spread, score = robust_score(observed, samples, _slot(window.start, tz, seasonality))
+    if observed == 0 and expected == 0:
+        return result(expected, None, {})  # nothing against nothing: no score to show
     delta = observed - expected
     holds = {
         "up": score >= rule.sensitivity and delta >= min_delta and delta > 0,

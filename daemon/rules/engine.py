@@ -1,14 +1,16 @@
 """One evaluation cycle: every rule against the usage, then every alert through its lifecycle.
 
-Input: rules, a `UsageIndex`, the previous alert states and ``now``. Output: the evaluations
-(for reports and metrics), the new states (for the store) and the transitions (for the
-notifier). Pure: same input, same output.
+Input: rules, a `UsageIndex`, the previous alert states and ``now`` (and the rules still
+warming up, whose alerts stand still). Output: the evaluations (for reports and metrics), the
+new states (for the store) and the transitions (for the notifier). A firing forecast alert
+whose budget is reached is superseded by the threshold alert that takes over, never resolved.
+Pure: same input, same output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,7 +22,14 @@ from daemon.rules.budget import (
     budget_metric,
     evaluate_budget,
 )
-from daemon.rules.lifecycle import AlertState, Transition, end_period, step
+from daemon.rules.lifecycle import (
+    AlertState,
+    Transition,
+    end_period,
+    step,
+    supersede,
+    threshold_of,
+)
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
 from daemon.rules.usage import UsageIndex, UsageNeed
@@ -46,6 +55,8 @@ class EngineResult:
     notices: list[Notice] = field(default_factory=list)
     # per rule, in config order: every member's evaluation (a `BudgetTable` for budgets)
     per_rule: list[Sequence[Evaluation]] = field(default_factory=list)
+    # rules whose history is still being fetched (rule → why): evaluated, alerts held still
+    warming: dict[str, str] = field(default_factory=dict)
 
     @property
     def budget_tables(self) -> list[BudgetTable]:
@@ -91,8 +102,15 @@ def evaluate(
     previous: dict[str, AlertState],
     now: datetime,
     tz: ZoneInfo,
+    warming: Mapping[str, str] = {},  # never mutated
 ) -> EngineResult:
-    result = EngineResult()
+    """Every rule at ``now`` and every alert one step on.
+
+    ``warming`` names rules whose history is still being fetched (rule → why, e.g. "baseline
+    40 % fetched"): they are evaluated for display, but their alerts stand still: previous
+    states carried over as they are, no transitions, nothing pending starts.
+    """
+    result = EngineResult(warming=dict(warming))
     seen: set[str] = set()
     stateful: dict[str, set[str]] = {}
     for previous_state in previous.values():
@@ -110,13 +128,17 @@ def evaluate(
         else:
             evaluations = evaluate_new_member(rule, usage, now)
             result.per_rule.append(evaluations)
+        result.evaluations.extend(evaluations)
+        if rule.name in warming:
+            continue  # its alerts stand still (carried over below)
         for evaluation in evaluations:
-            result.evaluations.append(evaluation)
+            stepped: dict[str, AlertState | None] = {}
             for condition in evaluation.conditions:
                 key_id = condition.key.id
                 seen.add(key_id)
+                before = previous.get(key_id)
                 state, transition = step(
-                    previous.get(key_id),
+                    before,
                     condition.key,
                     condition.holds,
                     now,
@@ -125,13 +147,14 @@ def evaluate(
                     severity=condition.severity,
                 )
                 if (
-                    transition is not None
-                    and transition.kind == "resolved"
-                    and condition.key.condition == "forecast"
+                    condition.key.condition == "forecast"
                     and isinstance(evaluation, BudgetEvaluation)
+                    and before is not None
+                    and before.status == "firing"
                     and evaluation.spend >= evaluation.limit
                 ):
-                    transition = replace(transition, reason="spend reached the limit")
+                    state, transition = _forecast_reached(evaluation, before, stepped, now)
+                stepped[condition.key.condition] = state
                 _keep(result, key_id, state, transition, evaluation)
     for key_id, state in previous.items():
         if key_id in seen:
@@ -140,6 +163,9 @@ def evaluate(
         if known is None:
             continue  # the rule was removed from the config: forget its alerts
         rule = known
+        if rule.name in warming:
+            result.states[key_id] = state
+            continue
         if (
             isinstance(rule, BudgetRule)
             and state.key.period != window_period(rule.window, now, tz).id
@@ -157,6 +183,29 @@ def evaluate(
             )
         _keep(result, key_id, new_state, transition, None)
     return result
+
+
+def _forecast_reached(
+    evaluation: BudgetEvaluation,
+    forecast: AlertState,
+    stepped: Mapping[str, AlertState | None],
+    now: datetime,
+) -> tuple[AlertState | None, Transition | None]:
+    """A firing forecast alert whose spend reached the limit: it came true, so it does not
+    "resolve". It stays as it is while the threshold alert that takes over (100 % or more) is
+    still pending (`for`), then is superseded by it, whatever ``keep_firing_for`` says."""
+    for condition in evaluation.conditions:
+        threshold = threshold_of(condition.key)
+        taking_over = stepped.get(condition.key.condition)
+        if (
+            threshold is not None
+            and threshold >= 100
+            and condition.holds
+            and taking_over is not None
+            and taking_over.status == "pending"
+        ):
+            return forecast, None
+    return supersede(forecast, now, "spend reached the limit")
 
 
 def _keep(

@@ -3,17 +3,21 @@
 `for` is how long a condition must hold before the alert fires (as in Prometheus);
 `keep_firing_for` holds a firing alert that long after its condition cleared, to stop
 flapping. An alert of a calendar period that has ended resolves at once (reason
-``period ended``): a new period starts fresh. The notifier acts on the transitions.
+``period ended``): a new period starts fresh. A forecast alert whose budget is then reached
+is ``superseded`` (its state is resolved, but nothing went back under: the threshold alert
+took over). The notifier acts on the transitions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 Status = Literal["inactive", "pending", "firing", "resolved"]
-TransitionKind = Literal["firing", "resolved"]
+TransitionKind = Literal["firing", "resolved", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,14 @@ class AlertKey:
         object.__setattr__(
             self, "id", "|".join((self.rule, self.member, self.condition, self.period))
         )
+
+    @classmethod
+    def parse(cls, alert_id: str) -> AlertKey:
+        """The key of an ``id`` (rule names, conditions and periods never hold ``|``; a member
+        may)."""
+        rule, _, rest = alert_id.partition("|")
+        member, condition, period = rest.rsplit("|", 2) if rest.count("|") >= 2 else (rest, "", "")
+        return cls(rule, member, condition, period)
 
 
 @dataclass(frozen=True)
@@ -98,3 +110,50 @@ def end_period(state: AlertState, now: datetime) -> tuple[AlertState | None, Tra
         return None, None
     resolved = replace(state, status="resolved", since=now, resolved_at=now)
     return resolved, Transition("resolved", resolved, "period ended")
+
+
+def supersede(state: AlertState, now: datetime, reason: str) -> tuple[AlertState, Transition]:
+    """A firing alert that another alert of its member took over (a forecast come true)."""
+    resolved = replace(state, status="resolved", since=now, resolved_at=now)
+    return resolved, Transition("superseded", resolved, reason)
+
+
+# ------------------------------------------------------------------------------ alert groups
+#
+# The thresholds (and the forecast) of one budget rule, member and period are one *group*:
+# people hear about its highest firing alert only (its *lead*), as Alertmanager users get with
+# an inhibition of the lower severities. Every other alert is a group of its own.
+
+GroupKey = tuple[str, str, str, str]
+
+
+def threshold_of(key: AlertKey) -> Decimal | None:
+    """The percentage of a budget threshold alert (None for forecast, anomaly, new member)."""
+    if not key.condition[:1].isdigit():
+        return None
+    try:
+        return Decimal(key.condition)
+    except InvalidOperation:
+        return None
+
+
+def group_of(key: AlertKey) -> GroupKey:
+    budget = key.condition == "forecast" or threshold_of(key) is not None
+    return (key.rule, key.member, key.period, "" if budget else key.condition)
+
+
+def rank(key: AlertKey) -> tuple[Decimal, int]:
+    """Order within a group: thresholds below 100 %, the forecast (a predicted 100 %), then
+    thresholds of 100 % and more."""
+    threshold = threshold_of(key)
+    if threshold is not None:
+        return (threshold, 1)
+    if key.condition == "forecast":
+        return (Decimal(100), 0)
+    return (Decimal(0), 0)
+
+
+def lead(states: Iterable[AlertState]) -> AlertState | None:
+    """The highest firing alert among ``states`` (None: none fires)."""
+    firing = [s for s in states if s.status == "firing"]
+    return max(firing, key=lambda s: rank(s.key)) if firing else None

@@ -10,18 +10,19 @@ expectations is docs/RELIABILITY.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from daemon.config import Config, load_config
+from daemon.coverage import uncovered
 from daemon.cycle import CycleResult, run_cycle
 from daemon.langdock import LangdockClient
 from daemon.notify import SlackSender
-from daemon.rules.windows import buckets
 from daemon.simulator import Fault, Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY, NOW, FakeClock
@@ -89,27 +90,26 @@ class Harness:
         return result
 
     def assert_no_partial_data(self) -> None:
-        """Every bucket marked fetched holds exactly Langdock's numbers for it."""
-        fetched = self.store.fetched_segments("api-keys", NOW - timedelta(days=2))
-        tz = self.config.tz
-        for bucket in buckets(NOW - timedelta(days=2), self.clock(), tz):
+        """Every range marked fetched (an hour or a coarse range) holds exactly Langdock's
+        numbers for it, and nothing is stored where nothing was fetched."""
+        segments = self.store.segments("api-keys", NOW - timedelta(days=2))
+        for lo, hi in uncovered(segments, NOW - timedelta(days=2), self.clock()):
+            assert self.store.key_model_totals(lo, hi) == [], f"unfetched {lo}..{hi} has data"
+        for segment in segments:
+            if segment.fetched_at < segment.end:
+                continue  # fetched while running: its truth depends on the exact instant
             stored = {
                 (t.api_key_id, t.model): t.cost_usd
-                for t in self.store.key_model_totals(bucket.start, bucket.end)
+                for t in self.store.key_model_totals(segment.start, segment.end)
             }
-            if bucket.start not in fetched:
-                assert stored == {}, f"unfetched bucket {bucket.start} has data"
-                continue
-            if fetched[bucket.start] < bucket.end:
-                continue  # fetched while running: its truth depends on the exact instant
-            assert stored == self.truth(bucket.start, bucket.end), bucket.start
+            assert stored == self.truth(segment.start, segment.end), segment.start
 
     def truth(self, start: Any, end: Any) -> dict[tuple[str, str], Decimal]:
         result = {}
         for ki, key in enumerate(self.sim.keys):
             for mi, model in enumerate(self.sim.models):
                 usage = self.sim.pair_usage(ki, mi, start, end)
-                if usage["requests"]:
+                if usage["requests"] or usage["cost"]:
                     result[(key.id, model.name)] = usage["cost"]
         return result
 
@@ -145,6 +145,14 @@ def fault(kind: str) -> Callable[[Simulator], None]:
             sim.download_faults.append("redirect")
         elif kind in ("truncate", "garbage", "missing_column", "bom_extra"):
             sim.download_faults.append(kind)
+        elif kind == "download 500":
+            sim.download_faults.append("500")
+        elif kind == "download breaks off":
+            sim.download_faults.append("drop")
+        elif kind == "truncated every time":  # max_retries 2: three fresh exports, all short
+            sim.download_faults.extend(["truncate"] * 3)
+        elif kind == "storage down":
+            sim.download_faults.extend(["500"] * 3)
         else:
             raise AssertionError(kind)
 
@@ -161,7 +169,11 @@ SCENARIOS = [
     ("export too large", True, None),
     ("expired signed URL", True, None),
     ("signed URL redirects elsewhere", False, "download"),
-    ("truncate", False, "truncated"),
+    ("truncate", True, None),  # a fresh export within the same cycle
+    ("truncated every time", False, "truncated"),  # the bucket fails, the poll goes on
+    ("download 500", True, None),
+    ("download breaks off", True, None),
+    ("storage down", False, "download"),  # retries exhausted: the poll stops
     ("garbage", False, "parse"),
     ("missing_column", False, "parse"),
     ("bom_extra", True, None),
@@ -255,3 +267,85 @@ def test_a_store_held_by_another_process_is_refused(
         assert main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
     finally:
         holder.close()
+
+
+def test_once_on_a_dedicated_deployment_rides_out_a_fault_storm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: a base URL ending in /api/public; two 429s, one 500 on the export
+    POSTs, then a truncated and a 500 download, in a row. `langdock-budget once` (the real
+    command, in-process, real clock) exits 0 and stores exactly what the simulator reports."""
+    from daemon.cli import main
+
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:  # the client's waits, recorded, not slept
+        waits.append(seconds)
+
+    monkeypatch.setattr("daemon.langdock.default_sleep", no_wait)
+    # The simulated workspace stops using Langdock now, so every range `once` asks for, the
+    # running hour included, has one exact truth however the fetches split it.
+    frozen = datetime.now(UTC).replace(microsecond=0)
+    sim = Simulator(api_key=API_KEY, clock=lambda: frozen)
+    sim.start()
+    try:
+        (tmp_path / "config.yaml").write_text(
+            f"langdock: {{base_url: '{sim.base_url}/api/public', api_key: '{API_KEY}',"
+            " max_requests_per_minute: 250}\n"  # max_retries: the default 5
+            "timezone: Europe/Berlin\npoll: {backfill: 3h}\nstate: {path: state.db}\n"
+        )
+        sim.faults.extend(
+            [
+                Fault(429, {"error": "Too many requests"}, {"Retry-After": "7"}),
+                Fault(429, {"error": "Too many requests"}),
+                Fault(500, {"error": "Internal error"}),
+            ]
+        )
+        sim.download_faults.extend(["truncate", "500"])
+        assert main(["--config", str(tmp_path / "config.yaml"), "once"]) == 0
+        out = capsys.readouterr()
+        assert API_KEY not in out.out + out.err and "signature=" not in out.out + out.err
+        posts = sim.export_requests()
+        downloads = [r for r in sim.seen if r.method == "GET"]
+    finally:
+        sim.stop()
+    assert all(r.path.startswith("/api/public/export/") for r in posts)
+    assert not sim.faults and not sim.download_faults, "every fault was served"
+    assert waits[0] == 7.0 and len(waits) == 5, waits  # Retry-After, then backoff
+
+    def utc(point: dict[str, str]) -> datetime:  # a request's wall-clock date in its zone
+        local = datetime.fromisoformat(point["date"])
+        return local.replace(tzinfo=ZoneInfo(point["timezone"])).astimezone(UTC)
+
+    # one export took all five retries (three failed POSTs, two failed downloads); every
+    # other POST was answered with a file, or with "No data found" after the frozen instant
+    no_data = sum(1 for r in posts if utc(r.body["from"]) >= frozen)
+    assert len(posts) == len(downloads) + 3 + no_data
+    first = min(utc(r.body["from"]) for r in posts)
+    assert first <= frozen - timedelta(hours=3)
+    assert max(utc(r.body["to"]) for r in posts) >= frozen
+
+    store = Store.open(tmp_path / "state.db")
+    try:
+        later = frozen + timedelta(days=1)
+        stored: dict[tuple[str, str], tuple[int, Decimal]] = {
+            (t.api_key_id, t.model): (t.requests, t.cost_usd)
+            for t in store.key_model_totals(first, later)
+        }
+        model_requests: dict[str, int] = {}
+        for point in store.model_points(first, later):
+            model_requests[point.model] = model_requests.get(point.model, 0) + point.requests
+    finally:
+        store.close()
+    truth = {
+        (key.id, model.name): (usage["requests"], usage["cost"])
+        for ki, key in enumerate(sim.keys)
+        for mi, model in enumerate(sim.models)
+        if (usage := sim.pair_usage(ki, mi, first, later))["requests"] or usage["cost"]
+    }
+    assert {k: v for k, v in stored.items() if v != (0, 0)} == truth
+    assert {m: n for m, n in model_requests.items() if n} == {
+        model.name: n
+        for mi, model in enumerate(sim.models)
+        if (n := sum(sim.pair_usage(ki, mi, first, later)["requests"] for ki in range(5)))
+    }

@@ -1,0 +1,177 @@
+"""The background backfill of `run`: coarse ranges refined into their hours, and the rest of
+the backfill fetched hour by hour, newest first (`coverage.refine_plan`).
+
+It makes one export call at a time, waits while a cycle runs (the poll of the current hour
+always goes first) and leaves part of the pace to the poll (its client's ``reserve``). A
+failed call is logged, recorded and retried after a pause; the cycles go on regardless.
+Progress is logged at most once a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import structlog
+
+from daemon.config import Config
+from daemon.coverage import BackfillProgress, Fetch, backfill_progress, first_windows, refine_plan
+from daemon.ingest import fetch_into, load_segments
+from daemon.langdock import AuthError, LangdockClient, LangdockError
+from daemon.rules.windows import buckets
+from daemon.store import Store
+
+log = structlog.get_logger("langdock_budget.refine")
+RETRY_PAUSE = 60.0  # seconds after a failed background call
+LOG_EVERY = 60.0  # seconds between progress lines
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Refiner:
+    """Runs until cancelled; `wake` after each cycle (new gaps or a new hour may need work)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Callable[[], Config],
+        client: Callable[[], LangdockClient],
+        now: Callable[[], datetime],
+        idle: asyncio.Event,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._config, self._client, self._now = config, client, now
+        self.idle = idle  # set while no cycle runs
+        self._sleep, self._monotonic = sleep, monotonic
+        self.woken = asyncio.Event()
+        self.fetched = 0
+        self.failures = 0
+        self.progress: BackfillProgress | None = None
+        self._logged_at = -LOG_EVERY
+        self.on_progress: Callable[[BackfillProgress], None] | None = None
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    def plan(self) -> list[Fetch]:
+        config, at = self._config(), self._now()
+        tz, backfill = config.tz, config.poll.backfill
+        segments = load_segments(self.store, at, tz, backfill)
+        staged = self.store.staged_starts()
+        self.progress = backfill_progress(segments, staged, at, tz, backfill)
+        return refine_plan(
+            at,
+            tz,
+            backfill=backfill,
+            segments=segments,
+            staged=staged,
+            windows=first_windows(config.rules, at, tz),
+        )
+
+    async def drain(self) -> int:
+        """Fetch everything the plan holds now, at once (tests, benchmarks); returns how many
+        calls failed."""
+        failed = 0
+        for fetch in self.plan():
+            failed += not await self._one(fetch)
+        return failed
+
+    async def run(self) -> None:
+        while True:
+            self.woken.clear()
+            plan = self.plan()
+            if not plan:
+                self._log_progress()
+                await self.woken.wait()
+                continue
+            for fetch in plan:
+                if self.woken.is_set():
+                    break  # a cycle ran: plan again with what it stored
+                await self.idle.wait()
+                if not await self._one(fetch):
+                    await self._pause()
+                    break
+                if self._monotonic() - self._logged_at >= LOG_EVERY:
+                    self._log_progress()
+
+    async def _one(self, fetch: Fetch) -> bool:
+        try:
+            await fetch_into(self._client(), self.store, fetch, self._now)
+            if fetch.within is not None:
+                start, end = fetch.within
+                hours = [b.start for b in buckets(start, end, self._config().tz)]
+                self.store.promote_staged(start, end, hours)
+        except LangdockError as exc:
+            self.failures += 1
+            log.warning(
+                "backfill_fetch_failed",
+                export=fetch.export,
+                bucket=fetch.start.isoformat(),
+                reason=exc.reason,
+                error=str(exc),
+            )
+            self._record(fetch, exc.reason, str(exc))
+            if isinstance(exc, AuthError):
+                await self.woken.wait()  # the cycle reports it too; try again after one
+            return False
+        except sqlite3.Error as exc:
+            self.failures += 1
+            log.error(
+                "store_write_failed",
+                error=str(exc),
+                fix="free disk space or stop the other process holding the store",
+            )
+            return False
+        self.fetched += 1
+        return True
+
+    def _record(self, fetch: Fetch, reason: str, message: str) -> None:
+        try:
+            self.store.record_failure(
+                fetch.export, fetch.start, fetch.end, self._now(), reason, message
+            )
+        except sqlite3.Error as exc:  # a broken store must not hide the fetch error
+            log.error("store_write_failed", error=str(exc))
+
+    async def _pause(self) -> None:
+        """Wait a minute, or less if a cycle wakes us."""
+        tasks = {
+            asyncio.ensure_future(self.woken.wait()),
+            asyncio.ensure_future(self._sleep(RETRY_PAUSE)),
+        }
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _log_progress(self) -> None:
+        """A progress line at most once a minute, and one when the backfill completes."""
+        clock = self._monotonic()
+        config, at = self._config(), self._now()
+        segments = load_segments(self.store, at, config.tz, config.poll.backfill)
+        progress = backfill_progress(
+            segments, self.store.staged_starts(), at, config.tz, config.poll.backfill
+        )
+        finished = progress.done and not (self.progress is not None and self.progress.done)
+        self.progress = progress
+        if finished and self.fetched:
+            self._logged_at = clock
+            log.info("backfill_complete", buckets=progress.buckets, fetched=self.fetched)
+        if self.on_progress is not None:
+            self.on_progress(progress)
+        if not progress.done and clock - self._logged_at >= LOG_EVERY:
+            self._logged_at = clock
+            pace = self._client().pacer.per_minute
+            log.info(
+                "backfill_progress",
+                done=progress.fine,
+                total=progress.buckets,
+                percent=round(100 * progress.ratio, 1),
+                eta_s=round(progress.eta(pace).total_seconds()),
+            )
