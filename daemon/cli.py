@@ -18,7 +18,7 @@ import structlog
 
 from daemon import __version__, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.cycle import CycleResult, evaluate_rules, run_cycle
+from daemon.cycle import CycleResult, backfill_pace, evaluate_rules, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, default_log_format, redactor
@@ -365,7 +365,7 @@ async def cycle_once(
     console: bool = False,
     dry_run: bool = False,
 ) -> CycleResult:
-    progress = _progress_bar if sys.stderr.isatty() else None
+    bar = ProgressBar(client) if sys.stderr.isatty() else None
     result = await run_cycle(
         config,
         store,
@@ -374,23 +374,33 @@ async def cycle_once(
         sender=sender,
         console=console,
         dry_run=dry_run,
-        progress=progress,
+        progress=bar,
     )
-    if progress is not None:
+    if bar is not None and bar.shown:
         print(file=sys.stderr)
     return result
 
 
-def _progress_bar(done: int, total: int, what: str = "fetching", unit: str = "buckets") -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    amount = f"{100 * done // max(total, 1)}%" if unit == "of the file" else f"{done}/{total}"
-    print(
-        f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {amount} {unit}",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+class ProgressBar:
+    """The poll's progress on a terminal: ranges fetched of all, and the time left at the
+    current pace (a first start fetches a few dozen ranges; a steady poll shows nothing)."""
+
+    def __init__(self, client: LangdockClient, width: int = 30) -> None:
+        self.client, self.width, self.shown = client, width, False
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 4:
+            return
+        self.shown = True
+        filled = self.width * done // total
+        left = (total - done) * 60 / max(self.client.pacer.per_minute, 1)
+        print(
+            f"\rfetching [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} ranges,"
+            f" about {left:.0f}s left ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -456,6 +466,12 @@ def render_cycle(store: Store, config: Config, result: CycleResult, now: datetim
     if config.rules:
         parts.append(render_evaluations(result.engine, config.tz))
     parts.append(summary_line(result.poll) + delivery_line(result))
+    if result.readiness is not None and not result.readiness.progress.done:
+        pace = backfill_pace(config, backfilling=True)
+        parts[-1] += (
+            f"\nhistory: {result.readiness.progress.describe(pace)}; `langdock-budget run`"
+            " fetches the rest in the background (until then anomaly rules are warming up)"
+        )
     return "\n\n".join(parts)
 
 

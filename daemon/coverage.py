@@ -247,7 +247,10 @@ def warming_rules(
         if need.rule.name in warming or not isinstance(need.rule, BudgetRule | AnomalyRule):
             continue
         segs = segments.get(_export_of(need), ())
-        lo, hi = max(need.start, oldest), min(need.end, now)
+        start = need.start
+        if isinstance(need.rule, BudgetRule):  # a forecast's profile reads fine hours only
+            start = window_period(need.rule.window, now, tz).start
+        lo, hi = max(start, oldest), min(need.end, now)
         if lo >= hi:
             continue
         inside = [s for s in segs if s.start < hi and s.end > lo]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +19,14 @@ from daemon.rules.durations import parse_duration
 from daemon.simulator import Simulator
 
 DEMO_KEY = "demo-not-a-secret"
+DEMO_PORT = 9464
 _CONFIG = """\
 # Written by `langdock-budget demo`; thrown away when the demo stops.
 langdock:
   base_url: {base_url}
   api_key: {api_key}
   max_requests_per_minute: 240
+  backfill_max_requests_per_minute: 600
 timezone: {timezone}
 poll:
   interval: {interval}
@@ -31,7 +34,7 @@ poll:
 state:
   path: state.db
 metrics:
-  listen: 127.0.0.1:9464
+  listen: 127.0.0.1:{port}
 rules:
   - name: per-key-daily
     kind: budget
@@ -113,14 +116,15 @@ def banner_lines(
 
 
 async def run_demo(args: argparse.Namespace) -> bool:
-    from daemon.cli import cycle_once, render_cycle, utc_now
+    """`run` itself (the same cycle, background backfill, `/metrics` and `/healthz`) against
+    the simulator, with Slack messages and each cycle's tables printed."""
+    from daemon.cli import render_cycle, utc_now
     from daemon.config import load_config
+    from daemon.cycle import CycleResult
     from daemon.notify import ConsoleSender
-    from daemon.service import make_client
+    from daemon.service import Daemon
     from daemon.store import Store
 
-    interval = parse_duration(args.interval)
-    sender = ConsoleSender(as_json=args.json)
     simulator = Simulator(
         api_key=DEMO_KEY, spike_start=datetime.now(UTC) + parse_duration(args.spike_after)
     )
@@ -135,26 +139,41 @@ async def run_demo(args: argparse.Namespace) -> bool:
                 timezone=args.timezone,
                 interval=args.interval,
                 backfill=args.backfill,
+                port=_free_port(DEMO_PORT),
             )
         )
         config = load_config(path)
         store = Store.open(config.state.path, exclusive=True, tz=config.tz)
-        print("\n".join(banner_lines(args, base_url, tmp)) + "\n")
+        cycles = 0
+
+        def show(result: CycleResult) -> None:
+            nonlocal ok, cycles
+            cycles += 1
+            ok = ok and result.poll.ok
+            print(f"--- poll {cycles} ---", flush=True)
+            print(render_cycle(store, config, result, utc_now()) + "\n", flush=True)
+            if args.cycles and cycles >= args.cycles:
+                daemon.stopping.set()
+
+        daemon = Daemon(path, config, store, sender=ConsoleSender(as_json=args.json), on_cycle=show)
         try:
-            async with make_client(config) as client:
-                cycle = 0
-                while True:
-                    cycle += 1
-                    print(f"--- poll {cycle} ---", flush=True)
-                    result = await cycle_once(config, store, client, sender=sender, console=True)
-                    ok = ok and result.poll.ok
-                    print(render_cycle(store, config, result, utc_now()) + "\n", flush=True)
-                    if args.cycles and cycle >= args.cycles:
-                        break
-                    await asyncio.sleep(interval.total_seconds())
+            await daemon.start()
+            urls = {"metrics_url": f"{daemon.url}/metrics", "health_url": f"{daemon.url}/healthz"}
+            print("\n".join(banner_lines(args, base_url, tmp, **urls)) + "\n", flush=True)
+            await daemon.stopping.wait()
         except (KeyboardInterrupt, asyncio.CancelledError):
             print("demo: stopped.")
         finally:
-            store.close()
+            await daemon.stop()
             simulator.stop()
     return ok
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` if nothing listens there, else 0 (any free port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred

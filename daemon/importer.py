@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -452,7 +453,8 @@ def _tokens(pl: Any, raw: Any) -> Any:
 
 def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime) -> int:
     """Write the imported buckets that the API has not filled yet; return how many."""
-    fetched = store.fetched_segments("api-keys", datetime(1970, 1, 1, tzinfo=UTC))
+    fetched = store.segments("api-keys", datetime(1970, 1, 1, tzinfo=UTC))  # oldest first
+    starts = [segment.start for segment in fetched]
     by_bucket: dict[int, list[KeyUsage]] = {}
     for start, key_id, model, calls, inp, out, cost in result.group_rows():
         by_bucket.setdefault(start, []).append(
@@ -469,8 +471,9 @@ def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime
     written = 0
     for start_ts, rows in sorted(by_bucket.items()):
         begins = datetime.fromtimestamp(start_ts, UTC)
-        if begins in fetched:
-            continue  # the API's numbers for this hour win
+        at = bisect_right(starts, begins) - 1
+        if at >= 0 and begins < fetched[at].end:
+            continue  # the API's numbers for this hour (or the range holding it) win
         store.replace_key_usage(begins, bucket_end(begins, tz), rows, now, export="import")
         written += 1
     return written

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,14 +84,26 @@ def make_sender(config: Config) -> Sender | None:
 class Daemon:
     """The running service: config, store, clients, metrics and the scheduler."""
 
-    def __init__(self, config_path: Path, config: Config, store: Store) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        store: Store,
+        *,
+        sender: Sender | None = None,
+        on_cycle: Callable[[CycleResult], None] | None = None,
+    ) -> None:
+        """``sender`` replaces Slack (the demo prints messages); ``on_cycle`` sees each
+        cycle's result (the demo prints its tables)."""
         self.config_path = config_path
         self.config = config
         self.store = store
         self.pacer = Pacer(config.langdock.max_requests_per_minute)
         self.client = make_client(config, self.pacer)
         self.background = make_client(config, self.pacer, poll_reserve(config))
-        self.sender = make_sender(config)
+        self.console = sender is not None
+        self.sender = sender or make_sender(config)
+        self.on_cycle = on_cycle
         self.idle = asyncio.Event()  # set while no cycle runs: the refiner waits for it
         self.idle.set()
         self.refiner = Refiner(
@@ -126,7 +139,7 @@ class Daemon:
             "daemon_started",
             version=__version__,
             config=str(self.config_path),
-            metrics=f"http://{metrics.listen}/metrics",
+            metrics=f"{self.url}/metrics",
             rules=len(self.config.rules),
         )
         self.scheduler.add_job(
@@ -149,6 +162,13 @@ class Daemon:
         self.scheduler.start()
         self.refine_task = asyncio.get_running_loop().create_task(self.refiner.run())
         notify("READY=1\nSTATUS=started; first poll running")
+
+    @property
+    def url(self) -> str:
+        """Where `/metrics` and `/healthz` are served (the bound port, if it was 0)."""
+        port = self.server.port if self.server is not None else self.config.metrics.port
+        host = self.config.metrics.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     async def stop(self) -> None:
         notify("STOPPING=1")
@@ -220,11 +240,14 @@ class Daemon:
                     self.client,
                     utc_now,
                     sender=self.sender,
+                    console=self.console,
                     on_stored=self._stored,
                     progress=ProgressLog(self.pacer),
                 )
                 self._record(result)
                 self.publish(result)
+                if self.on_cycle is not None:
+                    self.on_cycle(result)
                 notify(f"STATUS=cycle {number}: {_status_text(result)}")
             except asyncio.CancelledError:
                 if not self.stopping.is_set():
@@ -321,7 +344,8 @@ class Daemon:
                 self.background = make_client(new, self.pacer, poll_reserve(new))
             if new.state.path != self.config.state.path:
                 log.warning("reload_state_path_ignored", fix="restart to use another store")
-            self.sender = make_sender(new)
+            if not self.console:
+                self.sender = make_sender(new)
             if new.poll.interval != self.config.poll.interval:
                 self.scheduler.reschedule_job(
                     "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()
