@@ -29,6 +29,7 @@ first counted bucket (the first that starts at or after ``now - 7d``) stays the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -39,8 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from daemon.rules.windows import bucket_end, bucket_start, calendar_period
+from daemon.rules.windows import bucket_end, bucket_start, calendar_period, window_period
 from daemon.simulator import DEFAULT_MODELS, SimKey, Simulator
 from daemon.store import Store
 
@@ -91,11 +93,13 @@ class SlowSimulator(Simulator):
         with self._log_lock:
             self.posts.append((time.time(), path, body))
         time.sleep(self.post_latency)
-        super()._export(handler, path, headers, body)
+        with contextlib.suppress(ConnectionError):  # the daemon was stopped meanwhile
+            super()._export(handler, path, headers, body)
 
     def _download(self, handler: Any, token: str, headers: dict[str, str]) -> None:
         time.sleep(self.download_latency)
-        super()._download(handler, token, headers)
+        with contextlib.suppress(ConnectionError):
+            super()._download(handler, token, headers)
 
     def post_log(self) -> list[tuple[float, str, Any]]:
         with self._log_lock:
@@ -114,15 +118,10 @@ def truth_at(sim: Simulator, now: datetime) -> Truth:
     """What the store sums at ``now`` (an instant in the same hour as the simulator's frozen
     clock): buckets that start in [window start, now), so a rolling window that begins
     mid-hour counts from the next bucket on (see tests/test_coverage.py `check`)."""
-    starts = {}
-    for rule, window in BUDGETS.items():
-        if window in ("month", "day"):
-            starts[rule] = calendar_period(window, now, TZ).start
-        else:
-            edge = now - timedelta(days=int(window.removesuffix("d")))
-            starts[rule] = edge if bucket_start(edge, TZ) == edge else bucket_end(edge, TZ)
     per_rule: dict[str, dict[str, Decimal]] = {}
-    for rule, start in starts.items():
+    for rule, window in BUDGETS.items():
+        edge = window_period(window, now, TZ).start
+        start = edge if bucket_start(edge, TZ) == edge else bucket_end(edge, TZ)
         per_rule[rule] = {
             f"{key.name} ({key.id})": sum(
                 (sim.pair_usage(ki, mi, start, now)["cost"] for mi in range(len(MODELS))),
@@ -234,6 +233,7 @@ class RunResult:
     refine_rate: float = 0.0  # refiner calls per minute while observed
     remaining: int | None = None  # buckets still to refine when stopped
     refined_at: float | None = None  # s after start: hourly history complete (--refine)
+    refine_estimate: float | None = None  # min after start, from the refiner's observed rate
     exit_code: int | None = None
     wrong: list[str] = field(default_factory=list)
 
@@ -333,7 +333,11 @@ def bench_run(args: argparse.Namespace, number: int) -> RunResult:
         stopped = time.time()
         sim.stop()
         events = log_events(log)
-    posts = sim.post_log()
+        posts = sim.post_log()
+        if args.log_dir is not None:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            (args.log_dir / f"run-{number}.log").write_bytes(log.read_bytes())
+            (args.log_dir / f"run-{number}-posts.json").write_text(json.dumps(posts, indent=0))
     result.calls = len(posts)
     result.max_60s = max_per_window([t for t, _, _ in posts])
     finished = [e for e in events if e.get("event") == "poll_finished"]
@@ -344,10 +348,15 @@ def bench_run(args: argparse.Namespace, number: int) -> RunResult:
         result.first_poll_seconds = float(first["duration_s"])
         poll_end = datetime.fromisoformat(first["timestamp"]).timestamp()
         result.first_poll_ranges = describe_ranges([p for p in posts if p[0] <= poll_end])
-        later = [t for t, _, _ in posts if t > poll_end]
-        cycles = sum(1 for e in finished[1:] if e.get("calls"))
-        if later and stopped - poll_end > 30:
-            result.refine_rate = (len(later) - cycles * 2) / ((stopped - poll_end) / 60)
+        later = sum(1 for t, _, _ in posts if t > poll_end)
+        later -= sum(int(e["calls"]) for e in finished[1:])  # the refiner's calls only
+        minutes = (stopped - poll_end) / 60
+        if later and minutes > 0.5:
+            result.refine_rate = later / minutes
+            if result.remaining:  # calls still to make (one per bucket) at the same rate
+                result.refine_estimate = (
+                    (poll_end - wall0) / 60 + minutes + result.remaining / result.refine_rate
+                )
     print(
         f"run {number}: budgets right on /metrics at {fmt(result.right_at)} s (first budget"
         f" series {fmt(result.first_series_at)} s), status month total"
@@ -435,12 +444,14 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def span(values: list[float], digits: int = 1) -> str:
+def span(values: Sequence[float], digits: int = 1) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:.{digits}f}" if lo == hi else f"{lo:.{digits}f}-{hi:.{digits}f}"
 
 
-def line(label: str, values: list[float], unit: str, target: float | None, digits: int = 1) -> str:
+def line(
+    label: str, values: Sequence[float], unit: str, target: float | None, digits: int = 1
+) -> str:
     text = f"{label:<40} {span(values, digits):>11} {unit:<6}"
     if target is not None:
         text += f" target <= {target:g} {unit:<6} ratio {max(values) / target:.2f}"
@@ -464,6 +475,9 @@ def main() -> None:
         help="in the first run, wait for the full hourly history (20-50 min)",
     )
     parser.add_argument("--skip-once", action="store_true")
+    parser.add_argument(
+        "--log-dir", type=Path, help="keep each run's daemon log and export requests here"
+    )
     args = parser.parse_args()
     print(
         f"firstrun: {len(KEYS)} keys x {len(MODELS)} models, backfill 35d, Europe/Berlin,"
@@ -488,21 +502,20 @@ def main() -> None:
         print(line("firstrun once: done (empty store)", [o.seconds for o in onces], "s", TARGET))
         print(f"firstrun once: exit 0 and month spend right in {len(ok)}/{len(onces)}")
         print(line("firstrun once: export calls", [o.calls for o in onces], "calls", None, 0))
-    print(line("firstrun: calls in the first poll", [r.first_poll_calls for r in runs], "", None, 0))
+    calls = [r.first_poll_calls for r in runs]
+    print(line("firstrun: calls in the first poll", calls, "calls", None, 0))
     print(line("firstrun: first poll duration", [r.first_poll_seconds for r in runs], "s", None))
     peaks = [r.max_60s for r in runs] + [o.max_60s for o in onces]
     print(line("firstrun: max calls in any 60 s", peaks, "calls", CAP, 0))
     rates = [r.refine_rate for r in runs if r.refine_rate]
     if rates:
         print(line("firstrun: refiner pace while observed", rates, "/min", None, 0))
-    refined = [r.refined_at for r in runs if r.refined_at is not None]
+    refined = [r.refined_at / 60 for r in runs if r.refined_at is not None]
     if refined:
-        print(line("firstrun: hourly history complete", [x / 60 for x in refined], "min", None))
-    elif rates:
-        left = [r.remaining for r in runs if r.remaining]
-        if left:
-            estimate = [max(left) / max(rates) / 60 * 60, max(left) / min(rates)]
-            print(line("firstrun: refinement left (estimate)", estimate, "min", None))
+        print(line("firstrun: hourly history complete", refined, "min", None))
+    estimates = [r.refine_estimate for r in runs if r.refine_estimate is not None]
+    if estimates:
+        print(line("firstrun: hourly history (estimate)", estimates, "min", None))
 
 
 if __name__ == "__main__":

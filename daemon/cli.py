@@ -18,7 +18,7 @@ import structlog
 
 from daemon import __version__, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.cycle import CycleResult, backfill_pace, evaluate_rules, run_cycle
+from daemon.cycle import CycleResult, backfill_pace, evaluate_rules, readiness, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, default_log_format, redactor
@@ -550,6 +550,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         failed = [f for f in store.last_fetches(20) if not f.ok]
         if failed:
             print(f"recent fetch failures: {len(failed)} (latest: {failed[0].message})")
+        progress = readiness(store, config, now).progress
+        print(f"backfill: {progress.describe(backfill_pace(config, not progress.done))}")
     finally:
         store.close()
     return EXIT_OK

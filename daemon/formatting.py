@@ -49,7 +49,7 @@ def format_score(score: float | None) -> str:
         return "-"
     if math.isinf(score):
         return "∞" if score > 0 else "-∞"
-    return f"{score:+.1f}"
+    return f"{score:+.1f}" if abs(score) >= 0.05 else "+0.0"  # never "-0.0"
 
 
 def format_sensitivity(sensitivity: float, direction: str) -> str:

@@ -16,7 +16,9 @@ import structlog
 
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, horizon
 from daemon.langdock import LangdockClient, LangdockError, TransientError
+from daemon.pacing import Pacer
 from daemon.rules.windows import Period
+from daemon.sdnotify import notify
 from daemon.store import Store
 
 Progress = Callable[[int, int], None]
@@ -160,3 +162,21 @@ def _record(store: Store, failure: FetchFailure, at: datetime) -> None:
         )
     except Exception as exc:  # a broken store must not hide the fetch error
         log.error("store_write_failed", error=str(exc))
+
+
+class ProgressLog:
+    """Progress of a long poll (a first start): a log line at most once a minute, with
+    counts and the time left at the current pace, and the systemd status."""
+
+    def __init__(self, pacer: Pacer, every: float = 60.0) -> None:
+        self.pacer, self.every = pacer, every
+        self.logged = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        clock = time.monotonic()
+        if done >= total or clock - self.logged < self.every:
+            return
+        self.logged = clock
+        left = round((total - done) * 60 / max(self.pacer.per_minute, 1))
+        log.info("poll_progress", done=done, total=total, eta_s=left)
+        notify(f"STATUS=first poll: {done}/{total} ranges, about {left}s left")

@@ -82,6 +82,7 @@ class Refiner:
         return failed
 
     async def run(self) -> None:
+        await self.woken.wait()  # the first cycle goes first: it fills the budget windows
         while True:
             self.woken.clear()
             plan = self.plan()

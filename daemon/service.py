@@ -30,23 +30,19 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.coverage import BackfillProgress
 from daemon.cycle import CycleResult, Readiness, history_needed, run_cycle
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
+from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
 from daemon.logs import redactor
 from daemon.metrics import (
-    COST_WINDOWS,
     MetricsServer,
-    Snapshot,
     SnapshotCollector,
     Stats,
-    bounded_budgets,
-    cost_series,
-    firing_series,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.pacing import Pacer
 from daemon.refine import Refiner
-from daemon.report import window_ranges
 from daemon.sdnotify import notify, watchdog_interval
+from daemon.snapshot import build_snapshot
 from daemon.store import Store
 
 log = structlog.get_logger("langdock_budget.daemon")
@@ -171,6 +167,7 @@ class Daemon:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     async def stop(self) -> None:
+        self.stopping.set()
         notify("STOPPING=1")
         self.scheduler.shutdown(wait=False)
         if self.refine_task is not None:
@@ -382,50 +379,17 @@ class Daemon:
             ("sent", report.sent),
             ("retried", report.deferred),
             ("rejected", report.rejected),
+            ("silenced", report.silenced),
         ):
             self.stats.count(self.stats.notifications, outcome, n)
 
     def publish(self, result: CycleResult) -> None:
-        now = utc_now()
         self.readiness = result.readiness
         if result.readiness is not None:
             self.progress = result.readiness.progress
-        ranges = window_ranges(now, self.config.tz, COST_WINDOWS)
-        # the cost series cover the top keys by month spend; the rest is summed as "other"
-        top = self.store.top_keys(
-            *ranges["month"], min(s for s, _ in ranges.values()), self.config.metrics.top_keys
+        self.collector.snapshot = build_snapshot(
+            self.store, self.config, result, self.stats, self.progress, utc_now()
         )
-        totals = self.store.window_costs(ranges, keep=top)
-        names = self.store.api_key_names()
-        labels = {k: f"{n} ({k})" for k, n in names.items()}
-        silences = [s for s in self.store.silences(now) if s.active(now)]
-        silenced = tuple(
-            sorted(
-                {
-                    (s.key.rule, labels.get(s.key.member, s.key.member))
-                    for s in result.engine.firing
-                    if any(
-                        x.matches(s.key.rule, s.key.member, names.get(s.key.member, s.key.member))
-                        for x in silences
-                    )
-                }
-            )
-        )
-        self.collector.snapshot = Snapshot(
-            silenced=silenced,
-            costs=cost_series(totals, names),
-            budgets=bounded_budgets(result.engine.budget_tables, self.config.metrics.top_keys),
-            firing=firing_series(result.engine, labels),
-            outbox_pending=self.store.outbox_pending_count(),
-            store_bytes=self.store.size_bytes(),
-            stats=self.stats,
-            ready=self._ready_series(result),
-            backfill=self._backfill_series(),
-        )
-
-    def _ready_series(self, result: CycleResult) -> tuple[tuple[str, bool], ...]:
-        warming = result.readiness.warming if result.readiness is not None else {}
-        return tuple((rule.name, rule.name not in warming) for rule in self.config.rules)
 
     def _backfill_series(self) -> tuple[int, int] | None:
         progress = self.progress
@@ -440,24 +404,6 @@ class Daemon:
         self.collector.snapshot = replace(
             self.collector.snapshot, outbox_pending=self.store.outbox_pending_count()
         )
-
-
-class ProgressLog:
-    """Progress of a long poll (a first start): a log line at most once a minute, with
-    counts and the time left at the current pace, and the systemd status."""
-
-    def __init__(self, pacer: Pacer, every: float = 60.0) -> None:
-        self.pacer, self.every = pacer, every
-        self.began = self.logged = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        clock = time.monotonic()
-        if total <= 10 or (clock - self.logged < self.every and done < total):
-            return
-        self.logged = clock
-        left = round((total - done) * 60 / max(self.pacer.per_minute, 1))
-        log.info("poll_progress", done=done, total=total, eta_s=left)
-        notify(f"STATUS=first poll: {done}/{total} ranges, about {left}s left")
 
 
 def _status_text(result: CycleResult) -> str:

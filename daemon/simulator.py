@@ -19,6 +19,7 @@ import json
 import math
 import random
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -312,8 +313,15 @@ class Simulator:
             def do_GET(self) -> None:
                 sim._handle(self, "GET")
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+                # a client that went away mid-request (a stopped daemon): nothing to report
+
+        self._server = Server((host, port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="langdock-sim", daemon=True
         )

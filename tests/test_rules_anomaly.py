@@ -197,3 +197,16 @@ def test_an_anomaly_message_without_a_score_still_renders() -> None:
     state = AlertState(ev.conditions[0].key, "firing", NOW, NOW, NOW)
     message = anomaly_message(ev, state, UTC_ZONE, repeat=True)  # kept firing, now no score
     assert "(score -)" in message.text
+
+
+def test_scores_for_people() -> None:
+    from daemon.formatting import format_score, format_sensitivity
+
+    assert [format_score(s) for s in (None, 2.46, -0.01, float("inf"), float("-inf"))] == [
+        "-",
+        "+2.5",
+        "+0.0",
+        "∞",
+        "-∞",
+    ]
+    assert [format_sensitivity(4.5, d) for d in ("up", "down", "both")] == ["+4.5", "-4.5", "±4.5"]

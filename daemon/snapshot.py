@@ -1,0 +1,63 @@
+"""The metrics snapshot of one cycle: what `/metrics` shows until the next cycle swaps in a
+new one (the collector reads it atomically; see `daemon.metrics`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from daemon.config import Config
+from daemon.coverage import BackfillProgress
+from daemon.cycle import CycleResult
+from daemon.metrics import (
+    COST_WINDOWS,
+    Snapshot,
+    Stats,
+    bounded_budgets,
+    cost_series,
+    firing_series,
+)
+from daemon.report import window_ranges
+from daemon.store import Store
+
+
+def build_snapshot(
+    store: Store,
+    config: Config,
+    result: CycleResult,
+    stats: Stats,
+    progress: BackfillProgress | None,
+    now: datetime,
+) -> Snapshot:
+    ranges = window_ranges(now, config.tz, COST_WINDOWS)
+    # the cost series cover the top keys by month spend; the rest is summed as "other"
+    top = store.top_keys(
+        *ranges["month"], min(s for s, _ in ranges.values()), config.metrics.top_keys
+    )
+    totals = store.window_costs(ranges, keep=top)
+    names = store.api_key_names()
+    labels = {k: f"{n} ({k})" for k, n in names.items()}
+    silences = [s for s in store.silences(now) if s.active(now)]
+    silenced = tuple(
+        sorted(
+            {
+                (s.key.rule, labels.get(s.key.member, s.key.member))
+                for s in result.engine.firing
+                if any(
+                    x.matches(s.key.rule, s.key.member, names.get(s.key.member, s.key.member))
+                    for x in silences
+                )
+            }
+        )
+    )
+    warming = result.readiness.warming if result.readiness is not None else {}
+    return Snapshot(
+        silenced=silenced,
+        costs=cost_series(totals, names),
+        budgets=bounded_budgets(result.engine.budget_tables, config.metrics.top_keys),
+        firing=firing_series(result.engine, labels),
+        outbox_pending=store.outbox_pending_count(),
+        store_bytes=store.size_bytes(),
+        stats=stats,
+        ready=tuple((rule.name, rule.name not in warming) for rule in config.rules),
+        backfill=None if progress is None else (progress.fine, progress.buckets),
+    )
