@@ -376,8 +376,8 @@ async def cycle_once(
         dry_run=dry_run,
         progress=bar,
     )
-    if bar is not None and bar.shown:
-        print(file=sys.stderr)
+    if bar is not None and bar.open:
+        print(file=sys.stderr)  # the poll stopped early: end the bar's line
     return result
 
 
@@ -386,18 +386,18 @@ class ProgressBar:
     current pace (a first start fetches a few dozen ranges; a steady poll shows nothing)."""
 
     def __init__(self, client: LangdockClient, width: int = 30) -> None:
-        self.client, self.width, self.shown = client, width, False
+        self.client, self.width, self.open = client, width, False
 
     def __call__(self, done: int, total: int) -> None:
         if total <= 4:
             return
-        self.shown = True
+        self.open = done < total
         filled = self.width * done // total
         left = (total - done) * 60 / max(self.client.pacer.per_minute, 1)
         print(
             f"\rfetching [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} ranges,"
             f" about {left:.0f}s left ",
-            end="",
+            end="\n" if done == total else "",
             file=sys.stderr,
             flush=True,
         )

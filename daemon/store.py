@@ -35,9 +35,8 @@ from daemon.rules.windows import calendar_period
 
 SCHEMA_VERSION = 7
 
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE key_usage (
+# the hourly (or coarse-range) key usage; the staging area has the same columns
+_KEY_USAGE_COLUMNS = """(
         bucket_start INTEGER NOT NULL,
         bucket_end INTEGER NOT NULL,
         api_key_id TEXT NOT NULL,
@@ -48,7 +47,11 @@ _MIGRATIONS: dict[int, str] = {
         prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
         cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
         PRIMARY KEY (bucket_start, api_key_id, model)
-    ) WITHOUT ROWID;
+    ) WITHOUT ROWID;"""
+
+_MIGRATIONS: dict[int, str] = {
+    1: f"""
+    CREATE TABLE key_usage {_KEY_USAGE_COLUMNS}
     CREATE TABLE model_usage (
         bucket_start INTEGER NOT NULL,
         bucket_end INTEGER NOT NULL,
@@ -177,19 +180,8 @@ _MIGRATIONS: dict[int, str] = {
                sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
         FROM key_usage GROUP BY bucket_start;
     """,
-    7: """
-    CREATE TABLE staged_key_usage (
-        bucket_start INTEGER NOT NULL,
-        bucket_end INTEGER NOT NULL,
-        api_key_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        cost_nanos INTEGER NOT NULL,
-        cost_rest TEXT,
-        prompt_tokens INTEGER, completion_tokens INTEGER, cached_prompt_tokens INTEGER,
-        cache_creation_tokens INTEGER, no_cache_tokens INTEGER,
-        PRIMARY KEY (bucket_start, api_key_id, model)
-    ) WITHOUT ROWID;
+    7: f"""
+    CREATE TABLE staged_key_usage {_KEY_USAGE_COLUMNS}
     CREATE TABLE staged_segments (
         bucket_start INTEGER PRIMARY KEY,
         bucket_end INTEGER NOT NULL,
@@ -1014,23 +1006,36 @@ class Store:
 
     def pending_outbox(self, now: datetime) -> list[OutboxItem]:
         """Messages due for (another) attempt, oldest first."""
+        return [item for item, _, _ in self._outbox("AND next_attempt_at <= ?", _ts(now))]
+
+    def _outbox(
+        self, where: str = "", *params: object
+    ) -> list[tuple[OutboxItem, datetime, str | None]]:
+        """Pending messages, oldest first: (item, next attempt, last error)."""
         rows = self._conn.execute(
-            "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts"
-            " FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id",
-            (_ts(now),),
+            "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts,"
+            f" next_attempt_at, last_error FROM outbox WHERE status = 'pending' {where}"
+            " ORDER BY id",
+            params,
         )
         return [
-            OutboxItem(
-                route,
-                kind,
-                json.loads(ids),
-                thread,
-                json.loads(payload),
-                _dt(created),
-                id=item_id,
-                attempts=attempts,
+            (
+                OutboxItem(
+                    route,
+                    kind,
+                    json.loads(ids),
+                    thread,
+                    json.loads(payload),
+                    _dt(created),
+                    id=item_id,
+                    attempts=attempts,
+                ),
+                _dt(next_at),
+                error,
             )
-            for item_id, created, route, kind, ids, thread, payload, attempts in rows
+            for item_id, created, route, kind, ids, thread, payload, attempts, next_at, error in (
+                rows
+            )
         ]
 
     def outbox_pending_count(self) -> int:
@@ -1068,29 +1073,7 @@ class Store:
 
     def outbox_waiting(self) -> list[tuple[OutboxItem, datetime, str | None]]:
         """Every message still to be sent, oldest first: (item, next attempt, last error)."""
-        rows = self._conn.execute(
-            "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts,"
-            " next_attempt_at, last_error FROM outbox WHERE status = 'pending' ORDER BY id"
-        )
-        return [
-            (
-                OutboxItem(
-                    route,
-                    kind,
-                    json.loads(ids),
-                    thread,
-                    json.loads(payload),
-                    _dt(created),
-                    id=item_id,
-                    attempts=attempts,
-                ),
-                _dt(next_at),
-                error,
-            )
-            for item_id, created, route, kind, ids, thread, payload, attempts, next_at, error in (
-                rows
-            )
-        ]
+        return self._outbox()
 
     def compact(self, before: datetime) -> int:
         """Drop usage buckets (and their fetch marks) that start before ``before``."""

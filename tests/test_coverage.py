@@ -109,6 +109,32 @@ async def run(
             store.promote_staged(start, end, [b.start for b in buckets(start, end, tz)])
 
 
+def poll_plan_of(
+    store: Store, rules: list[AnyRule], now: datetime, tz: ZoneInfo, backfill: timedelta
+) -> list[Fetch]:
+    return poll_plan(
+        now,
+        tz,
+        backfill=backfill,
+        settle_after=SETTLE,
+        segments=load_segments(store, now, tz, backfill),
+        windows=first_windows(rules, now, tz),
+    )
+
+
+def refine_plan_of(
+    store: Store, rules: list[AnyRule], now: datetime, tz: ZoneInfo, backfill: timedelta
+) -> list[Fetch]:
+    return refine_plan(
+        now,
+        tz,
+        backfill=backfill,
+        segments=load_segments(store, now, tz, backfill),
+        staged=store.staged_starts(),
+        windows=first_windows(rules, now, tz),
+    )
+
+
 def test_first_poll_fetches_days_and_edges_not_840_hours() -> None:
     windows = first_windows(rules_for(["month", "day", "7d"]), T, BERLIN)
     plan = poll_plan(
@@ -160,15 +186,7 @@ async def test_first_start_then_steady_polls_are_two_calls(tmp_path: Path) -> No
     now = T
     for minute in range(0, 125, 5):
         now = T + timedelta(minutes=minute)
-        segs = load_segments(store, now, BERLIN, timedelta(days=35))
-        plan = poll_plan(
-            now,
-            BERLIN,
-            backfill=timedelta(days=35),
-            settle_after=SETTLE,
-            segments=segs,
-            windows=first_windows(rules, now, BERLIN),
-        )
+        plan = poll_plan_of(store, rules, now, BERLIN, timedelta(days=35))
         if minute:
             assert len(plan) <= 4 and sum(f.why == "running" for f in plan) == 2
         await run(client, store, plan, now, BERLIN)
@@ -207,15 +225,7 @@ async def test_trusted_windows_are_exact_and_nothing_counts_twice(
     rules = rules_for(windows)
 
     async def cycle() -> None:
-        segs = load_segments(store, now, tz, backfill)
-        plan = poll_plan(
-            now,
-            tz,
-            backfill=backfill,
-            settle_after=SETTLE,
-            segments=segs,
-            windows=first_windows(rules, now, tz),
-        )
+        plan = poll_plan_of(store, rules, now, tz, backfill)
         await run(client, store, plan, now, tz)
         store.refresh_rollups(now)
 
@@ -246,15 +256,7 @@ async def test_trusted_windows_are_exact_and_nothing_counts_twice(
     await cycle()
     check()
     for minutes, refine_steps in steps:
-        segs = load_segments(store, now, tz, backfill)
-        plan = refine_plan(
-            now,
-            tz,
-            backfill=backfill,
-            segments=segs,
-            staged=store.staged_starts(),
-            windows=first_windows(rules, now, tz),
-        )
+        plan = refine_plan_of(store, rules, now, tz, backfill)
         await run(client, store, plan[:refine_steps], now, tz)
         check()
         now += timedelta(minutes=minutes)
@@ -263,15 +265,7 @@ async def test_trusted_windows_are_exact_and_nothing_counts_twice(
     # refinement to the end: everything hour by hour, nothing staged, nothing warming
     now += SETTLE
     await cycle()
-    segs = load_segments(store, now, tz, backfill)
-    plan = refine_plan(
-        now,
-        tz,
-        backfill=backfill,
-        segments=segs,
-        staged=store.staged_starts(),
-        windows=first_windows(rules, now, tz),
-    )
+    plan = refine_plan_of(store, rules, now, tz, backfill)
     await run(client, store, plan, now, tz)
     segs = load_segments(store, now, tz, backfill)
     assert all(is_fine(s, tz) for s in segs["api-keys"] if s.end > bucket_start(now - backfill, tz))

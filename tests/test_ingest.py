@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
@@ -24,16 +25,24 @@ SETTLE = timedelta(minutes=90)
 Marks = dict[ExportKind, dict[datetime, Segment]]
 
 
-def plan_for(marks: Marks, now: datetime, tz: ZoneInfo, backfill: timedelta) -> list[Fetch]:
-    segments = {export: sorted(marks[export].values(), key=lambda s: s.start) for export in EXPORTS}
+def plan_for(
+    segments: Mapping[ExportKind, Iterable[Segment]],
+    now: datetime,
+    tz: ZoneInfo,
+    backfill: timedelta,
+) -> list[Fetch]:
     return poll_plan(
         now,
         tz,
         backfill=backfill,
         settle_after=SETTLE,
-        segments=segments,
+        segments={export: sorted(segments[export], key=lambda s: s.start) for export in EXPORTS},
         windows=first_windows([], now, tz),
     )
+
+
+def marked(marks: Marks) -> dict[ExportKind, Iterable[Segment]]:
+    return {export: marks[export].values() for export in EXPORTS}
 
 
 def apply(marks: Marks, plan: list[Fetch], at: datetime) -> None:
@@ -42,20 +51,12 @@ def apply(marks: Marks, plan: list[Fetch], at: datetime) -> None:
 
 
 def plan_at(store: Store, now: datetime, backfill: timedelta) -> list[Fetch]:
-    segments = load_segments(store, now, BERLIN, backfill)
-    return poll_plan(
-        now,
-        BERLIN,
-        backfill=backfill,
-        settle_after=SETTLE,
-        segments=segments,
-        windows=first_windows([], now, BERLIN),
-    )
+    return plan_for(load_segments(store, now, BERLIN, backfill), now, BERLIN, backfill)
 
 
 def test_first_start_covers_the_backfill_coarsely_newest_first() -> None:
     backfill = timedelta(days=2)
-    plan = plan_for({"api-keys": {}, "models": {}}, NOW, BERLIN, backfill)
+    plan = plan_for({"api-keys": [], "models": []}, NOW, BERLIN, backfill)
     keys = [f for f in plan if f.export == "api-keys"]
     assert keys[0].start <= NOW < keys[0].end
     assert all(a.start > b.start for a, b in pairwise(keys))
@@ -82,7 +83,7 @@ def test_steady_state_polls_make_at_most_two_calls_per_export(
     backfill = timedelta(hours=12)
     marks: Marks = {"api-keys": {}, "models": {}}
     now = start
-    apply(marks, plan_for(marks, now, tz, backfill), now)
+    apply(marks, plan_for(marked(marks), now, tz, backfill), now)
     # the background fills the models export's older hours
     for lo, hi in uncovered(marks["models"].values(), now - backfill, now):
         for bucket in buckets(lo, hi, tz):
@@ -90,7 +91,7 @@ def test_steady_state_polls_make_at_most_two_calls_per_export(
     counts = []
     for _ in range(30 * 60 // interval_minutes):  # 30 hours of polls
         now += timedelta(minutes=interval_minutes)
-        plan = plan_for(marks, now, tz, backfill)
+        plan = plan_for(marked(marks), now, tz, backfill)
         for export in EXPORTS:
             counts.append(sum(f.export == export for f in plan))
         apply(marks, plan, now)
@@ -111,7 +112,7 @@ def test_downtime_gap_is_filled_in_one_range() -> None:
         }
         for export in EXPORTS
     }
-    plan = plan_for(marks, NOW, BERLIN, timedelta(days=2))
+    plan = plan_for(marked(marks), NOW, BERLIN, timedelta(days=2))
     keys = [(f.start, f.end) for f in plan if f.export == "api-keys"]
     gap = (datetime(2026, 11, 20, 1, tzinfo=UTC), datetime(2026, 11, 20, 10, tzinfo=UTC))
     assert keys == [(gap[1], gap[1] + timedelta(hours=1)), gap]  # running, then the gap
