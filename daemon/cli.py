@@ -21,7 +21,7 @@ from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from daemon.cycle import CycleResult, backfill_pace, evaluate_rules, readiness, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
-from daemon.logs import configure_logging, default_log_format, redactor
+from daemon.logs import configure_logging, default_log_format, redact, redactor
 from daemon.notify import (
     Sender,
     SlackSender,
@@ -549,7 +549,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"last successful {export} fetch: {age}")
         failed = [f for f in store.last_fetches(20) if not f.ok]
         if failed:
-            print(f"recent fetch failures: {len(failed)} (latest: {failed[0].message})")
+            latest = redact(failed[0].message or "")
+            print(f"recent fetch failures: {len(failed)} (latest: {latest})")
         progress = readiness(store, config, now).progress
         print(f"backfill: {progress.describe(backfill_pace(config, not progress.done))}")
     finally:

@@ -16,6 +16,7 @@ import structlog
 
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, horizon
 from daemon.langdock import LangdockClient, LangdockError, TransientError
+from daemon.logs import redact
 from daemon.pacing import Pacer
 from daemon.rules.windows import Period
 from daemon.sdnotify import notify
@@ -39,6 +40,9 @@ class FetchFailure:
     bucket: Period
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        self.message = redact(self.message)  # it is printed, stored and logged
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
@@ -12,6 +13,12 @@ import structlog
 LogFormat = Literal["json", "console"]
 REDACTED = "[redacted]"
 _SECRET_KEYS = {"api_key", "token", "webhook_url", "authorization", "password", "secret"}
+# shaped like a credential whoever's it is: a bearer token, a Slack token, a webhook path
+_SHAPES = (
+    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]{6,}"), rf"\1{REDACTED}"),
+    (re.compile(r"\bxox[a-z]-[A-Za-z0-9-]{6,}"), REDACTED),
+    (re.compile(r"(hooks\.slack\.com/services/)[^\s\"'<>]+"), rf"\1{REDACTED}"),
+)
 
 
 class SecretRedactor:
@@ -25,10 +32,14 @@ class SecretRedactor:
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
 
     def redact(self, value: Any) -> Any:
+        """``value`` without any configured secret or credential-shaped text (strings, and
+        strings inside dicts, lists and exceptions)."""
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
+            for pattern, replacement in _SHAPES:
+                value = pattern.sub(replacement, value)
             return value
         if isinstance(value, dict):
             return {
@@ -48,6 +59,12 @@ class SecretRedactor:
 
 
 redactor = SecretRedactor()
+
+
+def redact(text: str) -> str:
+    """Text from outside (an error body, Slack's answer) made safe to print, store, log or
+    send: every configured secret and anything shaped like a credential is replaced."""
+    return str(redactor.redact(text))
 
 
 def default_log_format(env: str | None = None, stream: Any = None) -> LogFormat:

@@ -21,6 +21,7 @@ from daemon.config import Config
 from daemon.coverage import BackfillProgress, Fetch, backfill_progress, first_windows, refine_plan
 from daemon.ingest import fetch_into, load_segments
 from daemon.langdock import AuthError, LangdockClient, LangdockError
+from daemon.logs import redact
 from daemon.rules.windows import buckets
 from daemon.store import Store
 
@@ -116,7 +117,7 @@ class Refiner:
                 reason=exc.reason,
                 error=str(exc),
             )
-            self._record(fetch, exc.reason, str(exc))
+            self._record(fetch, exc.reason, redact(str(exc)))
             if isinstance(exc, AuthError):
                 await self.woken.wait()  # the cycle reports it too; try again after one
             return False

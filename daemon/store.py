@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from daemon.coverage import Segment
 from daemon.exports import TOKEN_FIELDS, KeyUsage, ModelUsage
+from daemon.logs import redact
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import Grouped, ModelPoint, Raw, SelectionFilter
 from daemon.rules.windows import calendar_period
@@ -706,7 +707,16 @@ class Store:
         cur = self._conn.execute(
             "INSERT INTO fetch_log (export, range_start, range_end, at, ok, rows, reason, message)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (export, s, e, _ts(at), int(ok), rows, reason, message),
+            (
+                export,
+                s,
+                e,
+                _ts(at),
+                int(ok),
+                rows,
+                reason,
+                None if message is None else redact(message),
+            ),
         )
         if cur.lastrowid is not None and cur.lastrowid % 500 == 0:
             self._conn.execute(

@@ -12,7 +12,7 @@ import pytest
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.simulator import Simulator
+from daemon.simulator import Fault, Simulator
 from tests.fake_slack import Answer, FakeSlack
 
 API_KEY = "sk-sec-1a2b3c4d5e6f"
@@ -90,3 +90,26 @@ def test_world_readable_config_with_an_inline_secret_warns(tmp_path: Path) -> No
     path.write_text("langdock: {api_key: '${KEY}'}\n")
     path.chmod(0o644)
     assert load_config(path, {"KEY": "x"}).warnings == []
+
+
+def test_secrets_echoed_back_from_outside_are_redacted_everywhere(
+    world: tuple[Simulator, FakeSlack, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Langdock's and Slack's error bodies repeat a secret (and a stranger's bearer token):
+    none of it reaches `once`, `status`, the log, the store or Slack."""
+    sim, slack, config = world
+    bearer, slack_token = "Bearer abcdef1234567890", "xoxb-1111-2222-abcdefabcdef"
+    echo = f"bad request from key {API_KEY} ({bearer}, {slack_token})"
+    sim.faults.append(Fault(500, {"error": echo}))
+    slack.script.append(Answer(500, f"server_error for {WEBHOOK_SECRET} {slack_token}"))
+    assert main(["--log-level", "debug", "once", "--config", str(config)]) == 1
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "bad request from key" in text  # the error itself is shown...
+    for secret in (API_KEY, WEBHOOK_SECRET, "abcdef1234567890", slack_token):
+        assert secret not in text  # ...without the secrets
+        for stored in config.parent.glob("state.db*"):
+            assert secret not in stored.read_bytes().decode("latin-1"), stored
+        for received in slack.received:
+            assert secret not in json.dumps(received.body)
