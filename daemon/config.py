@@ -114,6 +114,9 @@ class PollConfig(_Strict):
     interval: Duration = timedelta(minutes=5)
     backfill: Duration = timedelta(days=35)
     settle_after: Duration = timedelta(minutes=90)
+    # a cycle (poll, evaluate, notify) still running after this is abandoned: what it stored
+    # stays, the next cycle goes on (a stuck download must not hold the daemon)
+    cycle_timeout: Duration = timedelta(minutes=10)
 
     @model_validator(mode="after")
     def _sane(self) -> PollConfig:
@@ -121,6 +124,8 @@ class PollConfig(_Strict):
             raise ValueError("poll.interval is below 10s: Langdock's rate limit is shared; use 1m+")
         if self.backfill < timedelta(hours=1):
             raise ValueError("poll.backfill is below 1h: use e.g. 35d to fill month windows")
+        if self.cycle_timeout < timedelta(seconds=1):
+            raise ValueError("poll.cycle_timeout is below 1s: use e.g. 10m")
         return self
 
 

@@ -48,6 +48,7 @@ class Stats:
     poll_duration: float = 0.0
     last_evaluation: float = 0.0
     last_fetch_success: float = 0.0  # any bucket stored: the daemon is making progress
+    cycle_timeouts: int = 0
 
     def count(self, table: dict[Any, int], key: Any, n: int = 1) -> None:
         if n:
@@ -263,6 +264,11 @@ class SnapshotCollector(Collector):
             "langdock_poll_duration_seconds", "Duration of the last poll", value=stats.poll_duration
         )
         yield CounterMetricFamily("langdock_polls", "Polls run", value=stats.polls)
+        yield CounterMetricFamily(
+            "langdock_cycle_timeouts",
+            "Cycles abandoned at poll.cycle_timeout (a stuck fetch)",
+            value=stats.cycle_timeouts,
+        )
         yield CounterMetricFamily(
             "langdock_rows_ingested", "CSV rows stored", value=stats.rows_ingested
         )

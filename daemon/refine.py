@@ -129,6 +129,10 @@ class Refiner:
                 fix="free disk space or stop the other process holding the store",
             )
             return False
+        except Exception as exc:  # e.g. a client closed by a reload: try again, keep running
+            self.failures += 1
+            log.warning("backfill_fetch_failed", export=fetch.export, error=redact(repr(exc)))
+            return False
         self.fetched += 1
         return True
 

@@ -123,6 +123,8 @@ class Daemon:
             },
         )
         self.started = time.time()
+        self.cycle_ended = time.monotonic()  # the start counts as progress
+        self.retired: list[LangdockClient] = []  # clients replaced by a reload, to close
         self.cycles = itertools.count(1)
         self.server: MetricsServer | None = None
 
@@ -152,9 +154,7 @@ class Daemon:
         self._schedule_digests()
         interval = watchdog_interval()
         if interval:
-            self.scheduler.add_job(
-                lambda: notify("WATCHDOG=1"), "interval", id="watchdog", seconds=interval
-            )
+            self.scheduler.add_job(self._watchdog, "interval", id="watchdog", seconds=interval)
         self.scheduler.start()
         self.refine_task = asyncio.get_running_loop().create_task(self.refiner.run())
         notify("READY=1\nSTATUS=started; first poll running")
@@ -169,7 +169,8 @@ class Daemon:
     async def stop(self) -> None:
         self.stopping.set()
         notify("STOPPING=1")
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         if self.refine_task is not None:
             self.refine_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,6 +221,20 @@ class Daemon:
             body["warming_rules"] = sorted(ready.warming)
         return ok, body
 
+    async def _close_retired(self) -> None:
+        retired, self.retired = self.retired, []
+        for client in retired:
+            await client.aclose()
+
+    def _watchdog(self) -> None:
+        """Feed systemd's watchdog only while cycles end: one stuck past its deadline and
+        a grace of two intervals stops the feeding, and systemd restarts the daemon."""
+        grace = self.config.poll.cycle_timeout + 2 * self.config.poll.interval
+        if time.monotonic() - self.cycle_ended <= grace.total_seconds():
+            notify("WATCHDOG=1")
+        else:
+            log.error("watchdog_starved", fix="no cycle ended in time; systemd will restart")
+
     # -------------------------------------------------------------------- jobs
 
     async def cycle_job(self) -> None:
@@ -231,15 +246,19 @@ class Daemon:
             self.cycle_task = asyncio.current_task()
             self.idle.clear()
             try:
-                result = await run_cycle(
-                    self.config,
-                    self.store,
-                    self.client,
-                    utc_now,
-                    sender=self.sender,
-                    console=self.console,
-                    on_stored=self._stored,
-                    progress=ProgressLog(self.pacer),
+                deadline = self.config.poll.cycle_timeout.total_seconds()
+                result = await asyncio.wait_for(
+                    run_cycle(
+                        self.config,
+                        self.store,
+                        self.client,
+                        utc_now,
+                        sender=self.sender,
+                        console=self.console,
+                        on_stored=self._stored,
+                        progress=ProgressLog(self.pacer),
+                    ),
+                    deadline,
                 )
                 self._record(result)
                 self.publish(result)
@@ -250,10 +269,21 @@ class Daemon:
                 if not self.stopping.is_set():
                     raise
                 # stopping in the middle of a poll: what was stored stays, the rest resumes
+            except TimeoutError:
+                self.stats.cycle_timeouts += 1
+                log.error(
+                    "cycle_timeout",
+                    deadline_s=deadline,
+                    fix="Langdock or a download is stuck; what was stored stays and the next"
+                    " cycle goes on; raise poll.cycle_timeout if first starts need longer",
+                )
+                notify(f"STATUS=cycle {number} abandoned after {deadline:.0f}s")
             except Exception as exc:  # keep running on anything from outside
                 log.exception("cycle_failed", error=str(exc))
                 notify(f"STATUS=cycle {number} failed: {exc}")
             finally:
+                await self._close_retired()
+                self.cycle_ended = time.monotonic()
                 self.cycle_task = None
                 self.idle.set()
                 self.refiner.wake()
@@ -331,24 +361,27 @@ class Daemon:
             return False
         # old and new secrets alike stay redacted (a message may still carry an old one)
         redactor.set_secrets([*self.config.secrets(), *new.secrets()])
-        async with self.lock:
-            if new.metrics.listen != self.config.metrics.listen:
-                log.warning("reload_metrics_listen_ignored", fix="restart to move the listener")
-            if new.langdock != self.config.langdock or new.timezone != self.config.timezone:
-                await self.client.aclose()
-                await self.background.aclose()
-                self.client = make_client(new, self.pacer)
-                self.background = make_client(new, self.pacer, poll_reserve(new))
-            if new.state.path != self.config.state.path:
-                log.warning("reload_state_path_ignored", fix="restart to use another store")
-            if not self.console:
-                self.sender = make_sender(new)
-            if new.poll.interval != self.config.poll.interval:
-                self.scheduler.reschedule_job(
-                    "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()
-                )
-            self.config = new.model_copy(update={"state": self.config.state})
-            self._schedule_digests()
+        # Applied at once, not behind the cycle lock: a cycle stuck in a fetch must not hold a
+        # reload (poll.cycle_timeout ends it). A running cycle keeps the config and clients it
+        # was handed; the old clients are closed once no cycle uses them.
+        if new.metrics.listen != self.config.metrics.listen:
+            log.warning("reload_metrics_listen_ignored", fix="restart to move the listener")
+        if new.langdock != self.config.langdock or new.timezone != self.config.timezone:
+            self.retired += [self.client, self.background]
+            self.client = make_client(new, self.pacer)
+            self.background = make_client(new, self.pacer, poll_reserve(new))
+        if new.state.path != self.config.state.path:
+            log.warning("reload_state_path_ignored", fix="restart to use another store")
+        if not self.console:
+            self.sender = make_sender(new)
+        if new.poll.interval != self.config.poll.interval:
+            self.scheduler.reschedule_job(
+                "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()
+            )
+        self.config = new.model_copy(update={"state": self.config.state})
+        self._schedule_digests()
+        if self.idle.is_set():
+            await self._close_retired()
         log.info("config_reloaded", rules=len(new.rules))
         notify("READY=1\nSTATUS=config reloaded")
         self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
