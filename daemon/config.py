@@ -57,6 +57,27 @@ def check_url(url: str) -> str:
     return url
 
 
+def check_header_value(value: SecretStr | None, what: str) -> SecretStr | None:
+    """A secret sent as an HTTP header must be printable ASCII on one line (the message says
+    where the bad character is, never the secret)."""
+    if value is None:
+        return None
+    for position, char in enumerate(value.get_secret_value(), start=1):
+        if not 0x21 <= ord(char) <= 0x7E:
+            kind = (
+                "a line break"
+                if char in "\r\n"
+                else "a space"
+                if char == " "
+                else ("a non-ASCII character" if ord(char) > 0x7E else "a control character")
+            )
+            raise ValueError(
+                f"{what} has {kind} at character {position}: it cannot be sent in an HTTP"
+                " header; copy it again without extra characters (a file may end in one newline)"
+            )
+    return value
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -88,6 +109,11 @@ class LangdockConfig(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_url(value.rstrip("/"))
+
+    @field_validator("api_key")
+    @classmethod
+    def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return check_header_value(value, "the API key")
 
     @model_validator(mode="after")
     def _polite_backfill(self) -> LangdockConfig:
@@ -163,6 +189,11 @@ class SlackConfig(_Strict):
     api_url: str = "https://slack.com/api/"
     repeat_interval: Duration = timedelta(hours=4)
     send_resolved: bool = True
+
+    @field_validator("token")
+    @classmethod
+    def _sendable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return check_header_value(value, "the Slack token")
 
     @field_validator("api_url")
     @classmethod

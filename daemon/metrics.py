@@ -145,12 +145,25 @@ def gauge_text(
     return "".join(lines)
 
 
+LABEL_MAX = 120  # characters of a name from Langdock in a label value; ids stay whole
+
+
+def bounded(text: str, limit: int = LABEL_MAX) -> str:
+    """A label value of at most ``limit`` characters (an ellipsis marks a cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def key_label(name: str, key_id: str) -> str:
+    """``name (id)`` with the name bounded and the id exact."""
+    return f"{bounded(name)} ({key_id})"
+
+
 def cost_series(
     totals: dict[str, list[tuple[str | None, str, Decimal]]], names: dict[str, str]
 ) -> tuple[CostSeries, ...]:
     """`langdock_cost_usd` series from `Store.window_costs` rows; key None is ``other``."""
     return tuple(
-        CostSeries(key_id, names.get(key_id, key_id), model, window, cost)
+        CostSeries(key_id, bounded(names.get(key_id, key_id)), model, window, cost)
         if key_id is not None
         else CostSeries(OTHER, OTHER, model, window, cost)
         for window, rows in totals.items()
@@ -165,7 +178,13 @@ def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEv
 
 
 def scope_label(evaluation: BudgetEvaluation) -> str:
-    return evaluation.member.label if evaluation.member.id != WORKSPACE else "workspace"
+    member = evaluation.member
+    if member.id == WORKSPACE:
+        return "workspace"
+    suffix = f" ({member.id})"
+    if member.dimension == "api_key" and member.label.endswith(suffix):
+        return key_label(member.label[: -len(suffix)], member.id)
+    return member.label
 
 
 def firing_series(

@@ -15,6 +15,7 @@ from daemon.metrics import (
     bounded_budgets,
     cost_series,
     firing_series,
+    key_label,
 )
 from daemon.report import window_ranges
 from daemon.store import Store
@@ -35,7 +36,7 @@ def build_snapshot(
     )
     totals = store.window_costs(ranges, keep=top)
     names = store.api_key_names()
-    labels = {k: f"{n} ({k})" for k, n in names.items()}
+    labels = {k: key_label(n, k) for k, n in names.items()}
     silences = [s for s in store.silences(now) if s.active(now)]
     silenced = tuple(
         sorted(

@@ -156,3 +156,29 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     assert "file not found" in errors_of(tmp_path / "nope.yaml")[0]
     (line,) = errors_of(write(tmp_path, "langdock: [unclosed\n"))
     assert "invalid YAML" in line and "line " in line
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [
+        ("sk-\u00e9t\u00e9", "a non-ASCII character at character 4"),
+        ("sk-abc\ndef", "a line break at character 7"),
+        ("sk-abc def", "a space at character 7"),
+        ("sk-abc\x00def", "a control character at character 7"),
+    ],
+)
+def test_a_secret_that_cannot_be_an_http_header_is_refused(
+    tmp_path: Path, key: str, what: str
+) -> None:
+    path = write(tmp_path, MINIMAL + "slack:\n  token: ${TOKEN}\n  channel: '#c'\n")
+    lines = errors_of(path, {"LANGDOCK_API_KEY": key, "TOKEN": "xoxb-" + key})
+    assert lines[0].endswith(
+        f"langdock.api_key: the API key has {what}: it cannot be sent in an HTTP header;"
+        " copy it again without extra characters (a file may end in one newline)"
+    )
+    assert "slack.token: the Slack token has" in lines[1]
+    assert all(key not in line for line in lines)
+    # a key file ending in one newline is fine (it is stripped)
+    (tmp_path / "key").write_text("sk-good-123456\n")
+    ok = write(tmp_path, "langdock: {api_key_file: key}\n")
+    assert load_config(ok, {}).api_key() == "sk-good-123456"

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import httpx
 
+from daemon.config import load_config
+from daemon.cycle import CycleResult, evaluate_rules
 from daemon.exports import KeyUsage
+from daemon.ingest import PollReport
 from daemon.metrics import (
+    LABEL_MAX,
     CostSeries,
     MetricsServer,
     Snapshot,
@@ -19,7 +23,10 @@ from daemon.metrics import (
     render,
     series_families,
 )
+from daemon.notify import DeliveryReport
+from daemon.snapshot import build_snapshot
 from daemon.store import Store
+from tests.conftest import fill_history
 
 
 def costs(*keys: str) -> tuple[CostSeries, ...]:
@@ -119,3 +126,30 @@ def test_series_text_is_what_prometheus_client_would_write() -> None:
     registry = CollectorRegistry()
     registry.register(Families())  # type: ignore[arg-type]
     assert snap.series_text == generate_latest(registry).decode()
+
+
+def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) -> None:
+    """A 60,000-character key name: every label that carries it is bounded, ids are exact."""
+    huge = "n" * 60_000
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
+        "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n"
+    )
+    config = load_config(tmp_path / "config.yaml", {})
+    store = Store.open(config.state.path, tz=config.tz)
+    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    start = now.replace(minute=0)
+    store.replace_key_usage(
+        start, start + timedelta(hours=1), [KeyUsage("key_big", huge, "m", 1, Decimal(5))], now
+    )
+    fill_history(store, config, now)
+    engine = evaluate_rules(store, config, now)
+    result = CycleResult(PollReport(started=now), engine, DeliveryReport())
+    collector = SnapshotCollector()
+    collector.snapshot = build_snapshot(store, config, result, Stats(), None, now)
+    text = render(collector)
+    assert len(text) < 10_000 and huge not in text
+    cut = "n" * (LABEL_MAX - 1) + "\u2026"
+    assert f'api_key_id="key_big",api_key_name="{cut}"' in text
+    assert f'scope="{cut} (key_big)"' in text  # budget and firing series
+    store.close()
