@@ -1,10 +1,21 @@
-"""Delivering the outbox to Slack: senders (webhook, bot token, console) and `deliver`.
+"""Delivering the outbox (`deliver`); the Slack senders are `daemon.slack_send`, the console
+one (`demo`) is here.
 
-`deliver` sends the outbox oldest first, removing an item only after Slack acknowledged it;
-it retries 429, 5xx and connection errors a few times with backoff (``Retry-After`` honoured)
-and otherwise leaves the item for the next cycle. Messages Slack refuses for good (bad token,
-unknown channel, deleted webhook) are marked rejected with a one-line fix, never retried
-forever. A message whose alerts are all silenced when its turn comes is dropped unsent.
+`deliver` sends the outbox oldest first, one route's messages in order, removing an item only
+after Slack acknowledged it. Waits are kept with the outbox row (``next_attempt_at``), so they
+hold across cycles and restarts:
+
+- 429 and 5xx: a few tries per cycle with backoff; a ``Retry-After`` of up to `MAX_WAIT` is
+  waited out in the cycle, a longer one (or one left after the last try) is stored whatever
+  its length, and the route's messages wait for it.
+- An uncertain send (no answer, or a Web API error after which Slack may have posted) is
+  never blindly repeated: the row is marked uncertain (before each post too, so a crash
+  mid-send counts) and the next attempt looks for it in Slack first (bot token routes, by
+  message metadata). One that may still be in flight waits `SETTLE` before that look.
+- A refusal for good (bad token, unknown channel, deleted webhook) makes a *dead letter*:
+  kept, shown in `status`, counted, and re-queued by `requeue_dead_letters` (every `deliver`
+  starts with it) once the config sends its route somewhere else.
+- A message whose alerts are all silenced when its turn comes is dropped unsent.
 """
 
 from __future__ import annotations
@@ -13,21 +24,42 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import IO, Any, Protocol
-from urllib.error import URLError
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import IO, Any
 
 import structlog
-from slack_sdk import WebClient, WebhookClient
-from slack_sdk.errors import SlackApiError
 
-from daemon.config import Config
 from daemon.rules.lifecycle import AlertKey
+from daemon.slack_routes import CONSOLE, current_route, route_for, route_target
+from daemon.slack_send import SEND_TIMEOUT, Attempt, Sender, SendResult, SlackSender
 from daemon.store import OutboxItem, Silence, Store
 
+__all__ = [
+    "CONSOLE",
+    "MAX_WAIT",
+    "SEND_TIMEOUT",
+    "SETTLE",
+    "TRIES_PER_ATTEMPT",
+    "Attempt",
+    "ConsoleSender",
+    "DeliveryReport",
+    "SendResult",
+    "Sender",
+    "SlackSender",
+    "Sleep",
+    "current_route",
+    "deliver",
+    "render_readable",
+    "requeue_dead_letters",
+    "route_for",
+    "route_target",
+    "silence_matcher",
+]
+
 TRIES_PER_ATTEMPT = 3
-MAX_WAIT = 30.0
+MAX_WAIT = 30.0  # the longest wait inside one cycle; longer ones are stored with the row
+SETTLE = timedelta(seconds=60)  # after a send that got no answer, before looking for it
 Sleep = Callable[[float], Awaitable[None]]
 log = structlog.get_logger("langdock_budget.notify")
 
@@ -52,150 +84,175 @@ def silence_matcher(
     return silenced
 
 
-@dataclass(frozen=True)
-class SendResult:
-    ok: bool
-    ts: str | None = None
-    channel: str | None = None
-    retry_after: float | None = None
-    error: str = ""
-    permanent: bool = False
+@dataclass
+class DeliveryReport:
+    sent: int = 0  # found already posted included
+    deferred: int = 0  # tried (or behind one that was) and still queued
+    rejected: int = 0  # refused for good this time: now dead letters
+    silenced: int = 0  # dropped unsent: every alert of the message was silenced by then
+    waiting: int = 0  # not tried: Slack asked to wait (or an uncertain send settles)
+    found: int = 0  # an earlier, uncertain attempt had arrived: not posted again
+    requeued: int = 0  # dead letters whose route changed, queued again
+    next_attempt: datetime | None = None  # the earliest stored wait, when something waits
+
+    @property
+    def ok(self) -> bool:
+        return not self.deferred and not self.rejected
 
 
-class Sender(Protocol):
-    def send(
-        self, route: str, payload: dict[str, Any], thread: tuple[str, str] | None
-    ) -> SendResult: ...
+def requeue_dead_letters(store: Store, sender: Sender, *, everything: bool = False) -> int:
+    """Queue again the dead letters whose route the config changed: the route the message
+    would take now differs (its rule's channel or webhook moved), or the same route now
+    points elsewhere (a new webhook URL, token or API URL). A dead letter from before targets
+    were recorded counts as changed only when its route name did. ``everything``: all of
+    them (an operator who fixed Slack's side, say invited the bot). Returns how many."""
+    requeued = 0
+    for item in store.outbox_dead_letters():
+        route = sender.route_now(item)
+        target = sender.target(route) if route is not None else None
+        if route is None or target is None:
+            continue  # no such route any more: it could only fail again
+        moved = route != item.route or (item.target is not None and target != item.target)
+        if moved or everything:
+            store.outbox_requeue(item.id, route)
+            requeued += 1
+            log.info("dead_letter_requeued", route=route, was=item.route, kind=item.kind)
+    return requeued
 
 
-_PERMANENT_API_ERRORS = {
-    "invalid_auth": "the bot token is invalid; set slack.token to a valid xoxb- token",
-    "not_authed": "no token was sent; set slack.token",
-    "token_revoked": "the bot token was revoked; create a new one and update slack.token",
-    "account_inactive": "the bot's account is inactive; reinstall the Slack app",
-    "channel_not_found": "the channel does not exist or the bot can't see it; check the channel"
-    " name and invite the bot",
-    "not_in_channel": "the bot is not in the channel; /invite it there",
-    "is_archived": "the channel is archived; pick another channel",
-    "missing_scope": "the bot lacks the chat:write scope; add it and reinstall the app",
-    "invalid_blocks": "Slack refused the message blocks; please report this as a bug",
-    "msg_too_long": "the message is too long; please report this as a bug",
-}
-_PERMANENT_WEBHOOK = {
-    400: "Slack refused the payload; please report this as a bug",
-    403: "the webhook is not allowed to post (invalid_token or action_prohibited); create a new"
-    " webhook and update slack.webhook_url",
-    404: "the webhook does not exist any more (no_service); create a new one and update"
-    " slack.webhook_url",
-    410: "the webhook's channel is gone (channel_is_archived); create a new webhook",
-}
+async def deliver(
+    store: Store,
+    sender: Sender,
+    now: Callable[[], datetime],
+    *,
+    sleep: Sleep = asyncio.sleep,
+    tries: int = TRIES_PER_ATTEMPT,
+) -> DeliveryReport:
+    """Send what the outbox holds, oldest first; a route that keeps failing waits a cycle,
+    and a route whose oldest message Slack asked to wait for waits as long as asked.
 
-
-def _retry_after(headers: Mapping[str, Any]) -> float | None:
-    for key, value in headers.items():
-        if key.lower() == "retry-after":
-            raw = value[0] if isinstance(value, list) else value
-            try:
-                return max(0.0, float(raw))
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-class SlackSender:
-    """Sends through slack-sdk's sync clients (called in a worker thread by `deliver`).
-
-    The SDK's own retry handlers are off: they sleep with `time.sleep` inside the call; our
-    retries live in `deliver`, where the wait is injectable and bounded.
+    A message about alerts that are all silenced now (the silence came after it was queued)
+    is dropped and counted in ``silenced``; a dropped firing message counts as never sent, so
+    it goes out when the silence ends if the alert still fires.
     """
-
-    def __init__(self, config: Config, timeout: int = 10) -> None:
-        assert config.slack is not None
-        self._slack = config.slack
-        self._rules = {r.name: r for r in config.rules}
-        self._timeout = timeout
-        self._web: WebClient | None = None
-
-    def _webhook_url(self, route: str) -> str:
-        if route == "webhook:default":
-            assert self._slack.webhook_url is not None
-            return self._slack.webhook_url.get_secret_value()
-        rule = self._rules[route.removeprefix("webhook:rule:")]
-        assert rule.webhook_url is not None
-        return rule.webhook_url
-
-    def _client(self) -> WebClient:
-        if self._web is None:
-            assert self._slack.token is not None
-            self._web = WebClient(
-                token=self._slack.token.get_secret_value(),
-                base_url=self._slack.api_url,
-                timeout=self._timeout,
-                retry_handlers=[],
+    report = DeliveryReport(requeued=requeue_dead_letters(store, sender))
+    held: dict[str, str] = {}  # route -> "deferred" | "waiting": its later messages wait too
+    at = now()
+    silences = store.silences(at)
+    silenced = silence_matcher(silences, store.api_key_names() if silences else {}, at)
+    for item in store.outbox_pending():
+        if item.alert_ids and all(silenced(AlertKey.parse(a)) for a in item.alert_ids):
+            store.outbox_drop(item.id, item.alert_ids if item.kind in ANNOUNCING else ())
+            report.silenced += 1
+            log.info("notification_silenced", route=item.route, kind=item.kind)
+            continue
+        if held.get(item.route) == "waiting":
+            report.waiting += 1  # keep the order of one route's messages
+            continue
+        if item.route in held:
+            report.deferred += 1
+            continue
+        if item.next_attempt_at is not None and item.next_attempt_at > at:
+            held[item.route] = "waiting"
+            report.waiting += 1
+            continue
+        result = await _attempts(store, sender, item, now, sleep, tries)
+        if result.ok:
+            store.outbox_sent(item.id)
+            _remember(store, item, result)
+            report.sent += 1
+            report.found += result.found
+            log.info(
+                "notification_sent",
+                route=item.route,
+                kind=item.kind,
+                alerts=len(item.alert_ids),
+                **({"found_already_posted": True} if result.found else {}),
             )
-        return self._web
-
-    def send(
-        self, route: str, payload: dict[str, Any], thread: tuple[str, str] | None
-    ) -> SendResult:
-        try:
-            if route.startswith("webhook:"):
-                return self._send_webhook(route, payload)
-            return self._send_bot(route.removeprefix("bot:"), payload, thread)
-        except (URLError, OSError, TimeoutError) as exc:
-            return SendResult(False, error=f"connection failed ({type(exc).__name__})")
-
-    def _send_webhook(self, route: str, payload: dict[str, Any]) -> SendResult:
-        client = WebhookClient(self._webhook_url(route), timeout=self._timeout, retry_handlers=[])
-        response = client.send_dict(payload)
-        if response.status_code == 200:
-            return SendResult(True)
-        body = (response.body or "").strip()[:100]
-        if response.status_code == 429 or response.status_code >= 500:
-            return SendResult(
-                False,
-                retry_after=_retry_after(response.headers),
-                error=f"webhook answered {response.status_code} {body}",
+        elif result.permanent:
+            store.outbox_reject(item.id, result.error, sender.target(item.route))
+            report.rejected += 1
+            log.error("notification_rejected", route=item.route, error=result.error)
+        else:
+            failed_at = now()
+            wait = timedelta(seconds=result.retry_after or 0)
+            if result.in_flight:
+                wait = max(wait, SETTLE)
+            error = result.error
+            if result.retry_after is not None:
+                error += f" (Retry-After: {result.retry_after:g} s)"
+            store.outbox_retry(
+                item.id, item.attempts + 1, failed_at + wait, error, uncertain=result.maybe_sent
             )
-        fix = _PERMANENT_WEBHOOK.get(response.status_code, "check slack.webhook_url")
-        return SendResult(
-            False, error=f"webhook answered {response.status_code} {body}: {fix}", permanent=True
-        )
-
-    def _send_bot(
-        self, channel: str, payload: dict[str, Any], thread: tuple[str, str] | None
-    ) -> SendResult:
-        client = self._client()
-        try:
-            if thread is None:
-                answer = client.chat_postMessage(
-                    channel=channel, text=payload["text"], blocks=payload["blocks"]
-                )
-            else:
-                thread_channel, ts = thread
-                answer = client.chat_postMessage(
-                    channel=thread_channel,
-                    text=payload["text"],
-                    blocks=payload["blocks"],
-                    thread_ts=ts,
-                )
-                # the first message shows the current state
-                client.chat_update(
-                    channel=thread_channel, ts=ts, text=payload["text"], blocks=payload["blocks"]
-                )
-        except SlackApiError as exc:
-            status = exc.response.status_code
-            error = str(exc.response.get("error") or f"HTTP {status}")
-            if error in _PERMANENT_API_ERRORS:
-                return SendResult(
-                    False, error=f"{error}: {_PERMANENT_API_ERRORS[error]}", permanent=True
-                )
-            return SendResult(
-                False,
-                retry_after=_retry_after(exc.response.headers),
-                error=f"Slack API answered {error}",
+            held[item.route] = "deferred"
+            report.deferred += 1
+            log.warning(
+                "notification_deferred",
+                route=item.route,
+                error=error,
+                attempts=item.attempts + 1,
+                next_attempt=(failed_at + wait).isoformat(),
+                uncertain=result.maybe_sent,
+                fix="Slack or the network is failing; the message stays queued",
             )
-        return SendResult(True, ts=answer.get("ts"), channel=answer.get("channel"))
+    report.next_attempt = store.outbox_next_attempt()
+    return report
+
+
+async def _attempts(
+    store: Store,
+    sender: Sender,
+    item: OutboxItem,
+    now: Callable[[], datetime],
+    sleep: Sleep,
+    tries: int,
+) -> SendResult:
+    """Up to ``tries`` sends of one item in this cycle; stops early when Slack asks for a
+    wait longer than `MAX_WAIT` or when a send may still be in flight."""
+    thread = None
+    if item.route.startswith("bot:") and item.kind in THREADED and item.thread_alert:
+        thread = store.thread_of(item.thread_alert)
+    channel = store.route_channel(item.route) if item.route.startswith("bot:") else None
+    attempt = Attempt(item.id, item.created_at, check=item.uncertain, channel=channel)
+    store.outbox_sending(item.id, now() + SETTLE)  # what a crash from here on leaves
+    result = SendResult(False)
+    for n in range(tries):
+        result = await asyncio.to_thread(sender.send, item.route, item.payload, thread, attempt)
+        if result.ok or result.permanent or result.in_flight:
+            break
+        attempt = replace(attempt, check=result.maybe_sent)
+        wait = result.retry_after if result.retry_after is not None else 2.0**n
+        if wait > MAX_WAIT or n + 1 == tries:
+            break
+        await sleep(wait)
+    return result
+
+
+def _remember(store: Store, item: OutboxItem, result: SendResult) -> None:
+    """What a sent message teaches: the channel id of its route (a bot route named by channel
+    name; read back by id when a send is uncertain) and where its alert's thread is."""
+    thread = None
+    if item.route.startswith("bot:") and item.kind in THREADED and item.thread_alert:
+        thread = store.thread_of(item.thread_alert)
+    if item.route.startswith("bot:") and thread is None and result.channel:
+        store.set_route_channel(item.route, result.channel)
+    _remember_thread(store, item, thread, result)
+
+
+def _remember_thread(
+    store: Store, item: OutboxItem, thread: tuple[str, str] | None, result: SendResult
+) -> None:
+    """Where the follow-ups of a message's alert go (bot token routes): the first message of
+    an alert starts its thread; an alert that superseded a forecast continues the forecast's
+    thread (whose first message now shows it)."""
+    if item.kind == "firing" and result.ts and result.channel and item.thread_alert:
+        store.set_thread(item.thread_alert, result.channel, result.ts)
+    elif item.kind == "superseded" and item.alert_ids:
+        taking_over = item.alert_ids[0]
+        if thread is not None:
+            store.set_thread(taking_over, *thread)
+        elif result.ts and result.channel:
+            store.set_thread(taking_over, result.channel, result.ts)
 
 
 class ConsoleSender:
@@ -205,8 +262,18 @@ class ConsoleSender:
         self._stream = stream
         self._json = as_json
 
+    def target(self, route: str) -> str | None:
+        return None
+
+    def route_now(self, item: OutboxItem) -> str | None:
+        return None
+
     def send(
-        self, route: str, payload: dict[str, Any], thread: tuple[str, str] | None
+        self,
+        route: str,
+        payload: dict[str, Any],
+        thread: tuple[str, str] | None,
+        attempt: Attempt | None = None,
     ) -> SendResult:
         stream = self._stream or sys.stdout
         if self._json:
@@ -233,102 +300,3 @@ def render_readable(payload: dict[str, Any]) -> str:
             lines += [f"│ ({e['text']})" for e in block.get("elements", [])]
     lines.append("└" + "─" * 66)
     return "\n".join(lines)
-
-
-@dataclass
-class DeliveryReport:
-    sent: int = 0
-    deferred: int = 0
-    rejected: int = 0
-    silenced: int = 0  # dropped unsent: every alert of the message was silenced by then
-
-    @property
-    def ok(self) -> bool:
-        return not self.deferred and not self.rejected
-
-
-async def deliver(
-    store: Store,
-    sender: Sender,
-    now: Callable[[], datetime],
-    *,
-    sleep: Sleep = asyncio.sleep,
-    tries: int = TRIES_PER_ATTEMPT,
-) -> DeliveryReport:
-    """Send what the outbox holds, oldest first; a route that keeps failing waits a cycle.
-
-    A message about alerts that are all silenced now (the silence came after it was queued)
-    is dropped and counted in ``silenced``; a dropped firing message counts as never sent, so
-    it goes out when the silence ends if the alert still fires.
-    """
-    report = DeliveryReport()
-    stalled: set[str] = set()
-    at = now()
-    silences = store.silences(at)
-    silenced = silence_matcher(silences, store.api_key_names() if silences else {}, at)
-    for item in store.pending_outbox(at):
-        if item.alert_ids and all(silenced(AlertKey.parse(a)) for a in item.alert_ids):
-            store.outbox_drop(item.id, item.alert_ids if item.kind in ANNOUNCING else ())
-            report.silenced += 1
-            log.info("notification_silenced", route=item.route, kind=item.kind)
-            continue
-        if item.route in stalled:
-            report.deferred += 1  # keep the order of one route's messages
-            continue
-        thread = None
-        if item.route.startswith("bot:") and item.kind in THREADED and item.thread_alert:
-            thread = store.thread_of(item.thread_alert)
-        result = SendResult(False)
-        for attempt in range(tries):
-            result = await asyncio.to_thread(sender.send, item.route, item.payload, thread)
-            if result.ok or result.permanent:
-                break
-            if attempt + 1 < tries:
-                await sleep(
-                    min(
-                        result.retry_after if result.retry_after is not None else 2.0**attempt,
-                        MAX_WAIT,
-                    )
-                )
-        if result.ok:
-            store.outbox_sent(item.id)
-            _remember_thread(store, item, thread, result)
-            report.sent += 1
-            log.info(
-                "notification_sent",
-                route=item.route,
-                kind=item.kind,
-                alerts=len(item.alert_ids),
-            )
-        elif result.permanent:
-            store.outbox_reject(item.id, result.error)
-            report.rejected += 1
-            log.error("notification_rejected", route=item.route, error=result.error)
-        else:
-            store.outbox_retry(item.id, item.attempts + 1, now(), result.error)
-            stalled.add(item.route)
-            report.deferred += 1
-            log.warning(
-                "notification_deferred",
-                route=item.route,
-                error=result.error,
-                attempts=item.attempts + 1,
-                fix="Slack or the network is failing; the message stays queued",
-            )
-    return report
-
-
-def _remember_thread(
-    store: Store, item: OutboxItem, thread: tuple[str, str] | None, result: SendResult
-) -> None:
-    """Where the follow-ups of a message's alert go (bot token routes): the first message of
-    an alert starts its thread; an alert that superseded a forecast continues the forecast's
-    thread (whose first message now shows it)."""
-    if item.kind == "firing" and result.ts and result.channel and item.thread_alert:
-        store.set_thread(item.thread_alert, result.channel, result.ts)
-    elif item.kind == "superseded" and item.alert_ids:
-        taking_over = item.alert_ids[0]
-        if thread is not None:
-            store.set_thread(taking_over, *thread)
-        elif result.ts and result.channel:
-            store.set_thread(taking_over, result.channel, result.ts)

@@ -74,6 +74,8 @@ class Snapshot:
     store_bytes: int = 0
     stats: Stats = field(default_factory=Stats)
     ready: tuple[tuple[str, bool], ...] = ()  # rule, history complete (not warming up)
+    dead_letters: int = 0  # messages Slack refused for good
+    next_attempt: float | None = None  # unix time the outbox may send again
     backfill: tuple[int, int] | None = None  # buckets in hour by hour, buckets in all
 
     @cached_property
@@ -254,6 +256,17 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "langdock_outbox_pending", "Notifications waiting for Slack", value=snap.outbox_pending
         )
+        yield GaugeMetricFamily(
+            "langdock_outbox_dead_letters",
+            "Notifications Slack refused for good (shown in status; re-sent after a route fix)",
+            value=snap.dead_letters,
+        )
+        if snap.next_attempt is not None:
+            yield GaugeMetricFamily(
+                "langdock_outbox_next_attempt_timestamp_seconds",
+                "When the outbox may send again (a Slack Retry-After is honoured)",
+                value=snap.next_attempt,
+            )
         ready = GaugeMetricFamily(
             "langdock_rule_ready",
             "1 when the rule's history is complete, 0 while it warms up (it cannot fire)",

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from daemon.config import Config
 from daemon.delivery import (
+    CONSOLE,
     MAX_WAIT,
     TRIES_PER_ATTEMPT,
     ConsoleSender,
@@ -32,6 +32,8 @@ from daemon.delivery import (
     Sleep,
     deliver,
     render_readable,
+    requeue_dead_letters,
+    route_for,
     silence_matcher,
 )
 from daemon.rules.anomaly import AnomalyEvaluation
@@ -68,12 +70,12 @@ __all__ = [
     "message_for",
     "plan",
     "render_readable",
+    "requeue_dead_letters",
     "route_for",
     "sample_messages",
     "silence_matcher",
 ]
 
-CONSOLE = "console"
 GROUP_AT = 5  # more messages than this to one route in one cycle become one grouped message
 Rule = AnyRule
 
@@ -81,24 +83,6 @@ _SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
 # ------------------------------------------------------------------------------ planning
-
-
-def route_for(rule: Rule | None, config: Config, *, console: bool = False) -> str | None:
-    """Where a rule's messages go (the default route for ``None``); None without Slack.
-
-    Routes name no secret: a webhook is referred to by the setting that holds it.
-    """
-    if console:
-        return CONSOLE
-    if config.slack is None:
-        return None
-    if rule is not None and rule.webhook_url is not None:
-        return f"webhook:rule:{rule.name}"
-    if rule is not None and rule.channel is not None:
-        return f"bot:{rule.channel}"
-    if config.slack.webhook_url is not None:
-        return "webhook:default"
-    return f"bot:{config.slack.channel}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ show as "warming up (why)" instead of numbers nobody should trust yet.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from daemon.formatting import (
@@ -20,24 +19,21 @@ from daemon.formatting import (
     shows_as_zero,
 )
 from daemon.money import format_percent, format_usd
+from daemon.outbox_report import condition_label, member_text
+from daemon.outbox_report import render_outbox as render_outbox
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, BudgetTable, Condition
 from daemon.rules.engine import EngineResult
-from daemon.rules.lifecycle import AlertKey, AlertState
+from daemon.rules.lifecycle import AlertState
 from daemon.rules.new_member import NewMemberEvaluation
-from daemon.store import OutboxItem, Silence
+from daemon.store import Silence
 
 SHOWN_PER_RULE = 20
 Silenced = Callable[[AlertState], bool]
-WORKSPACE = "*"
 
 
 def _never(_state: AlertState) -> bool:
     return False
-
-
-def condition_label(condition: str) -> str:
-    return f"{condition}%" if condition[:1].isdigit() else condition
 
 
 def _alerts_column(
@@ -223,10 +219,6 @@ def _new_member_lines(
     return grid(headers, rows, right={3})
 
 
-def _member_text(member: str, labels: Mapping[str, str]) -> str:
-    return "workspace" if member == WORKSPACE else labels.get(member, member)
-
-
 def render_active(
     states: Mapping[str, AlertState],
     tz: ZoneInfo,
@@ -256,7 +248,7 @@ def render_active(
                 st.status.upper(),
                 st.severity,
                 st.key.rule,
-                _member_text(st.key.member, labels),
+                member_text(st.key.member, labels),
                 condition_label(st.key.condition),
                 st.key.period or "-",
                 f"{st.since.astimezone(tz):%Y-%m-%d %H:%M}",
@@ -284,50 +276,3 @@ def render_silences(silences: Sequence[Silence], tz: ZoneInfo) -> str:
     return "\n".join(
         grid(["Silence", "rule", "member", "from", "until", "reason"], rows, right=set())
     )
-
-
-MAX_ERROR = 60
-
-
-def render_outbox(
-    waiting: Sequence[tuple[OutboxItem, datetime, str | None]],
-    tz: ZoneInfo,
-    now: datetime,
-    *,
-    labels: Mapping[str, str] | None = None,
-    silenced: Callable[[AlertKey], bool] | None = None,
-) -> str:
-    """Messages still to be sent (oldest first): what about, how often tried, why waiting."""
-    if not waiting:
-        return "Outbox: empty"
-    labels = labels or {}
-    rows = []
-    for item, next_at, error in waiting:
-        keys = [AlertKey.parse(a) for a in item.alert_ids]
-        about = "-"
-        if keys:
-            first = keys[0]
-            about = f"{first.rule} {_member_text(first.member, labels)}"
-            about += f" {condition_label(first.condition)}".rstrip()
-            if len(keys) > 1:
-                about += f" (+{len(keys) - 1} more)"
-        note = ""
-        if keys and silenced is not None and all(silenced(k) for k in keys):
-            note = "silenced: will be dropped, not sent"
-        elif error:
-            short = error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"
-            when = "next try now" if next_at <= now else f"next try {next_at.astimezone(tz):%H:%M}"
-            note = f"{when}; last error: {short}"
-        rows.append(
-            [
-                f"{item.created_at.astimezone(tz):%Y-%m-%d %H:%M}",
-                item.route,
-                item.kind,
-                about,
-                str(item.attempts),
-                note,
-            ]
-        )
-    title = f"Outbox: {len(waiting)} waiting"
-    headers = ["queued", "route", "kind", "about", "tries", "note"]
-    return "\n".join([title, *grid(headers, rows, right={4})])

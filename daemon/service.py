@@ -42,7 +42,7 @@ from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_fo
 from daemon.pacing import Pacer
 from daemon.refine import Refiner
 from daemon.sdnotify import notify, watchdog_interval
-from daemon.snapshot import build_snapshot
+from daemon.snapshot import build_snapshot, outbox_fields
 from daemon.store import Store
 
 log = structlog.get_logger("langdock_budget.daemon")
@@ -434,9 +434,7 @@ class Daemon:
         self.collector.snapshot = replace(self.collector.snapshot, backfill=self._backfill_series())
 
     def _refresh_outbox(self) -> None:
-        self.collector.snapshot = replace(
-            self.collector.snapshot, outbox_pending=self.store.outbox_pending_count()
-        )
+        self.collector.snapshot = replace(self.collector.snapshot, **outbox_fields(self.store))
 
 
 def _status_text(result: CycleResult) -> str:

@@ -4,10 +4,12 @@ plain `text` fallback. Pure: evaluations and states in, JSON-ready messages out.
 Everything that comes from Langdock (key names, model names) goes through `name`, which
 strips control and bidi-override characters, escapes ``& < >`` for mrkdwn and shows the value
 as inline code, so a key called ``<!channel>`` or ``*x*`` is shown literally and pings no one.
+The fallback ``text`` uses `plain`: the same, but inline code only where Slack would format.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ EMOJI = {
     "period_ended": ":calendar:",
 }
 MAX_NAME = 80
+# a span Slack's mrkdwn would format: a marker not inside a word, non-blank text, the same
+# marker again not followed by a letter or digit
+_FORMATTED = re.compile(r"(?<![^\W_])([*_~`])(?=\S).*?(?<=\S)\1(?![^\W_])", re.S)
 MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
 MAX_BLOCKS = 48  # of Slack's 50 per message
 _BIDI = {
@@ -83,6 +88,15 @@ def escape(text: str) -> str:
 def name(text: str) -> str:
     """An untrusted name as inline code, so mrkdwn formatting in it shows literally."""
     return "`" + escape(text).replace("`", "ˋ") + "`"
+
+
+def plain(text: str) -> str:
+    """An untrusted name for a message's fallback ``text`` (notifications, and the lines of a
+    grouped message): escaped like `escape`, and shown as inline code like `name` when Slack
+    would format it (``*bold*``, ``_x_``, ``~x~``, a code span), so it shows literally there
+    too. Other names stay as they are (``prod_web (key_4f1a)`` formats nothing)."""
+    escaped = escape(text)
+    return name(text) if _FORMATTED.search(escaped) else escaped
 
 
 def _when(instant: datetime, tz: ZoneInfo) -> str:
@@ -157,7 +171,7 @@ def budget_message(
         pairs.append(("Forecast", f"{forecast} ({ev.forecast.method.replace('_', ' ')})"))
     _add_contributors(pairs, ev.top_parts, lambda v: format_amount(v, ev.unit))
     text = (
-        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {spend} of {limit}"
+        f"[{state.severity.upper()}] {title} — {plain(ev.member.label)}: {spend} of {limit}"
         f" ({used}), {escape(_period_text(ev, tz))}"
     )
     return _message(title, state, pairs, text, tz, mention)
@@ -195,7 +209,7 @@ def anomaly_message(
     ]
     _add_contributors(pairs, ev.contributors, lambda v: format_metric(v, ev.metric))
     text = (
-        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)}: {observed} vs"
+        f"[{state.severity.upper()}] {title} — {plain(ev.member.label)}: {observed} vs"
         f" expected {expected} (score {score}) in {window}"
     )
     return _message(title, state, pairs, text, tz, mention)
@@ -214,7 +228,7 @@ def new_member_message(
     ]
     _add_contributors(pairs, ev.top_parts, lambda v: format_amount(v, "usd"))
     text = (
-        f"[{state.severity.upper()}] {title} — {escape(ev.member.label)} first used"
+        f"[{state.severity.upper()}] {title} — {plain(ev.member.label)} first used"
         f" {_when(ev.first_seen, tz)}, {format_amount(ev.spend, 'usd')} so far"
     )
     return _message(title, state, pairs, text, tz, mention)
@@ -278,7 +292,7 @@ def resolved_message(
             )
         )
     tag = "PERIOD ENDED" if ended else "RESOLVED"
-    text = f"[{tag}] {key.rule} ({what}) — {escape(label)}: {escape(reason)}"
+    text = f"[{tag}] {key.rule} ({what}) — {plain(label)}: {escape(reason)}"
     if still:
         text += f"; still reached: {', '.join(_condition_text(c) for c in still)}"
     return SlackMessage(

@@ -4,6 +4,7 @@ new one (the collector reads it atomically; see `daemon.metrics`)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from daemon.config import Config
 from daemon.coverage import BackfillProgress
@@ -56,9 +57,19 @@ def build_snapshot(
         costs=cost_series(totals, names),
         budgets=bounded_budgets(result.engine.budget_tables, config.metrics.top_keys),
         firing=firing_series(result.engine, labels),
-        outbox_pending=store.outbox_pending_count(),
+        **outbox_fields(store),
         store_bytes=store.size_bytes(),
         stats=stats,
         ready=tuple((rule.name, rule.name not in warming) for rule in config.rules),
         backfill=None if progress is None else (progress.fine, progress.buckets),
     )
+
+
+def outbox_fields(store: Store) -> dict[str, Any]:
+    """The outbox's part of a snapshot (also refreshed between cycles)."""
+    next_attempt = store.outbox_next_attempt()
+    return {
+        "outbox_pending": store.outbox_pending_count(),
+        "dead_letters": store.outbox_dead_letter_count(),
+        "next_attempt": None if next_attempt is None else next_attempt.timestamp(),
+    }

@@ -34,7 +34,7 @@ from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import Grouped, ModelPoint, Raw, SelectionFilter
 from daemon.rules.windows import calendar_period
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # the hourly (or coarse-range) key usage; the staging area has the same columns
 _KEY_USAGE_COLUMNS = """(
@@ -190,6 +190,14 @@ _MIGRATIONS: dict[int, str] = {
         rows INTEGER NOT NULL
     );
     """,
+    # the outbox: a send that may have arrived (checked in Slack before posting again), the
+    # fingerprint of a dead letter's route when Slack refused it (re-queued when it changes),
+    # and each bot route's channel id as Slack named it (history is read by id)
+    8: """
+    ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN route_target TEXT;
+    CREATE TABLE slack_channels (route TEXT PRIMARY KEY, channel TEXT NOT NULL) WITHOUT ROWID;
+    """,
 }
 # A segment of the api-keys export is one bucket or a coarse range inside one local day
 # (docs/DESIGN.md, "First start: coarse to fine"); its rows carry the range's start. The
@@ -286,6 +294,11 @@ class OutboxItem:
     created_at: datetime
     id: int = 0
     attempts: int = 0
+    next_attempt_at: datetime | None = None  # not before (Slack's Retry-After, settling)
+    last_error: str | None = None
+    uncertain: bool = False  # a send may have arrived: look in Slack before posting again
+    dead: bool = False  # refused for good (a dead letter): kept until its route changes
+    target: str | None = None  # dead letters: the route's fingerprint when it was refused
 
 
 @dataclass(frozen=True)
@@ -1016,36 +1029,54 @@ class Store:
 
     def pending_outbox(self, now: datetime) -> list[OutboxItem]:
         """Messages due for (another) attempt, oldest first."""
-        return [item for item, _, _ in self._outbox("AND next_attempt_at <= ?", _ts(now))]
+        return self._outbox("status = 'pending' AND next_attempt_at <= ?", _ts(now))
 
-    def _outbox(
-        self, where: str = "", *params: object
-    ) -> list[tuple[OutboxItem, datetime, str | None]]:
-        """Pending messages, oldest first: (item, next attempt, last error)."""
+    def outbox_pending(self) -> list[OutboxItem]:
+        """Every message still to be sent, due or not, oldest first."""
+        return self._outbox("status = 'pending'")
+
+    def outbox_dead_letters(self) -> list[OutboxItem]:
+        """Messages Slack refused for good, oldest first."""
+        return self._outbox("status = 'rejected'")
+
+    def _outbox(self, where: str, *params: object) -> list[OutboxItem]:
         rows = self._conn.execute(
             "SELECT id, created_at, route, kind, alert_ids, thread_alert, payload, attempts,"
-            f" next_attempt_at, last_error FROM outbox WHERE status = 'pending' {where}"
-            " ORDER BY id",
+            " next_attempt_at, last_error, uncertain, status, route_target"
+            f" FROM outbox WHERE {where} ORDER BY id",
             params,
         )
         return [
-            (
-                OutboxItem(
-                    route,
-                    kind,
-                    json.loads(ids),
-                    thread,
-                    json.loads(payload),
-                    _dt(created),
-                    id=item_id,
-                    attempts=attempts,
-                ),
-                _dt(next_at),
+            OutboxItem(
+                route,
+                kind,
+                json.loads(ids),
+                thread,
+                json.loads(payload),
+                _dt(created),
+                id=item_id,
+                attempts=attempts,
+                next_attempt_at=_dt(next_at),
+                last_error=error,
+                uncertain=bool(uncertain),
+                dead=status == "rejected",
+                target=target,
+            )
+            for (
+                item_id,
+                created,
+                route,
+                kind,
+                ids,
+                thread,
+                payload,
+                attempts,
+                next_at,
                 error,
-            )
-            for item_id, created, route, kind, ids, thread, payload, attempts, next_at, error in (
-                rows
-            )
+                uncertain,
+                status,
+                target,
+            ) in rows
         ]
 
     def outbox_pending_count(self) -> int:
@@ -1053,23 +1084,69 @@ class Store:
             self._conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
         )
 
+    def outbox_dead_letter_count(self) -> int:
+        """Messages Slack refused for good (`langdock_outbox_dead_letters`)."""
+        sql = "SELECT count(*) FROM outbox WHERE status = 'rejected'"
+        return int(self._conn.execute(sql).fetchone()[0])
+
+    def outbox_next_attempt(self) -> datetime | None:
+        """When the next message may go out (in the past: now): the earliest wait of a
+        route's oldest message (later ones wait behind it); None when nothing is pending."""
+        row = self._conn.execute(
+            "SELECT min(next_attempt_at) FROM outbox AS o WHERE status = 'pending' AND id ="
+            " (SELECT min(id) FROM outbox WHERE status = 'pending' AND route = o.route)"
+        ).fetchone()
+        return _dt(row[0]) if row and row[0] is not None else None
+
     def outbox_sent(self, item_id: int) -> None:
         with self._transaction():
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
-    def outbox_retry(self, item_id: int, attempts: int, next_at: datetime, error: str) -> None:
+    def outbox_sending(self, item_id: int, settled: datetime) -> None:
+        """A send starts: until it is known to have failed it may have arrived, so after a
+        crash it is looked for in Slack first, once it ``settled``."""
         with self._transaction():
             self._conn.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                (attempts, _ts(next_at), error, item_id),
+                "UPDATE outbox SET uncertain = 1, next_attempt_at = ? WHERE id = ?",
+                (_ts(settled), item_id),
             )
 
-    def outbox_reject(self, item_id: int, error: str) -> None:
-        """Slack refused the message for good (bad token, unknown channel): stop retrying."""
+    def outbox_retry(
+        self,
+        item_id: int,
+        attempts: int,
+        next_at: datetime,
+        error: str,
+        *,
+        uncertain: bool = False,
+    ) -> None:
+        """A failed attempt: not before ``next_at`` (rounded up to the second) again;
+        ``uncertain``: it may have arrived all the same."""
+        stamp = next_at.timestamp()
         with self._transaction():
             self._conn.execute(
-                "UPDATE outbox SET status = 'rejected', last_error = ? WHERE id = ?",
-                (error, item_id),
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " uncertain = ? WHERE id = ?",
+                (attempts, int(stamp) + (stamp % 1 > 0), error, int(uncertain), item_id),
+            )
+
+    def outbox_reject(self, item_id: int, error: str, target: str | None = None) -> None:
+        """Slack refused the message for good (bad token, unknown channel): a dead letter,
+        kept with the fingerprint of the route that refused it (``target``)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE outbox SET status = 'rejected', last_error = ?, route_target = ?,"
+                " uncertain = 0 WHERE id = ?",
+                (error, target, item_id),
+            )
+
+    def outbox_requeue(self, item_id: int, route: str) -> None:
+        """A dead letter goes out again, on ``route``, in its old place in the order."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE outbox SET status = 'pending', route = ?, route_target = NULL,"
+                " next_attempt_at = 0, uncertain = 0 WHERE id = ?",
+                (route, item_id),
             )
 
     def outbox_drop(self, item_id: int, unannounced: Sequence[str] = ()) -> None:
@@ -1082,8 +1159,27 @@ class Store:
             )
 
     def outbox_waiting(self) -> list[tuple[OutboxItem, datetime, str | None]]:
-        """Every message still to be sent, oldest first: (item, next attempt, last error)."""
-        return self._outbox()
+        """Every message not delivered, oldest first, then the dead letters (``item.dead``):
+        (item, next attempt, last error)."""
+        items = [*self.outbox_pending(), *self.outbox_dead_letters()]
+        return [(i, i.next_attempt_at or i.created_at, i.last_error) for i in items]
+
+    def route_channel(self, route: str) -> str | None:
+        """The channel id Slack answered for a bot route (`set_route_channel`)."""
+        row = self._conn.execute(
+            "SELECT channel FROM slack_channels WHERE route = ?", (route,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def set_route_channel(self, route: str, channel: str) -> None:
+        if self.route_channel(route) == channel:
+            return
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO slack_channels VALUES (?, ?)"
+                " ON CONFLICT (route) DO UPDATE SET channel = excluded.channel",
+                (route, channel),
+            )
 
     def compact(self, before: datetime) -> int:
         """Drop usage buckets (and their fetch marks) that start before ``before``."""

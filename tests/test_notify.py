@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,13 @@ from daemon.notify import ConsoleSender, SlackSender, deliver
 from daemon.rules.budget import evaluate_budget
 from daemon.rules.engine import evaluate
 from daemon.rules.windows import bucket_end, bucket_start
-from daemon.slack_messages import budget_message, escape, name
+from daemon.slack_messages import (
+    budget_message,
+    escape,
+    name,
+    resolved_message,
+    summary_line,
+)
 from daemon.store import Store
 from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import Answer, FakeSlack
@@ -108,6 +115,27 @@ def test_hostile_names_render_literally() -> None:
     assert shown.startswith("`") and "<" not in shown and "\u202e" not in shown
     assert "\n" not in shown and "*bold*" in shown  # inside code: not bold
     assert len(name("x" * 500)) < 90
+
+
+@pytest.mark.parametrize(
+    ("label", "shown"),
+    [
+        ("*bold* (k1)", "`*bold* (k1)`"),
+        ("_x_ (k1)", "`_x_ (k1)`"),
+        ("~gone~ <!here> (k1)", "`~gone~ &lt;!here&gt; (k1)`"),
+        ("prod_web (key_4f1a)", "prod_web (key_4f1a)"),  # nothing Slack would format
+        ("2*3*4 (k1)", "2*3*4 (k1)"),
+    ],
+)
+def test_names_in_the_fallback_text_show_literally_too(label: str, shown: str) -> None:
+    rule = budget(window="month", limit_usd=10)
+    usage = index(hourly(datetime(2026, 11, 1, tzinfo=UTC), T0, lambda _: "1"))
+    (ev,) = evaluate_budget(rule, usage, T0, UTCZ)
+    ev = replace(ev, member=replace(ev.member, label=label))
+    (state,) = evaluate([rule], usage, {}, T0, UTCZ).firing
+    assert f" — {shown}: " in budget_message(ev, state, UTCZ).text
+    assert f" — {shown}: " in resolved_message(state, label, "condition cleared", UTCZ, ev).text
+    assert summary_line(budget_message(ev, state, UTCZ)).count(shown) == 1
 
 
 async def test_firing_and_resolved_through_a_webhook(
