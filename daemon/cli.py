@@ -477,13 +477,18 @@ def render_cycle(store: Store, config: Config, result: CycleResult, now: datetim
 
 def delivery_line(result: CycleResult) -> str:
     d = result.delivery
-    if not (d.sent or d.deferred or d.rejected):
+    if not (d.sent or d.deferred or d.rejected or d.silenced or d.waiting):
         return ""
     text = f"; Slack: {d.sent} sent"
     if d.deferred:
         text += f", {d.deferred} queued for retry"
     if d.rejected:
-        text += f", {d.rejected} rejected (see the log for the fix)"
+        text += f", {d.rejected} rejected (see the log for the fix; `status` lists them)"
+    if d.silenced:
+        text += f", {d.silenced} dropped (silenced)"
+    if d.waiting:
+        until = f" until {d.next_attempt:%H:%M} UTC" if d.next_attempt is not None else ""
+        text += f", {d.waiting} waiting{until} (Slack asked to wait)"
     return text
 
 

@@ -413,6 +413,7 @@ class Daemon:
             ("retried", report.deferred),
             ("rejected", report.rejected),
             ("silenced", report.silenced),
+            ("found", report.found),  # an uncertain send had arrived: not posted twice
         ):
             self.stats.count(self.stats.notifications, outcome, n)
 
