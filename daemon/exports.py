@@ -1,9 +1,16 @@
-"""Parsing Langdock's export CSVs (SPEC §1) into typed rows.
+"""Parsing Langdock's export CSVs (SPEC §1) into typed, checked rows.
 
 Columns are found by header name through an alias table, so extra, reordered or renamed
 columns do not break parsing; only the identity columns are required. Money is `Decimal`
 from the first byte on. Input is any iterable of text lines *with* their line endings (an
-open file works), so quoted fields may span lines and memory stays bounded.
+open file works), so quoted fields may span lines; rows are yielded as they are read, and
+`sum_key_usage` / `sum_model_usage` fold them per (key, model) / (model, provider, BYOK), so
+memory follows the number of distinct keys and models, not the size of the file.
+
+Every cell is checked (`daemon.export_checks`): a damaged record (a row cut short, a stray
+quote, text where a number belongs) raises `MalformedFileError`, and the file is not used;
+a poisoned value (negative, NaN, past the documented bounds) leaves its row out, counted and
+named on the `Tally`, and the rest of the file is used.
 """
 
 from __future__ import annotations
@@ -11,10 +18,43 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
+from daemon.export_checks import (
+    COST_PLACES,
+    MAX_COST_USD,
+    MAX_COUNT,
+    REASONS,
+    Cells,
+    ExportFormatError,
+    MalformedFileError,
+    Rejected,
+    Rejection,
+    Tally,
+)
+
+__all__ = [
+    "KEY_ALIASES",
+    "MODEL_ALIASES",
+    "REASONS",
+    "TOKEN_FIELDS",
+    "ExportFormatError",
+    "KeyUsage",
+    "MalformedFileError",
+    "ModelUsage",
+    "Rejection",
+    "Tally",
+    "normalize_header",
+    "parse_key_usage",
+    "parse_model_usage",
+    "sum_key_usage",
+    "sum_model_usage",
+]
+
 csv.field_size_limit(1 << 20)
+# wide enough that every sum of bounded costs is exact (< 1e23 with 60 places: 83 digits)
+_EXACT = Context(prec=200)
 
 TOKEN_FIELDS = (
     "prompt_tokens",
@@ -59,10 +99,6 @@ MODEL_ALIASES: dict[str, tuple[str, ...]] = {
     ),
     **_COMMON_ALIASES,
 }
-
-
-class ExportFormatError(ValueError):
-    """The CSV does not have the shape we need (missing column, bad number)."""
 
 
 class KeyUsage(NamedTuple):
@@ -125,153 +161,120 @@ def _columns(
     return found
 
 
-class _Row:
-    """Typed access to one CSV record, with line numbers in every error."""
-
-    __slots__ = ("cols", "line", "record", "what")
-
-    def __init__(self, record: list[str], cols: dict[str, int], line: int, what: str) -> None:
-        self.record, self.cols, self.line, self.what = record, cols, line, what
-
-    def text(self, name: str, default: str = "") -> str:
-        index = self.cols.get(name)
-        if index is None or index >= len(self.record):
-            return default
-        return self.record[index].strip()
-
-    def decimal(self, name: str) -> Decimal | None:
-        value = self.text(name).replace("$", "")
-        if not value:
-            return None
-        try:
-            number = Decimal(value)
-        except InvalidOperation:
-            raise self._bad(name, value) from None
-        if not number.is_finite():
-            raise self._bad(name, value)
-        return number
-
-    def integer(self, name: str) -> int | None:
-        number = self.decimal(name)
-        if number is None:
-            return None
-        if number != number.to_integral_value():
-            raise self._bad(name, self.text(name))
-        return int(number)
-
-    def _bad(self, name: str, value: str) -> ExportFormatError:
-        return ExportFormatError(
-            f"{self.what} export: line {self.line}: column {name}: {value[:40]!r} is not a number"
-        )
-
-
 def _open(
     lines: Iterable[str],
     aliases: Mapping[str, tuple[str, ...]],
     required: tuple[str, ...],
     what: str,
-) -> tuple[Any, dict[str, int]]:
-    """A CSV reader positioned after the header, and the header's column positions."""
+) -> tuple[Any, list[str], dict[str, int]]:
+    """A CSV reader positioned after the header, the header, and its column positions."""
     reader = csv.reader(lines)
     try:
         header = next(reader)
     except StopIteration:
         raise ExportFormatError(f"{what} export: the file is empty (no header row)") from None
     except csv.Error as exc:
-        raise ExportFormatError(f"{what} export: line 1: unreadable CSV ({exc})") from None
-    return reader, _columns(header, aliases, required, what)
+        raise MalformedFileError(f"{what} export: line 1: unreadable CSV ({exc})") from None
+    return reader, header, _columns(header, aliases, required, what)
 
 
-def _unreadable(what: str, reader: Any, exc: csv.Error) -> ExportFormatError:
-    return ExportFormatError(f"{what} export: line {reader.line_num}: unreadable CSV ({exc})")
-
-
-def _records(
-    lines: Iterable[str],
-    aliases: Mapping[str, tuple[str, ...]],
-    required: tuple[str, ...],
-    what: str,
-) -> Iterator[_Row]:
-    reader, cols = _open(lines, aliases, required, what)
-    try:
-        for record in reader:
-            if _blank(record):
-                continue
-            yield _Row(record, cols, reader.line_num, what)
-    except csv.Error as exc:
-        raise _unreadable(what, reader, exc) from None
+def _unreadable(what: str, reader: Any, exc: csv.Error) -> MalformedFileError:
+    return MalformedFileError(f"{what} export: line {reader.line_num}: unreadable CSV ({exc})")
 
 
 def _blank(record: list[str]) -> bool:
     return not record or all(not cell.strip() for cell in record)
 
 
-def _tokens(row: _Row) -> dict[str, int | None]:
+def _tokens(row: Cells) -> dict[str, int | None]:
     return {name: row.integer(name) for name in TOKEN_FIELDS}
 
 
-def parse_key_usage(lines: Iterable[str], *, grouped: bool) -> Iterator[KeyUsage]:
-    """Rows of an ``/export/api-keys`` CSV; ``grouped`` requires the model column.
+def _counts_ok(*values: int | None) -> bool:
+    return all(value is None or 0 <= value <= MAX_COUNT for value in values)
+
+
+def parse_key_usage(
+    lines: Iterable[str], *, grouped: bool, tally: Tally | None = None
+) -> Iterator[KeyUsage]:
+    """Rows of an ``/export/api-keys`` CSV; ``grouped`` requires the model column. Rejected
+    rows are left out and recorded on ``tally``.
 
     Well-formed records take a fast path (plain `int` / `Decimal` on the cells, column
-    positions resolved once); anything unusual (blank cells with spaces, "12.0", "$1.50",
-    short records) falls back to the careful per-cell parser, which also produces the
-    line-numbered errors.
+    positions resolved once, bounds checked); anything unusual (blank cells with spaces,
+    "12.0", "$1.50", exponents, a value out of bounds, a damaged record) falls back to the
+    careful per-cell parser, which also produces the line-numbered errors and rejections.
     """
+    tally = tally if tally is not None else Tally()
     required = ("api_key_id", "model") if grouped else ("api_key_id",)
-    reader, cols = _open(lines, KEY_ALIASES, required, "api-keys")
+    reader, header, cols = _open(lines, KEY_ALIASES, required, "api-keys")
     i_key = cols["api_key_id"]
     i_name, i_req, i_cost = cols.get("api_key_name"), cols.get("requests"), cols.get("cost_usd")
     i_model = cols["model"] if grouped else None
     t0, t1, t2, t3, t4 = (cols.get(name) for name in TOKEN_FIELDS)
-    width = max(cols.values()) + 1
+    width = len(header)
     # one string object per distinct id, name and model (a key repeats for every model)
     seen: dict[str, str] = {}
     same = seen.setdefault
     try:
         for record in reader:
-            if len(record) >= width:
+            if len(record) == width:
                 try:
                     key_id = same(key := record[i_key].strip(), key)
                     raw = record[i_cost] if i_cost is not None else ""
                     cost = Decimal(raw) if raw else _ZERO
-                    raw = record[i_req] if i_req is not None else ""
-                    if key_id and cost.is_finite():
-                        yield KeyUsage(
-                            key_id,
-                            same(name := record[i_name].strip(), name)
-                            if i_name is not None and record[i_name].strip()
-                            else key_id,
-                            same(model := record[i_model].strip(), model)
-                            if i_model is not None
-                            else "",
-                            int(raw) if raw else 0,
-                            cost,
-                            int(record[t0]) if t0 is not None and record[t0] else None,
-                            int(record[t1]) if t1 is not None and record[t1] else None,
-                            int(record[t2]) if t2 is not None and record[t2] else None,
-                            int(record[t3]) if t3 is not None and record[t3] else None,
-                            int(record[t4]) if t4 is not None and record[t4] else None,
-                        )
+                    row = KeyUsage(
+                        key_id,
+                        same(name := record[i_name].strip(), name)
+                        if i_name is not None and record[i_name].strip()
+                        else key_id,
+                        same(model := record[i_model].strip(), model)
+                        if i_model is not None
+                        else "",
+                        int(record[i_req]) if i_req is not None and record[i_req] else 0,
+                        cost,
+                        int(record[t0]) if t0 is not None and record[t0] else None,
+                        int(record[t1]) if t1 is not None and record[t1] else None,
+                        int(record[t2]) if t2 is not None and record[t2] else None,
+                        int(record[t3]) if t3 is not None and record[t3] else None,
+                        int(record[t4]) if t4 is not None and record[t4] else None,
+                    )
+                    if (
+                        key_id
+                        and cost.is_finite()
+                        and _ZERO <= cost <= MAX_COST_USD
+                        and len(raw) <= COST_PLACES
+                        and "e" not in raw
+                        and "E" not in raw
+                        and _counts_ok(*row[3:4], *row[5:])
+                    ):
+                        tally.records += 1
+                        yield row
                         continue
                 except (ValueError, InvalidOperation):
                     pass
-            if not _blank(record):
-                yield _careful_key_usage(_Row(record, cols, reader.line_num, "api-keys"), grouped)
+            if _blank(record):
+                continue
+            tally.records += 1
+            try:
+                yield _careful_key_usage(record, cols, header, reader.line_num, grouped)
+            except Rejected as rejected:
+                tally.reject(rejected.rejection)
     except csv.Error as exc:
         raise _unreadable("api-keys", reader, exc) from None
 
 
-def _careful_key_usage(row: _Row, grouped: bool) -> KeyUsage:
-    key_id = row.text("api_key_id")
-    if not key_id:
-        raise ExportFormatError(f"api-keys export: line {row.line}: empty api_key_id")
+def _careful_key_usage(
+    record: list[str], cols: dict[str, int], header: list[str], line: int, grouped: bool
+) -> KeyUsage:
+    row = Cells(record, cols, header, line, "api-keys")
+    key_id = row.identity("api_key_id")
     return KeyUsage(
         api_key_id=key_id,
         api_key_name=row.text("api_key_name") or key_id,
         model=row.text("model") if grouped else "",
         requests=row.integer("requests") or 0,
-        cost_usd=row.decimal("cost_usd") or Decimal(0),
+        cost_usd=row.cost("cost_usd") or Decimal(0),
         **_tokens(row),
     )
 
@@ -280,25 +283,115 @@ _ZERO = Decimal(0)
 _TRUE = {"true", "1", "yes", "y", "t"}
 
 
-def parse_model_usage(lines: Iterable[str]) -> Iterator[ModelUsage]:
-    """Rows of an ``/export/models`` CSV, with error and latency columns where present."""
-    for row in _records(lines, MODEL_ALIASES, ("model",), "models"):
-        model = row.text("model")
-        if not model:
-            raise ExportFormatError(f"models export: line {row.line}: empty model name")
-        requests = row.integer("requests") or 0
-        errors = row.decimal("errors")
-        rate = row.decimal("error_rate")
-        if errors is None and rate is not None:
-            # A rate above 1 can only be a percentage ("2.5" meaning 2.5 %).
-            errors = (rate / 100 if rate > 1 else rate) * requests
-        yield ModelUsage(
-            model=model,
-            provider=row.text("provider"),
-            byok=row.text("byok").lower() in _TRUE,
-            requests=requests,
-            cost_usd=row.decimal("cost_usd"),
-            errors=errors,
-            response_time_ms=row.decimal("response_time_ms"),
-            **_tokens(row),
+def parse_model_usage(lines: Iterable[str], *, tally: Tally | None = None) -> Iterator[ModelUsage]:
+    """Rows of an ``/export/models`` CSV, with error and latency columns where present;
+    rejected rows are left out and recorded on ``tally``."""
+    tally = tally if tally is not None else Tally()
+    reader, header, cols = _open(lines, MODEL_ALIASES, ("model",), "models")
+    try:
+        for record in reader:
+            if _blank(record):
+                continue
+            tally.records += 1
+            try:
+                yield _careful_model_usage(Cells(record, cols, header, reader.line_num, "models"))
+            except Rejected as rejected:
+                tally.reject(rejected.rejection)
+    except csv.Error as exc:
+        raise _unreadable("models", reader, exc) from None
+
+
+def _careful_model_usage(row: Cells) -> ModelUsage:
+    model = row.identity("model")
+    requests = row.integer("requests") or 0
+    errors = row.number("errors")
+    rate = row.number("error_rate")
+    if errors is None and rate is not None:
+        # A rate above 1 can only be a percentage ("2.5" meaning 2.5 %).
+        errors = (rate / 100 if rate > 1 else rate) * requests
+    return ModelUsage(
+        model=model,
+        provider=row.text("provider"),
+        byok=row.text("byok").lower() in _TRUE,
+        requests=requests,
+        cost_usd=row.cost("cost_usd"),
+        errors=errors,
+        response_time_ms=row.number("response_time_ms"),
+        **_tokens(row),
+    )
+
+
+def _add(a: Any, b: Any) -> Any:
+    """a + b where a missing value (None) is no value, not zero; money sums are exact."""
+    if a is None or b is None:
+        return b if a is None else a
+    return _EXACT.add(a, b) if isinstance(a, Decimal) else a + b
+
+
+def sum_key_usage(rows: Iterable[KeyUsage]) -> list[KeyUsage]:
+    """One row per (key, model), summed as the rows come, in first-seen order; every row of
+    a key carries the name its last row had. The store keeps exactly what it keeps of the
+    unsummed rows (it adds duplicates up), but memory holds only the distinct pairs."""
+    totals: dict[tuple[str, str], KeyUsage] = {}
+    names: dict[str, str] = {}
+    for row in rows:
+        names[row.api_key_id] = row.api_key_name
+        pair = (row.api_key_id, row.model)
+        before = totals.get(pair)
+        totals[pair] = (
+            row
+            if before is None
+            else KeyUsage(
+                *before[:3],
+                before.requests + row.requests,
+                _EXACT.add(before.cost_usd, row.cost_usd),
+                *map(_add, before[5:], row[5:]),
+            )
         )
+    return [
+        row
+        if row.api_key_name == (name := names[row.api_key_id])
+        else row._replace(api_key_name=name)
+        for row in totals.values()
+    ]
+
+
+def _model_values(row: ModelUsage) -> list[Any]:
+    weighted = None if row.response_time_ms is None else row.response_time_ms * row.requests
+    tokens = [getattr(row, name) for name in TOKEN_FIELDS]
+    return [row.requests, row.cost_usd, *tokens, row.errors, weighted]
+
+
+def sum_model_usage(rows: Iterable[ModelUsage]) -> list[ModelUsage]:
+    """One row per (model, provider, BYOK), in first-seen order, summed as the store sums
+    them (the mean response time weighted by requests); a single row is kept as it is."""
+    firsts: dict[tuple[str, str, bool], ModelUsage] = {}
+    sums: dict[tuple[str, str, bool], list[Any]] = {}
+    for row in rows:
+        group = (row.model, row.provider, row.byok)
+        if group not in firsts:
+            firsts[group] = row
+            continue
+        before = sums.get(group) or _model_values(firsts[group])
+        sums[group] = list(map(_add, before, _model_values(row)))
+    result = []
+    for group, first in firsts.items():
+        if group not in sums:
+            result.append(first)
+            continue
+        requests, cost, *tokens, errors, weighted = sums[group]
+        mean = weighted / requests if weighted is not None and requests else None
+        model, provider, byok = group
+        result.append(
+            ModelUsage(
+                model,
+                provider,
+                byok,
+                requests,
+                cost,
+                **dict(zip(TOKEN_FIELDS, tokens, strict=True)),
+                errors=errors,
+                response_time_ms=mean,
+            )
+        )
+    return result

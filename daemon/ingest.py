@@ -6,6 +6,7 @@ its own plan one fetch at a time through `fetch_into`.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ async def poll(
     """Carry out ``plan`` (newest first) into the store; never raises on remote errors.
 
     Data problems of one range are recorded and the poll goes on; an authentication error,
-    exhausted retries or a store failure end the poll early (the next poll tries again).
+    exhausted retries or a store that can take no bucket (disk full, locked) end the poll
+    early (the next poll tries again); a bucket the store refuses fails alone.
     """
     started = now()
     report = PollReport(started=started)
@@ -106,16 +108,21 @@ async def poll(
             if isinstance(exc, TransientError) or exc.reason in ("auth", "bad_request"):
                 report.aborted = exc.reason
                 break
-        except Exception as exc:  # the store failed (disk full, locked): stop, keep running
-            report.aborted = "store"
-            report.failures.append(FetchFailure(export, bucket, "store", str(exc)))
+        except Exception as exc:  # storing failed: this bucket, or every bucket (disk full)
+            message, fix = _store_failed(exc)
+            failure = FetchFailure(export, bucket, "store", message)
+            report.failures.append(failure)
             log.error(
                 "store_write_failed",
                 export=export,
-                error=str(exc),
-                fix="check disk space and that no other process holds the store",
+                bucket=bucket.start.isoformat(),
+                error=message,
+                fix=fix or "the other buckets are stored, this one is fetched again next poll",
             )
-            break
+            if fix is not None:
+                report.aborted = "store"
+                break
+            _record(store, failure, now())
         finally:
             report.export_seconds[export] = (
                 report.export_seconds.get(export, 0.0) + time.perf_counter() - began
@@ -148,6 +155,33 @@ async def fetch_into(
         return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
     model_rows = await client.model_usage(fetch.start, fetch.end)
     return store.replace_model_usage(fetch.start, fetch.end, model_rows, now())
+
+
+_STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), what to do
+    ("SQLITE_FULL", "database or disk is full", "free disk space"),
+    ("SQLITE_BUSY", "database is locked", "stop the other process holding the store"),
+    ("SQLITE_LOCKED", "table is locked", "stop the other process holding the store"),
+    ("SQLITE_READONLY", "readonly database", "make state.path writable for the daemon"),
+    ("SQLITE_CANTOPEN", "unable to open", "make state.path writable for the daemon"),
+    ("SQLITE_IOERR", "disk i/o error", "check the disk that holds state.path"),
+    ("SQLITE_CORRUPT", "malformed", "the store file is damaged; see docs/OPERATIONS.md"),
+    ("SQLITE_NOTADB", "not a database", "the store file is damaged; see docs/OPERATIONS.md"),
+)
+
+
+def _store_failed(exc: Exception) -> tuple[str, str | None]:
+    """What storing a bucket failed on (what SQLite said, or the exception), and what to do
+    when no bucket can be stored (disk full, locked, read-only, damaged), else None."""
+    if isinstance(exc.__context__, sqlite3.Error):  # e.g. a ROLLBACK of what SQLite undid
+        exc = exc.__context__
+    if not isinstance(exc, sqlite3.Error):
+        return f"storing the bucket failed: {type(exc).__name__}: {exc}", None
+    name = "_".join((getattr(exc, "sqlite_errorname", None) or "").split("_")[:2])
+    said = str(exc).lower()
+    for code, text, fix in _STORE_DOWN:
+        if name == code or (not name and text in said):
+            return f"SQLite said: {exc} ({code})", fix
+    return f"SQLite said: {exc}" + (f" ({name})" if name else ""), None
 
 
 def _period(fetch: Fetch) -> Period:

@@ -2,37 +2,34 @@
 
 One export = ``POST {base}/export/{type}`` (bearer auth, JSON body with wall-clock dates and
 their zone) answered with a signed ``downloadUrl``; the CSV behind it is fetched by a second
-HTTP client that never carries the API key, streamed to a spooled temporary file, parsed, and
-checked against ``recordCount`` before anything is returned. The caller gets all rows of a
-range or an exception: never a partial result.
+HTTP client that never carries the API key, under a size limit, and read as a stream into
+sums per key and model, checked against ``recordCount`` (`daemon.download`). The caller gets
+all rows of a range or an exception: never a partial result. Rows whose values no real export
+holds are left out, logged, and counted (`LangdockClient.rejected`); the rest is kept.
 
 Retries (tenacity, ``docs/DESIGN.md`` "Retries"): one export may be tried
 ``max_retries + 1`` times in all. An attempt is a POST and its download; a 429, a 5xx, a
-timeout or a broken connection on either, or a file shorter than ``recordCount``, fails the
-attempt, and the next one starts with a fresh export (new POST, new ``downloadUrl``) after a
-backoff (``Retry-After`` when given, else exponential with jitter). An expired signed URL gets
-one fresh export at once. Auth errors, bad requests and files that do not parse are not
-retried. Every POST passes the shared ``Pacer``; downloads go to storage, not to the API, and
-do not.
+timeout or a broken connection on either, a file shorter than ``recordCount`` or with a
+damaged record (a row cut short, a stray quote), fails the attempt, and the next one starts
+with a fresh export (new POST, new ``downloadUrl``) after a backoff (``Retry-After`` when
+given, else exponential with jitter). An expired signed URL gets one fresh export at once.
+Auth errors, bad requests, files past the size limit and files that do not parse (missing
+column, not UTF-8) are not retried. Every POST passes the shared ``Pacer``; downloads go to
+storage, not to the API, and do not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-import io
-import json
 import random
-import re
 import ssl
-import tempfile
 import time
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import IO, Literal, TypeVar
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta
+from typing import IO, TypeVar
 from zoneinfo import ZoneInfo
 
 import certifi
@@ -41,12 +38,39 @@ import structlog
 import tenacity
 
 from daemon import __version__
+from daemon.download import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DownloadError,
+    ExportFile,
+    Parse,
+    clean,
+    download_file,
+    retry_after,
+)
+from daemon.export_protocol import (
+    AuthError,
+    BadRequestError,
+    DataError,
+    ExportInfo,
+    ExportKind,
+    LangdockError,
+    RetryExport,
+    TooLarge,
+    TransientError,
+    error_text,
+    export_body,
+    export_endpoint,
+    export_info,
+    wall_clock,
+)
 from daemon.exports import (
-    ExportFormatError,
     KeyUsage,
     ModelUsage,
+    Tally,
     parse_key_usage,
     parse_model_usage,
+    sum_key_usage,
+    sum_model_usage,
 )
 from daemon.pacing import Clock, Pacer, Sleep
 
@@ -66,14 +90,11 @@ __all__ = [
     "wall_clock",
 ]
 
-ExportKind = Literal["api-keys", "models"]
 T = TypeVar("T")
 
 _UTC_ZONE = ZoneInfo("UTC")
 _MAX_BACKOFF = 120.0
-_MAX_RETRY_AFTER = 300.0
-_SPOOL_BYTES = 8 * 1024 * 1024
-_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
+_KEEP_REJECTIONS = 100  # lines kept for `take_rejections`
 log = structlog.get_logger("langdock_budget.langdock")
 
 
@@ -83,137 +104,11 @@ async def default_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-class LangdockError(Exception):
-    """A failed export; ``reason`` is a short metric label, the message says what to do."""
-
-    reason = "error"
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-
-
-class AuthError(LangdockError):
-    reason = "auth"
-
-
-class BadRequestError(LangdockError):
-    reason = "bad_request"
-
-
-class TransientError(LangdockError):
-    """Retries were exhausted on 429, 5xx, timeouts or broken connections (of the export
-    POST or of the download): Langdock or its storage is unavailable; the poll stops."""
-
-
-class DataError(LangdockError):
-    """The export answered, but its file is unusable (malformed, short after every retry)."""
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Retry(Exception):
-    """One attempt failed in a way a fresh export may fix (internal: tenacity retries it).
-
-    ``problem`` says what failed and where (no secrets), ``fix`` what happens or what to do
-    when no attempt is left; ``final`` is the error raised then. ``wait`` overrides the
-    backoff (``Retry-After``; 0 for an expired URL).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        problem: str,
-        fix: str,
-        *,
-        final: type[LangdockError] = TransientError,
-        wait: float | None = None,
-    ) -> None:
-        super().__init__(problem)
-        self.reason, self.problem, self.fix = reason, problem, fix
-        self.final, self.wait = final, wait
-
-
-@dataclass(frozen=True)
-class _ExportInfo:
-    download_url: str
-    record_count: int | None
-
-
 @dataclass
 class _Attempts:
     """What the attempts of one export have seen so far."""
 
     expired: int = 0
-
-
-def wall_clock(instant: datetime, zone: ZoneInfo) -> str:
-    """``instant`` as the wall-clock text Langdock reads in ``zone`` (no offset, no ``Z``)."""
-    local = instant.astimezone(zone)
-    return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}"
-
-
-def export_body(start: datetime, end: datetime, zone: ZoneInfo, **extra: str) -> dict[str, object]:
-    """The JSON body for [start, end): Langdock's ``to`` is inclusive, so send end - 1 ms."""
-    last = end - timedelta(milliseconds=1)
-    return {
-        "from": {"date": wall_clock(start, zone), "timezone": zone.key},
-        "to": {"date": wall_clock(last, zone), "timezone": zone.key},
-        **extra,
-    }
-
-
-def export_endpoint(base_url: str, kind: ExportKind) -> str:
-    return f"{base_url.rstrip('/')}/export/{kind}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), _MAX_RETRY_AFTER)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), _MAX_RETRY_AFTER)
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line, every URL without its query (a signed URL's query is its
-    signature): for error messages built from what a server or a file said."""
-    return _URL_QUERY.sub(r"\1", " ".join(text.split()))
-
-
-def _error_text(response: httpx.Response, secret: str = "") -> str:
-    """What an error answer says, on one line, short, without ``secret`` or URL queries (the
-    secret is removed before anything is cut, so no part of it can be left)."""
-    try:
-        payload = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raw, limit = response.text, 200
-    else:
-        raw, limit = str(payload), 200
-        if isinstance(payload, dict):
-            for key in ("error", "message", "detail"):
-                if payload.get(key):
-                    raw, limit = str(payload[key]), 300
-                    break
-    if secret:
-        raw = raw.replace(secret, "[redacted]")
-    return one_line(raw)[:limit]
-
-
-def _safe_url(url: str) -> str:
-    """A signed URL without its query (the signature is a credential)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 @functools.cache
@@ -245,11 +140,13 @@ class LangdockClient:
         rng: random.Random | None = None,
         pacer: Pacer | None = None,
         reserve: int = 0,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.request_zone = request_zone
         self.max_retries = max_retries
         self.reserve = reserve
+        self.max_download_bytes = max_download_bytes
         self._sleep: Sleep = sleep if sleep is not None else default_sleep
         self._rng = rng or random.Random()
         self.pacer = (
@@ -274,6 +171,10 @@ class LangdockClient:
             verify=tls,
         )
         self.requests_sent = 0  # export POSTs, retries included (downloads are not counted)
+        # Rows left out for a value no real export holds (see `daemon.export_checks`), per
+        # (export, reason), since this client was made; and a line for each (the last 100).
+        self.rejected: dict[tuple[str, str], int] = {}
+        self.rejections: deque[str] = deque(maxlen=_KEEP_REJECTIONS)
 
     async def aclose(self) -> None:
         await self._api.aclose()
@@ -290,37 +191,43 @@ class LangdockClient:
     async def key_usage(self, start: datetime, end: datetime) -> list[KeyUsage]:
         """Per (API key, model) usage over [start, end): ``/export/api-keys``, grouped by model."""
 
-        def parse(stream: IO[str]) -> list[KeyUsage]:
-            return list(parse_key_usage(stream, grouped=True))
+        def parse(stream: IO[str], tally: Tally) -> list[KeyUsage]:
+            return sum_key_usage(parse_key_usage(stream, grouped=True, tally=tally))
 
         return await self._export("api-keys", start, end, parse, group_by="model")
 
     async def model_usage(self, start: datetime, end: datetime) -> list[ModelUsage]:
         """Per model usage over [start, end): ``/export/models``."""
 
-        def parse(stream: IO[str]) -> list[ModelUsage]:
-            return list(parse_model_usage(stream))
+        def parse(stream: IO[str], tally: Tally) -> list[ModelUsage]:
+            return sum_model_usage(parse_model_usage(stream, tally=tally))
 
         return await self._export("models", start, end, parse)
+
+    def take_rejections(self) -> list[str]:
+        """One line per row left out since the last call (export, range, line, column,
+        value, why), and a summary line per file with more than ten; then forgets them."""
+        lines = list(self.rejections)
+        self.rejections.clear()
+        return lines
 
     # ------------------------------------------------------------------ internals
 
     def _clean(self, text: str) -> str:
         """Server or file text for an error message: one line, no URL query, no API key."""
-        text = one_line(text)
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+        return clean(text, self._api_key)
 
     async def _export(
         self,
         kind: ExportKind,
         start: datetime,
         end: datetime,
-        parse: Callable[[IO[str]], list[T]],
+        parse: Parse[T],
         **extra: str,
     ) -> list[T]:
         try:
             return await self._export_once(kind, start, end, parse, extra)
-        except _TooLarge:
+        except TooLarge:
             if end - start <= timedelta(minutes=1):
                 raise BadRequestError(
                     f"{kind} export: Langdock says the export is too large even for one minute"
@@ -336,7 +243,7 @@ class LangdockClient:
         kind: ExportKind,
         start: datetime,
         end: datetime,
-        parse: Callable[[IO[str]], list[T]],
+        parse: Parse[T],
         extra: dict[str, str],
     ) -> list[T]:
         """One export of [start, end), tried up to ``max_retries + 1`` times (POST failures
@@ -361,24 +268,27 @@ class LangdockClient:
             sleep=self._sleep,
             stop=tenacity.stop_after_attempt(attempts),
             wait=self._backoff,
-            retry=tenacity.retry_if_exception_type(_Retry),
+            retry=tenacity.retry_if_exception_type(RetryExport),
             before_sleep=log_retry,
             reraise=True,
         )
         try:
-            rows: list[T] = await retrying(self._attempt, kind, body, parse, seen)
-        except _Retry as exc:
+            file: ExportFile[T] | None = await retrying(self._attempt, kind, body, parse, seen)
+        except RetryExport as exc:
             raise exc.final(
                 f"{kind} export: {exc.problem} after {attempts} attempts; {exc.fix}",
                 reason=exc.reason,
             ) from None
-        return rows
+        if file is None:
+            return []
+        self._note_rejected(kind, start, end, file.tally)
+        return file.rows
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         """Seconds before the next attempt: what the server asked for (``Retry-After``,
         capped at 5 minutes), else exponential (1, 2, 4 ... 120 s) times a jitter of 0.5-1.5."""
         exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _Retry) and exc.wait is not None:
+        if isinstance(exc, RetryExport) and exc.wait is not None:
             return exc.wait
         return min(_MAX_BACKOFF, 2.0 ** (state.attempt_number - 1)) * self._rng.uniform(0.5, 1.5)
 
@@ -386,17 +296,72 @@ class LangdockClient:
         self,
         kind: ExportKind,
         body: dict[str, object],
-        parse: Callable[[IO[str]], list[T]],
+        parse: Parse[T],
         seen: _Attempts,
-    ) -> list[T]:
+    ) -> ExportFile[T] | None:
         info = await self._request_export(kind, body)
         if info is None:
-            return []
-        return await self._download_rows(kind, info, parse, seen)
+            return None
+        try:
+            return await download_file(
+                self._download,
+                info.download_url,
+                kind,
+                parse,
+                record_count=info.record_count,
+                max_bytes=self.max_download_bytes,
+                secret=self._api_key,
+            )
+        except DownloadError as exc:
+            raise self._download_failed(kind, exc, seen) from None
 
-    async def _request_export(
-        self, kind: ExportKind, body: dict[str, object]
-    ) -> _ExportInfo | None:
+    def _download_failed(self, kind: ExportKind, exc: DownloadError, seen: _Attempts) -> Exception:
+        """What a failed download means for the export: a retry (`RetryExport`) or its end."""
+        if exc.reason == "download_expired":
+            seen.expired += 1
+            if seen.expired > 1:  # a fresh URL did not help: not a passing glitch
+                return DataError(
+                    f"{kind} export: {exc.problem} twice, the second time right after a fresh"
+                    f" export; {exc.fix}",
+                    exc.reason,
+                )
+        if exc.retry:
+            final = TransientError if exc.storage else DataError
+            return RetryExport(exc.reason, exc.problem, exc.fix, final=final, wait=exc.wait)
+        return DataError(f"{kind} export: {exc.problem}; {exc.fix}", exc.reason)
+
+    def _note_rejected(
+        self, kind: ExportKind, start: datetime, end: datetime, tally: Tally
+    ) -> None:
+        """Count, log and keep a line for the rows a file's parse left out."""
+        if not tally.rejected:
+            return
+        span = f"{start.isoformat()}/{end.isoformat()}"
+        for reason, rows in tally.rejected.items():
+            self.rejected[(kind, reason)] = self.rejected.get((kind, reason), 0) + rows
+        for rejection in tally.examples:
+            value = self._clean(rejection.value)[:40]
+            log.warning(
+                "export_row_rejected",
+                export=kind,
+                range=span,
+                line=rejection.line,
+                column=rejection.column,
+                value=value,
+                reason=rejection.reason,
+                allowed=rejection.allowed,
+            )
+            shown = dataclasses.replace(rejection, value=value)
+            self.rejections.append(f"{kind} export {span}: {shown}; row left out")
+        more = sum(tally.rejected.values()) - len(tally.examples)
+        if more:
+            log.warning(
+                "export_rows_rejected", export=kind, range=span, more=more, **tally.rejected
+            )
+            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(tally.rejected.items()))
+            self.rejections.append(f"{kind} export {span}: {more} more rows left out ({counts})")
+
+    async def _request_export(self, kind: ExportKind, body: dict[str, object]) -> ExportInfo | None:
         """One paced POST: the download info, None for "No data found", or an exception."""
         url = export_endpoint(self.base_url, kind)
         fix = (
@@ -408,19 +373,19 @@ class LangdockClient:
         try:
             response = await self._api.post(url, json=body)
         except httpx.TimeoutException:
-            raise _Retry("timeout", f"POST {url} timed out", fix) from None
+            raise RetryExport("timeout", f"POST {url} timed out", fix) from None
         except httpx.TransportError as exc:
-            raise _Retry(
+            raise RetryExport(
                 "connect", f"POST {url} failed to connect ({type(exc).__name__})", fix
             ) from None
         status = response.status_code
         if status == 200:
-            return self._parse_info(kind, response)
-        text = _error_text(response, self._api_key)
+            return export_info(kind, response, self._api_key)
+        text = error_text(response, self._api_key)
         if status == 404 and "no data" in text.lower():
             return None
         if status == 400 and "too large" in text.lower():
-            raise _TooLarge(text)
+            raise TooLarge(text)
         if status in (401, 403):
             raise AuthError(
                 f"{kind} export: POST {url} answered HTTP {status} ({text}): the Langdock API"
@@ -428,11 +393,11 @@ class LangdockClient:
                 " admin"
             )
         if status == 429 or status >= 500:
-            raise _Retry(
+            raise RetryExport(
                 "rate_limited" if status == 429 else "server",
                 f"POST {url} answered HTTP {status} ({text})",
                 fix,
-                wait=_retry_after(response),
+                wait=retry_after(response),
             )
         hint = (
             "check langdock.base_url (a dedicated deployment ends in /api/public)"
@@ -440,122 +405,3 @@ class LangdockClient:
             else "this is a bug or an API change; please report it"
         )
         raise BadRequestError(f"{kind} export: POST {url} answered HTTP {status} ({text}); {hint}")
-
-    def _parse_info(self, kind: ExportKind, response: httpx.Response) -> _ExportInfo:
-        where = str(response.request.url)
-        try:
-            payload = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(
-                f"{kind} export: POST {where} answered HTTP 200 but the body is not JSON;"
-                " a proxy may be answering instead of Langdock, check langdock.base_url",
-                "bad_response",
-            ) from None
-        if not isinstance(payload, dict) or payload.get("success") is not True:
-            detail = _error_text(response, self._api_key)
-            raise DataError(
-                f"{kind} export: Langdock answered success=false ({detail}) to POST {where};"
-                " nothing stored, the next poll retries",
-                "unsuccessful",
-            )
-        data = payload.get("data") or {}
-        url = data.get("downloadUrl") if isinstance(data, dict) else None
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise DataError(
-                f"{kind} export: the answer to POST {where} has no usable downloadUrl;"
-                " this is a bug or an API change, please report it",
-                "bad_response",
-            )
-        count = data.get("recordCount")
-        return _ExportInfo(
-            url, int(count) if isinstance(count, int | str) and str(count).isdigit() else None
-        )
-
-    async def _download_rows(
-        self,
-        kind: ExportKind,
-        info: _ExportInfo,
-        parse: Callable[[IO[str]], list[T]],
-        seen: _Attempts,
-    ) -> list[T]:
-        where = _safe_url(info.download_url)
-        retry_fix = (
-            "the storage behind Langdock's downloadUrl is failing; nothing stored, the next"
-            " poll retries"
-        )
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-            try:
-                async with self._download.stream("GET", info.download_url) as response:
-                    status = response.status_code
-                    if status in (401, 403, 410) or (
-                        status == 400 and b"expired" in await response.aread()
-                    ):
-                        seen.expired += 1
-                        problem = (
-                            f"the signed download URL {where} was refused (HTTP {status}:"
-                            " expired or forbidden)"
-                        )
-                        fix = "check the machine clock (NTP); nothing stored, the next poll retries"
-                        if seen.expired > 1:  # a fresh URL did not help: not a passing glitch
-                            raise DataError(
-                                f"{kind} export: {problem} twice, the second time right after"
-                                f" a fresh export; {fix}",
-                                "download_expired",
-                            )
-                        raise _Retry("download_expired", problem, fix, final=DataError, wait=0.0)
-                    if status == 429 or status >= 500:
-                        raise _Retry(
-                            "download",
-                            f"download from {where} answered HTTP {status}",
-                            retry_fix,
-                            wait=_retry_after(response),
-                        )
-                    if status != 200:
-                        what = " (a redirect; not followed)" if 300 <= status < 400 else ""
-                        raise DataError(
-                            f"{kind} export: download from {where} answered HTTP {status}{what};"
-                            " nothing stored, the next poll retries; the signed URL must be"
-                            " fetched directly, check proxies between the daemon and storage",
-                            "download",
-                        )
-                    async for chunk in response.aiter_bytes():
-                        spool.write(chunk)
-            except httpx.HTTPError as exc:
-                raise _Retry(
-                    "download",
-                    f"download from {where} broke off ({type(exc).__name__})",
-                    retry_fix,
-                ) from None
-            spool.seek(0)
-            text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")
-            try:
-                rows = parse(text)
-            except ExportFormatError as exc:
-                raise DataError(
-                    f"{self._clean(str(exc))} (file from {where}); nothing stored; Langdock's"
-                    " export format changed or the file is damaged, report it if it persists",
-                    "parse",
-                ) from None
-            except UnicodeDecodeError:
-                raise DataError(
-                    f"{kind} export: the file from {where} is not UTF-8 text; nothing stored;"
-                    " report it if it persists",
-                    "parse",
-                ) from None
-            finally:
-                text.detach()
-        if info.record_count is not None and len(rows) < info.record_count:
-            raise _Retry(
-                "truncated",
-                f"the file from {where} has {len(rows)} rows but Langdock announced"
-                f" {info.record_count} (truncated download)",
-                "nothing stored, the next poll retries",
-                final=DataError,
-            )
-        if info.record_count is not None and len(rows) > info.record_count:
-            raise DataError(
-                f"{kind} export: the file from {where} has {len(rows)} rows but Langdock"
-                f" announced only {info.record_count}; nothing stored; report it if it persists",
-                "count_mismatch",
-            )
-        return rows

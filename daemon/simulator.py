@@ -156,7 +156,11 @@ class Simulator:
         self.model_header = model_header
         self.faults: deque[Fault] = deque()
         # "truncate", "garbage", "expire", "500", "429" (Retry-After: 3), "drop" (the
-        # connection breaks off mid-file), "redirect", "missing_column", "bom_extra"
+        # connection breaks off mid-file), "redirect", "missing_column", "bom_extra",
+        # "short_row" (the last row loses its trailing cells), "stray_quote" (a quote opens a
+        # cell of the last row and never closes), "poison" (the last row's total_cost_usd is
+        # 1e20; "poison:<column>=<value>" for another), "oversized" (the file padded with
+        # blank lines to over 2 MiB), "oversized_unannounced" (the same, no Content-Length)
         self.download_faults: deque[str] = deque()
         self.seen: list[SeenRequest] = []
         self.request_seen = threading.Event()  # set on every request (tests wait on it)
@@ -500,7 +504,35 @@ class Simulator:
         if fault == "truncate":
             cut = data[: max(1, len(data) // 2)]
             data = cut[: cut.rfind(b"\n") + 1] if b"\n" in cut else cut
+        if fault == "short_row":
+            data = _last_row(data, lambda cells: cells[: len(cells) // 2])
+        if fault == "stray_quote":
+            data = _last_row(data, lambda cells: [*cells[:3], b'"' + cells[3], *cells[4:]])
+        if fault is not None and fault.startswith("poison"):
+            column, _, value = (fault.partition(":")[2] or "total_cost_usd=1e20").partition("=")
+            index = data.partition(b"\r\n")[0].split(b",").index(column.encode())
+            data = _last_row(data, lambda cells: _replaced(cells, index, value.encode()))
+        if fault is not None and fault.startswith("oversized"):
+            data += b"\r\n" * (1 << 20)  # blank lines: the same rows, in over 2 MiB
+        if fault == "oversized_unannounced":  # no length: the size shows only while reading
+            handler.close_connection = True
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/csv")
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
         _send(handler, 200, data, "text/csv")
+
+
+def _last_row(data: bytes, change: Callable[[list[bytes]], list[bytes]]) -> bytes:
+    """``data`` with the cells of its last row changed (the row keeps its line ending)."""
+    head, _, last = data.rstrip(b"\r\n").rpartition(b"\r\n")
+    return head + b"\r\n" + b",".join(change(last.split(b","))) + b"\r\n"
+
+
+def _replaced(cells: list[bytes], index: int, value: bytes) -> list[bytes]:
+    return [value if i == index else cell for i, cell in enumerate(cells)]
 
 
 def _csv_text(value: str) -> str:

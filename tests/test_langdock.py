@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import IO
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from daemon.exports import KeyUsage
 from daemon.langdock import (
     AuthError,
     BadRequestError,
@@ -298,3 +301,146 @@ async def test_clients_share_one_pacer_and_keep_their_reserve(
         assert clock.sleeps == [] and pacer.used() == 4
         await backfill.model_usage(*HOUR)  # room only when 3 calls have left the window
         assert clock.sleeps == [pytest.approx(60.0)]
+
+
+# ------------------------------------------------- damaged files, poisoned values, size (#14)
+
+
+@pytest.mark.parametrize("fault", ["short_row", "stray_quote"])
+async def test_a_damaged_record_gets_a_fresh_export(
+    fault: str, client: LangdockClient, simulator: Simulator, clock: FakeClock
+) -> None:
+    """The last row cut short or mangled by a stray quote: as many rows as `recordCount`
+    says, but not data. A fresh export, after backoff, brings the whole file."""
+    simulator.download_faults.append(fault)
+    rows = await client.key_usage(*HOUR)
+    assert len(rows) == 20 and all(r.cost_usd > 0 for r in rows)
+    assert len(simulator.export_requests()) == 2 and len(clock.sleeps) == 1
+    assert client.rejected == {}
+
+
+async def test_a_file_damaged_every_time_fails_the_bucket_only(
+    client: LangdockClient, simulator: Simulator
+) -> None:
+    simulator.download_faults.extend(["short_row"] * 4)
+    with pytest.raises(DataError) as err:  # not TransientError: the poll goes on
+        await client.model_usage(*HOUR)
+    message = str(err.value)
+    assert err.value.reason == "malformed" and "\n" not in message
+    assert "line 5: 7 cells where the header has 15 (a row cut short or a stray quote)" in message
+    assert "after 4 attempts" in message and "signature=" not in message
+    assert len(simulator.export_requests()) == 4
+
+
+async def test_a_poisoned_value_is_left_out_counted_and_named(
+    client: LangdockClient, simulator: Simulator
+) -> None:
+    from structlog.testing import capture_logs
+
+    simulator.download_faults.append("poison")  # the last row's cost: 1e20
+    with capture_logs() as logs:
+        rows = await client.key_usage(*HOUR)
+    assert len(rows) == 19 and len(simulator.export_requests()) == 1  # counted, not short
+    assert client.rejected == {("api-keys", "out_of_range"): 1}
+    span = f"{HOUR[0].isoformat()}/{HOUR[1].isoformat()}"
+    (event,) = [e for e in logs if e["event"] == "export_row_rejected"]
+    assert {k: event[k] for k in ("export", "range", "line", "column", "value", "reason")} == {
+        "export": "api-keys",
+        "range": span,
+        "line": 21,
+        "column": "total_cost_usd",
+        "value": "1e20",
+        "reason": "out_of_range",
+    }
+    assert client.take_rejections() == [
+        f"api-keys export {span}: line 21, column total_cost_usd: '1e20' is out of range"
+        " (allowed: 0 to 10,000,000 USD, at most 60 decimals); row left out"
+    ]
+    assert client.take_rejections() == []
+    simulator.download_faults.append("poison:error_count=-2")
+    assert len(await client.model_usage(*HOUR)) == 3
+    assert client.rejected[("models", "negative")] == 1
+
+
+async def test_a_secret_in_a_damaged_cell_is_not_repeated(
+    client: LangdockClient, simulator: Simulator
+) -> None:
+    simulator.download_faults.extend([f"poison:total_cost_usd={API_KEY}"] * 4)
+    with pytest.raises(DataError) as err:
+        await client.key_usage(*HOUR)
+    assert err.value.reason == "malformed" and "is not a number" in str(err.value)
+    assert API_KEY not in str(err.value) and "'[redacted]'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("fault", "how"),
+    [("oversized", "it announces"), ("oversized_unannounced", "counted while downloading")],
+)
+async def test_a_file_past_the_size_limit_is_refused(
+    fault: str, how: str, simulator: Simulator, clock: FakeClock
+) -> None:
+    async with LangdockClient(
+        simulator.base_url, API_KEY, max_download_bytes=1 << 20, sleep=clock.sleep
+    ) as c:
+        assert await c.key_usage(*HOUR)  # a normal file is far below 1 MiB
+        simulator.download_faults.append(fault)  # the same rows padded to over 2 MiB
+        with pytest.raises(DataError) as err:
+            await c.key_usage(*HOUR)
+    message = str(err.value)
+    assert err.value.reason == "download_too_large" and "\n" not in message
+    assert "larger than langdock.max_download_bytes (1,048,576 bytes;" in message
+    assert how in message and "raise langdock.max_download_bytes in the config" in message
+    assert len(simulator.export_requests()) == 2  # not retried: a fresh export is as large
+
+
+async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
+    """A 21 MB export (100,000 rows of 2,100 keys and models, generated as it is sent) through
+    the real download path: spooled to disk past 8 MiB, parsed as a stream, folded per key
+    and model. The peak is the spool's 8 MiB and little more, whatever the file's size (the
+    rows as a list would take about 40 MB more)."""
+    import tracemalloc
+
+    import httpx
+
+    from daemon.download import download_file
+    from daemon.exports import Tally, parse_key_usage, sum_key_usage
+
+    rows = 100_000
+    header = (
+        b"period_start,period_end,org_id,api_key_id,api_key_name,model,requests,total_cost_usd,"
+        b"sum_prompt_tokens,sum_completion_tokens,cached_prompt_tokens,cache_creation_tokens,"
+        b"no_cache_tokens\r\n"
+    )
+    row = (
+        b"2026-11-20T09:00:00.000Z,2026-11-20T09:59:59.999Z,9f8e7d6c-5b4a-4321-8fed-cba98765,"
+        b"3c0ffee0-%04d-4abc-9def-0123456789ab,%d team production integration key,"
+        b"claude-sonnet-4-%d,%d,0.%09d,%d,%d,0,0,%d\r\n"
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield header
+        for start in range(0, rows, 1000):
+            yield b"".join(
+                row % (i % 300, i % 300, i % 7, i % 50 + 1, i % 9973, i + 100, i % 300, i + 100)
+                for i in range(start, start + 1000)
+            )
+
+    def parse(stream: IO[str], tally: Tally) -> list[KeyUsage]:
+        return sum_key_usage(parse_key_usage(stream, grouped=True, tally=tally))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        tracemalloc.start()
+        try:
+            file = await download_file(
+                http, "https://storage.example/f.csv", "api-keys", parse, record_count=rows
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    size = sum([len(chunk) async for chunk in body()])
+    assert size > 20_000_000 and file.tally.records == rows and len(file.rows) == 2100
+    assert sum(r.requests for r in file.rows) == sum(i % 50 + 1 for i in range(rows))
+    assert peak < 12 * 1024 * 1024, f"peak {peak:,} bytes for a {size:,}-byte file"

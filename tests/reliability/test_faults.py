@@ -9,6 +9,7 @@ expectations is docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.config import Config, load_config
 from daemon.coverage import uncovered
@@ -62,6 +64,7 @@ class Harness:
         slack: FakeSlack,
         clock: FakeClock,
         timeout: float = 1.0,
+        max_download_bytes: int = 1 << 20,  # the simulator's files are a few kB
     ) -> None:
         self.sim, self.slack, self.clock = sim, slack, clock
         self.config = config_for(tmp_path, sim, slack)
@@ -74,6 +77,7 @@ class Harness:
             max_requests_per_minute=6000,
             sleep=clock.sleep,
             clock=clock.mono,
+            max_download_bytes=max_download_bytes,
         )
         self.sender = SlackSender(self.config)
 
@@ -89,9 +93,12 @@ class Harness:
         self.clock.advance(timedelta(minutes=5))
         return result
 
-    def assert_no_partial_data(self) -> None:
+    def assert_no_partial_data(
+        self, left_out: dict[datetime, set[tuple[str, str]]] | None = None
+    ) -> None:
         """Every range marked fetched (an hour or a coarse range) holds exactly Langdock's
-        numbers for it, and nothing is stored where nothing was fetched."""
+        numbers for it (but for the (key, model) rows ``left_out`` of a range, rejected for a
+        poisoned value), and nothing is stored where nothing was fetched."""
         segments = self.store.segments("api-keys", NOW - timedelta(days=2))
         for lo, hi in uncovered(segments, NOW - timedelta(days=2), self.clock()):
             assert self.store.key_model_totals(lo, hi) == [], f"unfetched {lo}..{hi} has data"
@@ -102,7 +109,10 @@ class Harness:
                 (t.api_key_id, t.model): t.cost_usd
                 for t in self.store.key_model_totals(segment.start, segment.end)
             }
-            assert stored == self.truth(segment.start, segment.end), segment.start
+            truth = self.truth(segment.start, segment.end)
+            for pair in (left_out or {}).get(segment.start, set()):
+                del truth[pair]
+            assert stored == truth, segment.start
 
     def truth(self, start: Any, end: Any) -> dict[tuple[str, str], Decimal]:
         result = {}
@@ -153,6 +163,16 @@ def fault(kind: str) -> Callable[[Simulator], None]:
             sim.download_faults.extend(["truncate"] * 3)
         elif kind == "storage down":
             sim.download_faults.extend(["500"] * 3)
+        elif kind == "last row cut short":
+            sim.download_faults.append("short_row")
+        elif kind == "stray quote":
+            sim.download_faults.append("stray_quote")
+        elif kind == "damaged every time":
+            sim.download_faults.extend(["short_row", "stray_quote", "short_row"])
+        elif kind == "file past the size limit":
+            sim.download_faults.append("oversized")
+        elif kind == "file past the size limit, no Content-Length":
+            sim.download_faults.append("oversized_unannounced")
         else:
             raise AssertionError(kind)
 
@@ -177,6 +197,11 @@ SCENARIOS = [
     ("garbage", False, "parse"),
     ("missing_column", False, "parse"),
     ("bom_extra", True, None),
+    ("last row cut short", True, None),  # not zeros: a fresh export within the same cycle
+    ("stray quote", True, None),
+    ("damaged every time", False, "malformed"),  # the bucket fails, the poll goes on
+    ("file past the size limit", False, "download_too_large"),  # not retried
+    ("file past the size limit, no Content-Length", False, "download_too_large"),
 ]
 
 
@@ -200,6 +225,18 @@ async def test_langdock_fault(
         assert {f.reason for f in first.poll.failures} == {reason}
         assert not harness.store.last_fetches(50)[0].ok or first.poll.fetched
     harness.assert_no_partial_data()
+    posts = len(simulator.export_requests())
+    if kind in ("last row cut short", "stray quote"):
+        assert posts == first.poll.calls == first.poll.planned + 1  # one fresh export
+    if kind == "damaged every time":
+        (failure,) = first.poll.failures
+        assert "(a row cut short or a stray quote)" in failure.message
+        assert "after 3 attempts" in failure.message and first.poll.fetched == posts - 3
+    if kind.startswith("file past the size limit"):
+        (failure,) = first.poll.failures
+        assert "\n" not in failure.message and posts == first.poll.planned  # not retried
+        assert "larger than langdock.max_download_bytes (1,048,576 bytes;" in failure.message
+        assert "raise langdock.max_download_bytes in the config" in failure.message
     if kind == "429 storm with Retry-After":
         assert clock.sleeps[:2] == [9.0, 9.0]
     elif kind == "429 storm without Retry-After":  # exponential backoff with jitter
@@ -232,8 +269,6 @@ async def test_disk_full_keeps_the_daemon_up(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sqlite3
-
     harness = Harness(tmp_path, simulator, slack, clock)
 
     def full(*args: object, **kwargs: object) -> int:
@@ -244,8 +279,145 @@ async def test_disk_full_keeps_the_daemon_up(
         patch.setattr(harness.store, "save_alerts", full)
         result = await harness.cycle()
     assert result.poll.aborted == "store" and result.store_error == "database or disk is full"
+    (failure,) = result.poll.failures  # the poll stopped at the first bucket
+    assert failure.message == "SQLite said: database or disk is full (SQLITE_FULL)"
     assert slack.received == []
     recovered = await harness.cycle()  # space is back
+    assert recovered.ok and sorted(harness.alerted()) == ["prod-search", "prod-web"]
+    harness.store.close()
+
+
+POISONS = [
+    # column of the first file's last row, its value, why the row is left out
+    ("total_cost_usd", "1e20", "out_of_range"),  # the issue: overflowed the store's integers
+    ("total_cost_usd", "-12.5", "negative"),
+    ("requests", "NaN", "not_a_number"),
+    ("sum_prompt_tokens", "3.5", "not_an_integer"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "reason"), POISONS, ids=[p[2] for p in POISONS])
+async def test_a_poisoned_value_is_left_out_and_every_other_row_stored(
+    column: str,
+    value: str,
+    reason: str,
+    tmp_path: Path,
+    simulator: Simulator,
+    slack: FakeSlack,
+    clock: FakeClock,
+) -> None:
+    """One absurd number in a file: that row is left out, counted, named in one log line and
+    in a line for `once`; the rest of the file and every other bucket are stored, the poll
+    is not stopped, and nothing says "disk". Langdock's next good value stores the row."""
+    harness = Harness(tmp_path, simulator, slack, clock)
+    hour = (NOW.replace(minute=0), NOW.replace(minute=0) + timedelta(hours=1))
+    last = simulator.api_keys_csv(hour[0], NOW, grouped=True)[0].splitlines()[-1].split(",")
+    poisoned = (last[3], last[5])  # (key, model) of the running hour's last row
+    simulator.download_faults.append(f"poison:{column}={value}")  # the first file: that hour
+    with capture_logs() as logs:
+        first = await harness.cycle()
+    assert first.ok and first.poll.failures == [] and first.poll.fetched == first.poll.planned
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert harness.client.rejected == {("api-keys", reason): 1}
+    span = f"{hour[0].isoformat()}/{hour[1].isoformat()}"
+    (event,) = [e for e in logs if e["event"] == "export_row_rejected"]
+    assert (event["export"], event["range"], event["column"], event["value"]) == (
+        "api-keys",
+        span,
+        column,
+        value,
+    )
+    (line,) = harness.client.take_rejections()
+    assert line.startswith(f"api-keys export {span}: line {event['line']}, column {column}:")
+    truth = harness.truth(hour[0], NOW)  # the running hour as Langdock sent it at NOW
+    assert poisoned in truth
+    del truth[poisoned]
+    stored = {(t.api_key_id, t.model): t.cost_usd for t in harness.store.key_model_totals(*hour)}
+    assert stored == truth
+    harness.assert_no_partial_data()
+    assert sorted(harness.alerted()) == ["prod-search", "prod-web"]
+    fetched = clock()
+    second = await harness.cycle()  # the running hour again, good this time: all of it
+    assert second.ok and harness.client.take_rejections() == []
+    stored = {(t.api_key_id, t.model): t.cost_usd for t in harness.store.key_model_totals(*hour)}
+    assert stored == harness.truth(hour[0], fetched)
+    assert sorted(harness.alerted()) == ["prod-search", "prod-web"]
+    harness.store.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            OverflowError("Python int too large to convert to SQLite INTEGER"),
+            "storing the bucket failed: OverflowError: Python int too large to convert to"
+            " SQLite INTEGER",
+        ),
+        (
+            sqlite3.IntegrityError("CHECK constraint failed: requests >= 0"),
+            "SQLite said: CHECK constraint failed: requests >= 0",
+        ),
+    ],
+    ids=["overflow", "constraint"],
+)
+async def test_a_bucket_the_store_refuses_fails_alone(
+    error: Exception,
+    message: str,
+    tmp_path: Path,
+    simulator: Simulator,
+    slack: FakeSlack,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure to store one bucket never aborts the poll of the others, and its message
+    names the real cause (not "check disk space")."""
+    harness = Harness(tmp_path, simulator, slack, clock)
+    store_rows = harness.store.replace_key_usage
+    refused: list[datetime] = []
+
+    def refuse_the_first(start: datetime, *args: Any, **kwargs: Any) -> int:
+        if not refused:
+            refused.append(start)
+            raise error
+        return store_rows(start, *args, **kwargs)
+
+    with monkeypatch.context() as patch, capture_logs() as logs:
+        patch.setattr(harness.store, "replace_key_usage", refuse_the_first)
+        first = await harness.cycle()
+    assert first.poll.aborted is None and first.poll.fetched == first.poll.planned - 1
+    (failure,) = first.poll.failures
+    assert (failure.reason, failure.message, failure.bucket.start) == ("store", message, *refused)
+    (event,) = [e for e in logs if e["event"] == "store_write_failed"]
+    assert event["error"] == message and "disk" not in event["fix"]
+    logged = [f for f in harness.store.last_fetches(50) if not f.ok]
+    assert [(f.range_start, f.reason, f.message) for f in logged] == [(*refused, "store", message)]
+    harness.assert_no_partial_data()
+    second = await harness.cycle()
+    assert second.ok, second.poll.failures
+    harness.assert_no_partial_data()
+    assert sorted(harness.alerted()) == ["prod-search", "prod-web"]
+    harness.store.close()
+
+
+async def test_a_really_full_disk_stops_the_poll_and_says_so(
+    tmp_path: Path, simulator: Simulator, slack: FakeSlack, clock: FakeClock
+) -> None:
+    """SQLite's own SQLITE_FULL (the database may not grow: ``max_page_count``): the bucket
+    that no longer fits fails with what SQLite said (not the "cannot rollback" that follows
+    it), and the poll stops there (every bucket after it would fail too)."""
+    harness = Harness(tmp_path, simulator, slack, clock)
+    conn = harness.store._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with capture_logs() as logs:
+        result = await harness.cycle()
+    assert result.poll.aborted == "store" and result.poll.fetched < result.poll.planned - 1
+    (failure,) = result.poll.failures
+    assert failure.message == "SQLite said: database or disk is full (SQLITE_FULL)"
+    (event, *_) = [e for e in logs if e["event"] == "store_write_failed"]
+    assert event["fix"] == "free disk space"
+    conn.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    recovered = await harness.cycle()
     assert recovered.ok and sorted(harness.alerted()) == ["prod-search", "prod-web"]
     harness.store.close()
 
