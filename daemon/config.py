@@ -104,6 +104,10 @@ class LangdockConfig(_Strict):
     # the pace while history is being filled (first start, after downtime): a hard cap on
     # every export call in any 60 s, the poll's included (docs/OPERATIONS.md, "First start")
     backfill_max_requests_per_minute: int = Field(default=90, ge=1, le=10_000)
+    # one whole download of an export file (the timeout above bounds each read only)
+    download_timeout: Duration = timedelta(minutes=5)
+    # a file past this is refused (it goes to a temporary file, not memory, while read)
+    max_download_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
 
     @field_validator("base_url")
     @classmethod

@@ -14,6 +14,7 @@ client (`daemon.langdock`) owns the retries.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import tempfile
@@ -32,6 +33,7 @@ T = TypeVar("T")
 Parse = Callable[[IO[str], Tally], list[T]]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+DEFAULT_DOWNLOAD_DEADLINE = 300.0  # seconds for one whole download (langdock.download_timeout)
 _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_AFTER = 300.0
 _URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
@@ -78,15 +80,33 @@ async def download_file(
     *,
     record_count: int | None,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
     secret: str = "",
 ) -> ExportFile[T]:
-    """Fetch the file behind the signed ``url`` and parse it; raises `DownloadError`."""
+    """Fetch the file behind the signed ``url`` and parse it; raises `DownloadError`.
+
+    The whole download has ``deadline`` seconds (the HTTP timeout only bounds the wait
+    between two reads: a file that drips a byte a second would never time out); a stalled
+    download is abandoned and the export retried. The parse runs in a worker thread, so a
+    large file does not stop the event loop (the scheduler, the metrics snapshot)."""
     where = safe_url(url)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-        await _fetch(http, url, where, spool, max_bytes)
+        try:
+            async with asyncio.timeout(deadline):
+                await _fetch(http, url, where, spool, max_bytes)
+        except TimeoutError:
+            raise DownloadError(
+                "download_stalled",
+                f"the download from {where} took longer than langdock.download_timeout"
+                f" ({deadline:g} s)",
+                "abandoned; a fresh export is tried (raise langdock.download_timeout if"
+                " this workspace's files are that slow to fetch)",
+                retry=True,
+                storage=True,
+            ) from None
         spool.seek(0)
         tally = Tally()
-        rows = _parse(spool, kind, parse, tally, where, secret)
+        rows = await asyncio.to_thread(_parse, spool, kind, parse, tally, where, secret)
     if record_count is not None and tally.records < record_count:
         raise DownloadError(
             "truncated",

@@ -39,6 +39,7 @@ import tenacity
 
 from daemon import __version__
 from daemon.download import (
+    DEFAULT_DOWNLOAD_DEADLINE,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DownloadError,
     ExportFile,
@@ -141,12 +142,14 @@ class LangdockClient:
         pacer: Pacer | None = None,
         reserve: int = 0,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.request_zone = request_zone
         self.max_retries = max_retries
         self.reserve = reserve
         self.max_download_bytes = max_download_bytes
+        self.download_deadline = download_deadline
         self._sleep: Sleep = sleep if sleep is not None else default_sleep
         self._rng = rng or random.Random()
         self.pacer = (
@@ -310,6 +313,7 @@ class LangdockClient:
                 parse,
                 record_count=info.record_count,
                 max_bytes=self.max_download_bytes,
+                deadline=self.download_deadline,
                 secret=self._api_key,
             )
         except DownloadError as exc:

@@ -65,6 +65,8 @@ def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) ->
         request_zone=config.tz,
         pacer=pacer,
         reserve=reserve,
+        max_download_bytes=config.langdock.max_download_bytes,
+        download_deadline=config.langdock.download_timeout.total_seconds(),
     )
 
 

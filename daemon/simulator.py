@@ -162,6 +162,7 @@ class Simulator:
         # 1e20; "poison:<column>=<value>" for another), "oversized" (the file padded with
         # blank lines to over 2 MiB), "oversized_unannounced" (the same, no Content-Length)
         self.download_faults: deque[str] = deque()
+        self.drip_interval = 1.0  # seconds between two bytes of a "drip" download
         self.seen: list[SeenRequest] = []
         self.request_seen = threading.Event()  # set on every request (tests wait on it)
         self._files: dict[str, bytes] = {}
@@ -477,6 +478,19 @@ class Simulator:
             return
         if fault == "429":
             _send(handler, 429, b"slow down", "text/plain", {"Retry-After": "3"})
+            return
+        if fault == "drip":  # the whole body announced, then a byte now and then, for ever
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/csv")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            try:
+                for byte in data[: len(data) - 1]:
+                    handler.wfile.write(bytes([byte]))
+                    handler.wfile.flush()
+                    time.sleep(self.drip_interval)
+            except OSError:
+                pass  # the client gave up: what the test wants
             return
         if fault == "drop":  # half the announced body, then the connection closes
             handler.close_connection = True

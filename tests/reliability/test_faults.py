@@ -65,6 +65,7 @@ class Harness:
         clock: FakeClock,
         timeout: float = 1.0,
         max_download_bytes: int = 1 << 20,  # the simulator's files are a few kB
+        download_deadline: float = 60.0,
     ) -> None:
         self.sim, self.slack, self.clock = sim, slack, clock
         self.config = config_for(tmp_path, sim, slack)
@@ -78,6 +79,7 @@ class Harness:
             sleep=clock.sleep,
             clock=clock.mono,
             max_download_bytes=max_download_bytes,
+            download_deadline=download_deadline,
         )
         self.sender = SlackSender(self.config)
 
@@ -249,6 +251,21 @@ async def test_langdock_fault(
     alerted = harness.alerted()
     assert sorted(alerted) == sorted(harness.expected_firing()) == ["prod-search", "prod-web"]
     harness.store.close()
+
+
+async def test_a_download_that_drips_is_abandoned_and_fetched_again(
+    tmp_path: Path, simulator: Simulator, slack: FakeSlack, clock: FakeClock
+) -> None:
+    """All bytes announced, then one every half second: the download's own deadline (not the
+    per-read timeout, which each byte resets) abandons it, and a fresh export succeeds."""
+    harness = Harness(tmp_path, simulator, slack, clock, download_deadline=0.5)
+    simulator.drip_interval = 0.2
+    simulator.download_faults.append("drip")
+    result = await harness.cycle()
+    assert result.poll.ok, result.poll.failures
+    assert result.poll.calls == result.poll.planned + 1  # one fresh export for the stalled one
+    assert len([r for r in simulator.seen if r.method == "GET"]) == result.poll.calls
+    harness.assert_no_partial_data()
 
 
 async def test_no_usage_at_all_is_quiet(
