@@ -21,8 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, first_windows, poll_plan
 from daemon.exports import parse_key_usage
-from daemon.ingest import EXPORTS, plan_buckets
 from daemon.rules.windows import buckets
 from daemon.store import Store
 
@@ -39,17 +39,35 @@ def line(name: str, measured: float, unit: str, target: float) -> None:
 
 def poll_economy() -> None:
     backfill, settle = timedelta(days=35), timedelta(minutes=90)
-    fetched: dict[datetime, datetime] = {}
     now = START
-    for bucket in plan_buckets(now, TZ, backfill, settle, fetched):
-        fetched[bucket.start] = now
+    marks: dict[ExportKind, dict[datetime, Segment]] = {export: {} for export in EXPORTS}
+
+    def due() -> list[Fetch]:
+        segments = {e: sorted(m.values(), key=lambda s: s.start) for e, m in marks.items()}
+        return poll_plan(
+            now,
+            TZ,
+            backfill=backfill,
+            settle_after=settle,
+            segments=segments,
+            windows=first_windows([], now, TZ),
+        )
+
+    def fetch(plan: list[Fetch]) -> None:
+        for item in plan:
+            marks[item.export][item.start] = Segment(item.start, item.end, now)
+
+    fetch(due())  # the first start, coarse
+    for export in EXPORTS:  # what the background refines into hours
+        marks[export] = {
+            b.start: Segment(b.start, b.end, now) for b in buckets(now - backfill, now, TZ)
+        }
     counts = []
     for _ in range(2 * 24 * 12):
         now += timedelta(minutes=5)
-        due = plan_buckets(now, TZ, backfill, settle, fetched)
-        for bucket in due:
-            fetched[bucket.start] = now
-        counts.append(len(due) * len(EXPORTS))
+        plan = due()
+        fetch(plan)
+        counts.append(len(plan))
     windows = 6  # e.g. day, week, month, 24h, 7d, 30d; 50 rules over them
     naive = 50 * windows
     line("poll economy: max calls/poll", max(counts), "calls", 4)

@@ -502,6 +502,12 @@ def summary_line(report: PollReport) -> str:
         text += f"; {len(report.failures)} failed (first: {first.message})"
     if report.aborted:
         text += f"; poll stopped early ({report.aborted}), the next poll retries"
+    if report.rejected:
+        shown = report.rejected[:5]
+        more = len(report.rejected) - len(shown)
+        text += f"\n{len(report.rejected)} rows left out (values out of bounds):"
+        text += "".join(f"\n  {line}" for line in shown)
+        text += f"\n  … and {more} more (see the log)" if more else ""
     return text
 
 

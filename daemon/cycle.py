@@ -26,7 +26,7 @@ from daemon.coverage import (
     poll_plan,
     warming_rules,
 )
-from daemon.ingest import PollReport, Progress, load_segments, poll
+from daemon.ingest import PollReport, Progress, load_segments, poll, store_failure
 from daemon.langdock import LangdockClient
 from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
 from daemon.rules.engine import EngineResult, evaluate, usage_wanted
@@ -271,12 +271,9 @@ async def run_cycle(
             store, config, at, persist=not dry_run, console=console, ready=ready
         )
     except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
-        log.error(
-            "store_write_failed",
-            error=str(exc),
-            fix="free disk space or stop the other process holding the store",
-        )
-        return CycleResult(report, EngineResult(), DeliveryReport(), store_error=str(exc))
+        message, fix = store_failure(exc)
+        log.error("store_write_failed", error=message, fix=fix or "the next cycle tries again")
+        return CycleResult(report, EngineResult(), DeliveryReport(), store_error=message)
     delivery = DeliveryReport()
     if sender is not None and not dry_run:
         delivery = await deliver(store, sender, now, sleep=sleep)

@@ -58,6 +58,7 @@ class PollReport:
     failures: list[FetchFailure] = field(default_factory=list)
     export_seconds: dict[str, float] = field(default_factory=dict)
     export_ok_at: dict[str, datetime] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)  # rows left out, one line each
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,7 @@ async def poll(
     report = PollReport(started=started)
     wall = time.perf_counter()
     calls_before = client.requests_sent
+    client.take_rejections()  # only this poll's
     report.planned = len(plan)
     log.info("poll_started", due_buckets=len(plan))
     for done, fetch in enumerate(plan, start=1):
@@ -109,7 +111,7 @@ async def poll(
                 report.aborted = exc.reason
                 break
         except Exception as exc:  # storing failed: this bucket, or every bucket (disk full)
-            message, fix = _store_failed(exc)
+            message, fix = store_failure(exc)
             failure = FetchFailure(export, bucket, "store", message)
             report.failures.append(failure)
             log.error(
@@ -130,6 +132,7 @@ async def poll(
         if progress is not None:
             progress(done, len(plan))
     report.calls = client.requests_sent - calls_before
+    report.rejected = client.take_rejections()
     report.seconds = time.perf_counter() - wall
     log.info(
         "poll_finished",
@@ -169,7 +172,7 @@ _STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), wha
 )
 
 
-def _store_failed(exc: Exception) -> tuple[str, str | None]:
+def store_failure(exc: Exception) -> tuple[str, str | None]:
     """What storing a bucket failed on (what SQLite said, or the exception), and what to do
     when no bucket can be stored (disk full, locked, read-only, damaged), else None."""
     if isinstance(exc.__context__, sqlite3.Error):  # e.g. a ROLLBACK of what SQLite undid

@@ -49,6 +49,7 @@ class Stats:
     last_evaluation: float = 0.0
     last_fetch_success: float = 0.0  # any bucket stored: the daemon is making progress
     cycle_timeouts: int = 0
+    rows_rejected: dict[tuple[str, str], int] = field(default_factory=dict)  # export, reason
 
     def count(self, table: dict[Any, int], key: Any, n: int = 1) -> None:
         if n:
@@ -239,6 +240,14 @@ class SnapshotCollector(Collector):
         for (export, reason), n in sorted(stats.export_errors.items()):
             errors.add_metric([export, reason], n)
         yield errors
+        rejected = CounterMetricFamily(
+            "langdock_export_rows_rejected",
+            "Export rows left out: a value out of bounds (the rest of the file is stored)",
+            labels=["export", "reason"],
+        )
+        for (export, reason), n in sorted(stats.rows_rejected.items()):
+            rejected.add_metric([export, reason], n)
+        yield rejected
         duration = GaugeMetricFamily(
             "langdock_export_duration_seconds",
             "Time spent fetching the export in the last poll",

@@ -19,7 +19,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.coverage import BackfillProgress, Fetch, backfill_progress, first_windows, refine_plan
-from daemon.ingest import fetch_into, load_segments
+from daemon.ingest import fetch_into, load_segments, store_failure
 from daemon.langdock import AuthError, LangdockClient, LangdockError
 from daemon.logs import redact
 from daemon.rules.windows import buckets
@@ -123,11 +123,8 @@ class Refiner:
             return False
         except sqlite3.Error as exc:
             self.failures += 1
-            log.error(
-                "store_write_failed",
-                error=str(exc),
-                fix="free disk space or stop the other process holding the store",
-            )
+            message, fix = store_failure(exc)
+            log.error("store_write_failed", error=message, fix=fix or "tried again later")
             return False
         except Exception as exc:  # e.g. a client closed by a reload: try again, keep running
             self.failures += 1

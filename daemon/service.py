@@ -406,6 +406,10 @@ class Daemon:
             stats.export_last_success[export] = at.timestamp()
         for failure in poll.failures:
             stats.count(stats.export_errors, (failure.export, failure.reason))
+        for client in (self.client, self.background):  # rows left out since the last cycle
+            for key, n in client.rejected.items():
+                stats.count(stats.rows_rejected, key, n)
+            client.rejected.clear()
         stats.last_evaluation = time.time()
         self._count_delivery(result.delivery)
 

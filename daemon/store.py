@@ -1336,7 +1336,10 @@ class _Transaction:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+            self._conn.execute("ROLLBACK")
 
 
 def _lock(path: Path) -> int:

@@ -295,7 +295,8 @@ async def test_disk_full_keeps_the_daemon_up(
         patch.setattr(harness.store, "replace_key_usage", full)
         patch.setattr(harness.store, "save_alerts", full)
         result = await harness.cycle()
-    assert result.poll.aborted == "store" and result.store_error == "database or disk is full"
+    assert result.poll.aborted == "store"
+    assert result.store_error == "SQLite said: database or disk is full (SQLITE_FULL)"
     (failure,) = result.poll.failures  # the poll stopped at the first bucket
     assert failure.message == "SQLite said: database or disk is full (SQLITE_FULL)"
     assert slack.received == []
@@ -344,7 +345,7 @@ async def test_a_poisoned_value_is_left_out_and_every_other_row_stored(
         column,
         value,
     )
-    (line,) = harness.client.take_rejections()
+    (line,) = first.poll.rejected  # what `once` prints
     assert line.startswith(f"api-keys export {span}: line {event['line']}, column {column}:")
     truth = harness.truth(hour[0], NOW)  # the running hour as Langdock sent it at NOW
     assert poisoned in truth
@@ -355,7 +356,7 @@ async def test_a_poisoned_value_is_left_out_and_every_other_row_stored(
     assert sorted(harness.alerted()) == ["prod-search", "prod-web"]
     fetched = clock()
     second = await harness.cycle()  # the running hour again, good this time: all of it
-    assert second.ok and harness.client.take_rejections() == []
+    assert second.ok and second.poll.rejected == []
     stored = {(t.api_key_id, t.model): t.cost_usd for t in harness.store.key_model_totals(*hour)}
     assert stored == harness.truth(hour[0], fetched)
     assert sorted(harness.alerted()) == ["prod-search", "prod-web"]
