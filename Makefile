@@ -37,6 +37,7 @@ bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/steady.py
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/firstrun.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

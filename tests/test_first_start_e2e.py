@@ -139,6 +139,11 @@ class RunningDaemon:
         self.last_seen["remaining buckets"] = scrape.remaining
         return scrape
 
+    def published(self) -> Scrape | None:
+        """A scrape once a cycle published its series (the daemon starts with none)."""
+        scrape = self.scrape()
+        return scrape if scrape is not None and "langdock_rule_ready" in scrape.samples else None
+
     def refined(self) -> Scrape | None:
         """A scrape once no bucket of the backfill is left to fetch hour by hour."""
         scrape = self.scrape()
@@ -273,12 +278,11 @@ def test_first_start_budgets_match_truth_before_and_after_refinement(tmp_path: P
     proc = daemon.proc
     try:
         # before refinement: the first cycle's coarse fill
-        first = daemon.wait(
-            "first published cycle", lambda: s if (s := daemon.scrape()) and s.polls else None
-        )
+        first = daemon.wait("the first cycle's metrics", daemon.published)
         health = daemon.health()
         assert first.polls == 1, f"first seen at cycle {first.polls}"
-        assert first.value("langdock_rule_ready", rule=ANOMALY) == 0
+        ready = first.by("langdock_rule_ready", "rule")
+        assert ready == {**{(rule,): 1.0 for rule in BUDGETS}, (ANOMALY,): 0.0}, ready
         assert first.value("langdock_backfill_remaining_buckets") > 0
         assert first.value("langdock_backfill_progress_ratio") < 1
         assert not [lb for lb, _ in first.samples.get("langdock_alert_firing", [])]
@@ -287,12 +291,15 @@ def test_first_start_budgets_match_truth_before_and_after_refinement(tmp_path: P
         assert health["status"] == "ok" and ANOMALY in health["warming_rules"], health
 
         # the refinement is over once the backfill is in hour by hour (the refiner
-        # publishes that between cycles); then a cycle evaluates the refined store
+        # publishes that between cycles); then a cycle evaluates the refined store. The
+        # series lag `langdock_polls_total` while a cycle publishes (the counters are live,
+        # not part of the snapshot), so wait for two: the snapshot is then at least the
+        # first cycle that started after the refinement was seen complete
         done = daemon.wait("the end of the refinement (0 remaining buckets)", daemon.refined)
 
         def after() -> tuple[Scrape, dict[str, Any]] | None:
             scrape = daemon.refined()
-            if scrape is None or scrape.polls <= done.polls:
+            if scrape is None or scrape.polls < done.polls + 2:
                 return None
             body = daemon.health()
             return (scrape, body) if body is not None and body["state"] == "ready" else None
