@@ -245,3 +245,15 @@ def test_reports_show_the_top_members_and_every_alerting_one() -> None:
     result = evaluate([rule], usage, {stored.key.id: stored}, NOW, UTC_ZONE)
     text = render_evaluations(result, UTC_ZONE)
     assert "... 9 more members below these" in text and "k03" in text and "k05" not in text
+
+
+@pytest.mark.parametrize(("window", "hours"), [("month", 31 * 24), ("week", 7 * 24)])
+def test_profile_forecast_never_counts_hours_still_to_come_as_zero(window: str, hours: int) -> None:
+    """$1 an hour for 35 days, on the 1st of a month: the month projects to $744 (31 days),
+    not less because the hours one week ahead of a bucket three weeks out are in the future."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    usage = index(hourly(now - timedelta(days=35), now, lambda _: 1))
+    rule = budget(window=window, limit_usd=10_000, forecast=True)
+    (ev,) = evaluate_budget(rule, usage, now, UTC_ZONE)
+    assert ev.forecast is not None and ev.forecast.method == "hour_of_week"
+    assert ev.forecast.projected == hours

@@ -273,9 +273,12 @@ def _profile_forecast(
     crossing = None
     current = bucket_start(now, tz)
     for bucket in buckets(current, period.end, tz):
+        # the last PROFILE_WEEKS same hours of the week that are over (a bucket three weeks
+        # ahead has no "one week earlier" yet: that hour is still to come, not zero)
+        first = 1 + max(0, int((bucket.start - current) / WEEK))
         samples = [
             series.total(bucket.start - k * WEEK, bucket.end - k * WEEK)
-            for k in range(1, PROFILE_WEEKS + 1)
+            for k in range(first, first + PROFILE_WEEKS)
             if bucket.start - k * WEEK >= history_start
         ]
         if not samples:
