@@ -314,6 +314,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         )
     errors: list[str] = []
     data = _interpolate(raw, env, name, "", errors)
+    # a missing variable is the cause: the value it left empty is not reported again
+    unset = {line.split(": ")[1] for line in errors}
     base = path.parent
     rules: list[Any] = []
     if isinstance(data.get("rules"), list):
@@ -341,7 +343,9 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(config_data)
     except ValidationError as exc:
-        errors.extend(_format_errors(exc, name, ""))
+        errors.extend(
+            line for line in _format_errors(exc, name, "") if line.split(": ")[1] not in unset
+        )
     rule_list = _validate_rules(rules, rule_sources, errors)
     if errors:
         raise ConfigError(errors)
@@ -533,7 +537,11 @@ def _format_errors(exc: ValidationError, name: str, prefix: str) -> list[str]:
         loc = _loc(prefix, error["loc"])
         if loc.rsplit(".", 1)[-1] in _SECRET_KEYS:
             error = {**error, "input": "<secret>"}  # never echo a secret back
-        lines.append(f"{name}: {loc or '(top level)'}: {_explain(error)}")
+        message = _explain(error)
+        if loc and message.startswith(f"{loc}."):  # "poll: poll.interval ...": say it once
+            lines.append(f"{name}: {message}")
+        else:
+            lines.append(f"{name}: {loc or '(top level)'}: {message}")
     return lines
 
 
