@@ -18,7 +18,7 @@ import structlog
 
 from daemon import __version__, prometheus_rules
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.cycle import CycleResult, backfill_pace, evaluate_rules, readiness, run_cycle
+from daemon.cycle import CycleResult, evaluate_rules, readiness, refine_pace, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.logs import configure_logging, default_log_format, redact, redactor
@@ -185,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         "once",
         "one cycle: fetch, store, evaluate, print a summary; then exit",
         cmd_once,
-        description="One cycle, then exit: fetch what is due from Langdock (the first run"
-        " backfills poll.backfill and resumes where it stopped), store it, evaluate every rule,"
+        description="One cycle, then exit: fetch what is due from Langdock (on an empty store:"
+        " what the budget windows need, a local day per call, in a minute or two; the hourly"
+        " history is left to `run`), store it, evaluate every rule,"
         " send what Slack should hear, and print spend per key and per model and each rule's"
         " result. Exit 0 when all went well; 1 when a fetch or a Slack notification failed"
         " (the last line, on stderr, says which and what to do); 2 on a bad config. SIGTERM"
@@ -221,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         " configured zone) and send it through the Slack outbox, or print it with --dry-run."
         " The daemon sends digests by itself when the config has a digests section.",
     )
-    digest.add_argument("--period", choices=("day", "week"), default="day")
+    digest.add_argument(
+        "--period",
+        choices=("day", "week"),
+        default="day",
+        help="the last complete local day (default) or ISO week",
+    )
     digest.add_argument("--dry-run", action="store_true", help="print it; send nothing")
 
     from daemon.cli_import import add_import_parser
@@ -467,7 +473,7 @@ def render_cycle(store: Store, config: Config, result: CycleResult, now: datetim
         parts.append(render_evaluations(result.engine, config.tz))
     parts.append(summary_line(result.poll) + delivery_line(result))
     if result.readiness is not None and not result.readiness.progress.done:
-        pace = backfill_pace(config, backfilling=True)
+        pace = refine_pace(config)
         parts[-1] += (
             f"\nhistory: {result.readiness.progress.describe(pace)}; `langdock-budget run`"
             " fetches the rest in the background (until then anomaly rules are warming up)"
@@ -563,7 +569,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             latest = redact(failed[0].message or "")
             print(f"recent fetch failures: {len(failed)} (latest: {latest})")
         progress = readiness(store, config, now).progress
-        print(f"backfill: {progress.describe(backfill_pace(config, not progress.done))}")
+        print(f"backfill: {progress.describe(refine_pace(config))}")
     finally:
         store.close()
     return EXIT_OK

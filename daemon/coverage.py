@@ -262,7 +262,7 @@ def warming_rules(
             )
             if missing or fine < hi - lo:
                 share = 100 * fine / (hi - lo)
-                warming[need.rule.name] = f"hourly baseline {share:.0f} % fetched"
+                warming[need.rule.name] = f"{share:.0f} % of its hourly baseline in"
         elif missing:
             warming[need.rule.name] = "window not fully fetched yet"
         elif any(s.start < lo < s.end and not is_fine(s, tz) for s in inside):
@@ -298,9 +298,10 @@ class BackfillProgress:
         if self.done:
             return f"hourly history complete ({self.buckets} buckets)"
         minutes = self.eta(per_minute).total_seconds() / 60
+        left = "under a minute" if minutes < 1 else f"about {round(minutes)} min"
         return (
             f"hourly history {100 * self.ratio:.0f} % ({self.fine} of {self.buckets} buckets),"
-            f" about {max(1, round(minutes))} min left at {per_minute:g} calls/min"
+            f" {left} left at {per_minute:g} calls/min"
         )
 
 

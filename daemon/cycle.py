@@ -74,6 +74,16 @@ def backfill_pace(config: Config, backfilling: bool) -> int:
     return max(steady, config.langdock.backfill_max_requests_per_minute) if backfilling else steady
 
 
+def poll_reserve(config: Config) -> int:
+    """Calls a minute the background backfill leaves to the poll (a poll makes 2-4)."""
+    return min(10, config.langdock.backfill_max_requests_per_minute // 3)
+
+
+def refine_pace(config: Config) -> int:
+    """Calls a minute the background backfill makes (for its time-left estimates)."""
+    return max(1, backfill_pace(config, backfilling=True) - poll_reserve(config))
+
+
 @dataclass
 class CycleResult:
     poll: PollReport
@@ -178,6 +188,7 @@ def evaluate_rules(
     store.save_alerts(result.states, outbox, notified, events)
     for notice in result.notices:
         state = notice.transition.state
+        why = {"reason": notice.transition.reason} if notice.transition.reason else {}
         log.info(
             "alert_" + notice.transition.kind,
             rule=state.key.rule,
@@ -185,7 +196,7 @@ def evaluate_rules(
             condition=state.key.condition,
             period=state.key.period,
             severity=state.severity,
-            reason=notice.transition.reason or None,
+            **why,
         )
     log.info(
         "rules_evaluated",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,8 +90,19 @@ def add_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.cli import EXIT_FAILED, EXIT_OK
+    from daemon.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
+    for option, value, least in (
+        ("--interval", args.interval, 10),
+        ("--backfill", args.backfill, 3600),
+    ):
+        try:
+            ok = parse_duration(value).total_seconds() >= least
+        except ValueError:
+            ok = False
+        if not ok:
+            print(f"demo: {option} {value!r}: use a duration of at least {least}s", file=sys.stderr)
+            return EXIT_CONFIG
     return EXIT_OK if asyncio.run(run_demo(args)) else EXIT_FAILED
 
 
@@ -110,7 +122,8 @@ def banner_lines(
         lines.append(f"demo: health check at {health_url}")
     lines.append(
         f"demo: polling every {args.interval}; history starts {args.backfill} back (so"
-        f" 'month' is partial); the 'nightly-batch' key starts spiking {args.spike_after} in."
+        f" 'month' is partial); the 'nightly-batch' key starts spiking {args.spike_after} in:"
+        " a budget crossing within a minute, and the anomaly rule once that hour has ended."
     )
     return lines
 

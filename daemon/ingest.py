@@ -141,8 +141,8 @@ async def poll(
         rows=report.rows,
         calls=report.calls,
         failures=len(report.failures),
-        aborted=report.aborted,
         duration_s=round(report.seconds, 3),
+        **({"aborted": report.aborted} if report.aborted else {}),
     )
     return report
 

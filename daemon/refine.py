@@ -19,6 +19,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.coverage import BackfillProgress, Fetch, backfill_progress, first_windows, refine_plan
+from daemon.cycle import refine_pace
 from daemon.ingest import fetch_into, load_segments, store_failure
 from daemon.langdock import AuthError, LangdockClient, LangdockError
 from daemon.logs import redact
@@ -55,6 +56,7 @@ class Refiner:
         self.progress: BackfillProgress | None = None
         self._logged_at = -LOG_EVERY
         self.on_progress: Callable[[BackfillProgress], None] | None = None
+        self.on_complete: Callable[[], None] | None = None
 
     def wake(self) -> None:
         self.woken.set()
@@ -166,11 +168,13 @@ class Refiner:
         if finished and self.fetched:
             self._logged_at = clock
             log.info("backfill_complete", buckets=progress.buckets, fetched=self.fetched)
+            if self.on_complete is not None:
+                self.on_complete()  # a cycle now: the rules that warmed up are judged
         if self.on_progress is not None:
             self.on_progress(progress)
         if not progress.done and clock - self._logged_at >= LOG_EVERY:
             self._logged_at = clock
-            pace = self._client().pacer.per_minute
+            pace = refine_pace(config)
             log.info(
                 "backfill_progress",
                 done=progress.fine,

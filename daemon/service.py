@@ -28,7 +28,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config
 from daemon.coverage import BackfillProgress
-from daemon.cycle import CycleResult, Readiness, history_needed, run_cycle
+from daemon.cycle import (
+    CycleResult,
+    Readiness,
+    history_needed,
+    poll_reserve,
+    refine_pace,
+    run_cycle,
+)
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
@@ -70,11 +77,6 @@ def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) ->
     )
 
 
-def poll_reserve(config: Config) -> int:
-    """Calls a minute the background backfill leaves to the poll (a poll makes 2-4)."""
-    return min(10, config.langdock.backfill_max_requests_per_minute // 3)
-
-
 def make_sender(config: Config) -> Sender | None:
     return SlackSender(config) if config.slack is not None else None
 
@@ -112,6 +114,7 @@ class Daemon:
         self.readiness: Readiness | None = None
         self.progress: BackfillProgress | None = None
         self.refiner.on_progress = self._progressed
+        self.refiner.on_complete = self._cycle_now
         self.stats = Stats()
         self.collector = SnapshotCollector()
         self.lock = asyncio.Lock()
@@ -200,7 +203,7 @@ class Daemon:
         self.store.close()
         log.info(
             "daemon_stopped",
-            backfill=progress.describe(self.pacer.per_minute) if progress else None,
+            backfill=progress.describe(refine_pace(self.config)) if progress else None,
         )
 
     def health(self) -> tuple[bool, dict[str, object]]:
@@ -219,7 +222,7 @@ class Daemon:
             "max_age_s": window,
         }
         if ready is not None and progress is not None:
-            body["backfill"] = progress.describe(self.pacer.per_minute)
+            body["backfill"] = progress.describe(refine_pace(self.config))
             body["warming_rules"] = sorted(ready.warming)
         return ok, body
 
@@ -386,7 +389,7 @@ class Daemon:
             await self._close_retired()
         log.info("config_reloaded", rules=len(new.rules))
         notify("READY=1\nSTATUS=config reloaded")
-        self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
+        self._cycle_now()
         return True
 
     # -------------------------------------------------------------------- metrics
@@ -434,6 +437,10 @@ class Daemon:
     def _backfill_series(self) -> tuple[int, int] | None:
         progress = self.progress
         return None if progress is None else (progress.fine, progress.buckets)
+
+    def _cycle_now(self) -> None:
+        if self.scheduler.running and not self.stopping.is_set():
+            self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
 
     def _progressed(self, progress: BackfillProgress) -> None:
         """The refiner's latest progress, on `/metrics` and `/healthz` between cycles."""

@@ -408,7 +408,7 @@ def test_the_demo_banner_has_room_for_the_metrics_urls() -> None:
     assert lines[0] == (
         "demo: simulator at http://127.0.0.1:5000, throw-away store in /tmp/demo-x; Ctrl-C stops."
     )
-    assert len(lines) == 2 and "'nightly-batch' key starts spiking 30s in." in lines[1]
+    assert len(lines) == 2 and "'nightly-batch' key starts spiking 30s in:" in lines[1]
     more = banner_lines(
         args,
         "http://127.0.0.1:5000",
