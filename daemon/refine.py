@@ -57,6 +57,7 @@ class Refiner:
         self._logged_at = -LOG_EVERY
         self.on_progress: Callable[[BackfillProgress], None] | None = None
         self.on_complete: Callable[[], None] | None = None
+        self._complete = False  # the completion of the current backfill was reported
 
     def wake(self) -> None:
         self.woken.set()
@@ -163,7 +164,8 @@ class Refiner:
         progress = backfill_progress(
             segments, self.store.staged_starts(), at, config.tz, config.poll.backfill
         )
-        finished = progress.done and not (self.progress is not None and self.progress.done)
+        finished = progress.done and not self._complete
+        self._complete = progress.done  # a later gap (downtime) is reported again
         self.progress = progress
         if finished and self.fetched:
             self._logged_at = clock

@@ -17,6 +17,7 @@ import itertools
 import signal
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,7 +70,6 @@ def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) ->
         timeout=config.langdock.timeout.total_seconds(),
         max_requests_per_minute=config.langdock.max_requests_per_minute,
         max_retries=config.langdock.max_retries,
-        request_zone=config.tz,
         pacer=pacer,
         reserve=reserve,
         max_download_bytes=config.langdock.max_download_bytes,
@@ -448,7 +448,9 @@ class Daemon:
         self.collector.snapshot = replace(self.collector.snapshot, backfill=self._backfill_series())
 
     def _refresh_outbox(self) -> None:
-        self.collector.snapshot = replace(self.collector.snapshot, **outbox_fields(self.store))
+        self.collector.snapshot = replace(
+            self.collector.snapshot, stats=deepcopy(self.stats), **outbox_fields(self.store)
+        )
 
 
 def _status_text(result: CycleResult) -> str:

@@ -3,6 +3,7 @@ new one (the collector reads it atomically; see `daemon.metrics`)."""
 
 from __future__ import annotations
 
+from copy import deepcopy
 from datetime import datetime
 from typing import Any
 
@@ -59,7 +60,7 @@ def build_snapshot(
         firing=firing_series(result.engine, labels),
         **outbox_fields(store),
         store_bytes=store.size_bytes(),
-        stats=stats,
+        stats=deepcopy(stats),  # a scrape never sees the next cycle's counters with these series
         ready=tuple((rule.name, rule.name not in warming) for rule in config.rules),
         backfill=None if progress is None else (progress.fine, progress.buckets),
     )

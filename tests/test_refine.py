@@ -1,0 +1,126 @@
+"""The background refiner and what `run` builds around it: completion is reported (and
+triggers a cycle), requests go in UTC (the repeated DST hour is two requests), and a
+published metrics snapshot never mixes two cycles."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from daemon.config import Config
+from daemon.cycle import CycleResult
+from daemon.exports import KeyUsage, ModelUsage, parse_key_usage, parse_model_usage
+from daemon.ingest import PollReport
+from daemon.metrics import SnapshotCollector, Stats, render
+from daemon.notify import DeliveryReport
+from daemon.pacing import Pacer
+from daemon.refine import Refiner
+from daemon.rules.engine import EngineResult
+from daemon.service import make_client
+from daemon.simulator import Simulator
+from daemon.snapshot import build_snapshot
+from daemon.store import Store
+
+NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
+
+
+class DirectClient:
+    """The simulator's exports without HTTP, and the pacer the refiner reads."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim, self.pacer = sim, Pacer(1000)
+
+    async def key_usage(self, start: datetime, end: datetime) -> list[KeyUsage]:
+        text, _ = self.sim.api_keys_csv(start, end, grouped=True)
+        return list(parse_key_usage(io.StringIO(text, newline=""), grouped=True))
+
+    async def model_usage(self, start: datetime, end: datetime) -> list[ModelUsage]:
+        text, _ = self.sim.models_csv(start, end)
+        return list(parse_model_usage(io.StringIO(text, newline="")))
+
+
+def config_of(**langdock: object) -> Config:
+    return Config.model_validate(
+        {
+            "langdock": {"api_key": "k", **langdock},
+            "timezone": "Europe/Berlin",
+            "poll": {"backfill": "3h"},
+        }
+    )
+
+
+async def test_the_refiner_reports_completion_once_and_asks_for_a_cycle() -> None:
+    config = config_of()
+    store = Store.open(Path(":memory:"), tz=config.tz)
+    idle = asyncio.Event()
+    idle.set()
+    client = DirectClient(Simulator(clock=lambda: NOW))
+    refiner = Refiner(store, lambda: config, lambda: client, lambda: NOW, idle)  # type: ignore[arg-type]
+    cycles: list[str] = []
+    refiner.on_complete = lambda: cycles.append("now")
+    with capture_logs() as logs:
+        refiner.wake()  # as the daemon does after its first cycle
+        task = asyncio.create_task(refiner.run())
+        while not (refiner.progress is not None and refiner.progress.done and cycles):
+            await asyncio.sleep(0.01)
+        refiner.wake()  # another cycle: nothing left, nothing reported again
+        await asyncio.sleep(0.05)
+        task.cancel()
+    assert refiner.fetched == 6
+    assert [e["event"] for e in logs].count("backfill_complete") == 1
+    assert cycles == ["now"]
+    store.close()
+
+
+async def test_the_repeated_dst_hour_is_two_different_requests() -> None:
+    """Berlin's 02:00-03:00 on 2026-10-25 happens twice (00:00 and 01:00 UTC): the client
+    `run` builds asks for each by its UTC instants, and gets each hour's own usage."""
+    sim = Simulator(api_key="k", clock=lambda: NOW)
+    sim.start()
+    try:
+        client = make_client(config_of(base_url=sim.base_url))
+        first, second = (datetime(2026, 10, 25, h, tzinfo=UTC) for h in (0, 1))
+        got = []
+        for start in (first, second):
+            rows = await client.key_usage(start, start + timedelta(hours=1))
+            got.append(sum((r.cost_usd for r in rows), Decimal(0)))
+        await client.aclose()
+        bodies = [r.body for r in sim.export_requests()]
+        truth = [
+            sum(
+                (
+                    sim.pair_usage(k, m, s, s + timedelta(hours=1))["cost"]
+                    for k in range(len(sim.keys))
+                    for m in range(len(sim.models))
+                ),
+                Decimal(0),
+            )
+            for s in (first, second)
+        ]
+    finally:
+        sim.stop()
+    assert bodies[0] != bodies[1]
+    assert got == truth and got[0] != got[1]
+
+
+def test_a_published_snapshot_does_not_change_when_the_next_cycle_records(
+    tmp_path: Path,
+) -> None:
+    config = Config.model_validate(
+        {"langdock": {"api_key": "k"}, "state": {"path": str(tmp_path / "s.db")}}
+    )
+    store = Store.open(config.state.path)
+    stats = Stats()
+    result = CycleResult(PollReport(started=NOW), EngineResult(), DeliveryReport())
+    collector = SnapshotCollector()
+    collector.snapshot = build_snapshot(store, config, result, stats, None, NOW)
+    before = render(collector)
+    stats.polls += 1  # the next cycle records before it publishes its own snapshot
+    stats.count(stats.export_errors, ("api-keys", "server"))
+    assert render(collector) == before
+    store.close()
