@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 	    systemd/langdock-budget.service > $(VENV)/langdock-budget.service && \
 	  systemd-analyze verify $(VENV)/langdock-budget.service && echo "systemd unit: verified"; \
 	else echo "systemd-analyze not installed: unit not verified"; fi
+
+docs: $(STAMP)  ## regenerate docs/CONFIG.md from the pydantic models
+	$(BIN)/python -m daemon.config_reference docs/CONFIG.md
 
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py
