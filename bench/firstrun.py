@@ -50,8 +50,9 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from daemon.langdock.sim_workspace import DEFAULT_MODELS, SimKey
+from daemon.langdock.simulator import Simulator
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period, window_period
-from daemon.simulator import DEFAULT_MODELS, SimKey, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Europe/Berlin")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.simulator import Simulator
+from daemon.langdock.simulator import Simulator
 
 SECONDS = float(os.environ.get("IDLE_SECONDS", "60"))
 

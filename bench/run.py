@@ -22,7 +22,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, first_windows, poll_plan
-from daemon.exports import parse_key_usage
+from daemon.langdock.csv import parse_key_usage
 from daemon.rules.windows import buckets
 from daemon.store import Store
 

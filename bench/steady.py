@@ -27,8 +27,8 @@ KEYS, MODELS, DAYS = 1_000, 10, 30
 def main() -> None:
     from daemon.config import load_config
     from daemon.cycle import CycleResult, evaluate_rules
-    from daemon.exports import KeyUsage
     from daemon.ingest import PollReport
+    from daemon.langdock.csv import KeyUsage
     from daemon.logs import configure_logging
     from daemon.metrics import render
     from daemon.notify import DeliveryReport

@@ -1,4 +1,4 @@
-"""Loading and validating the YAML configuration (SPEC §3).
+"""Loading and validating the YAML configuration (reference: docs/CONFIG.md).
 
 `load_config` reads the file, expands ``${VAR}`` from the environment, reads secret files,
 merges `rule_files`, and validates everything with pydantic. All problems are collected and

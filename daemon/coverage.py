@@ -60,6 +60,7 @@ class Fetch:
     why: Why
     staged: bool = False
     within: tuple[datetime, datetime] | None = None  # the coarse range a staged hour refines
+    hours: tuple[datetime, ...] = ()  # all the hours of ``within``: it is replaced once all are in
 
 
 def is_fine(segment: Segment, tz: ZoneInfo) -> bool:
@@ -146,13 +147,16 @@ def poll_plan(
     settle_after: timedelta,
     segments: Mapping[ExportKind, Sequence[Segment]],
     windows: Windows,
+    staged: Iterable[datetime] = (),
 ) -> list[Fetch]:
     """What the cycle fetches before it evaluates, newest first: the running bucket, each
-    bucket's final and late-data fetch, and every gap in the windows of ``windows`` (coarse,
-    see `coarse_pieces`). A steady-state poll makes 2 calls, at most 4 when an hour ends."""
+    bucket's final and late-data fetch, every gap of the backfill (coarse, see
+    `coarse_pieces`: a local day per call, hours at the rolling windows' edges, so budgets are
+    exact and every key's first use is known), and the hours of a coarse range a rolling
+    window's edge has moved into. A steady-state poll makes 2 calls, at most 4 when an hour
+    ends."""
     oldest = horizon(now, tz, backfill)
     current, running_end = bucket_start(now, tz), bucket_end(now, tz)
-    needed = max(oldest, bucket_start(min(windows.starts, default=current), tz))
     zones = _fine_zones(windows.rolling, tz)
     plan: list[Fetch] = []
     for export in EXPORTS:
@@ -167,8 +171,11 @@ def poll_plan(
         if not any(s.start <= current < s.end for s in segs):
             plan.append(Fetch(export, current, running_end, "running"))
         if export == "api-keys":
-            for lo, hi in uncovered(segs, needed, current):
+            for lo, hi in uncovered(segs, oldest, current):
                 plan += [Fetch(export, a, b, "gap") for a, b in coarse_pieces(lo, hi, tz, zones)]
+            have = set(staged)
+            for segment in _edge_ranges(segs, windows.rolling, oldest, tz):
+                plan += _refinement(export, segment, have, tz, "refine")
         else:
             recent = max(oldest, bucket_start(now - RECENT_MODEL_HOURS, tz))
             for lo, hi in uncovered(segs, recent, current):
@@ -201,14 +208,35 @@ def refine_plan(
             if is_fine(s, tz):
                 continue
             urgent = any(s.start < hi and lo < s.end for lo, hi in edges)
-            for b in buckets(s.start, s.end, tz):
-                if b.start not in have:
-                    refine = Fetch(export, b.start, b.end, "refine", True, (s.start, s.end))
-                    work.append((urgent, refine))
+            work += [(urgent, fetch) for fetch in _refinement(export, s, have, tz, "refine")]
         for lo, hi in uncovered(segs, oldest, current):
             work += [(False, Fetch(export, b.start, b.end, "history")) for b in buckets(lo, hi, tz)]
     work.sort(key=lambda item: (not item[0], -item[1].start.timestamp(), item[1].export))
     return [fetch for _, fetch in work]
+
+
+def _refinement(
+    export: ExportKind, segment: Segment, have: set[datetime], tz: ZoneInfo, why: Why
+) -> list[Fetch]:
+    """The hours of a coarse range not staged yet, each to be staged until all are in."""
+    hours = tuple(b.start for b in buckets(segment.start, segment.end, tz))
+    within = (segment.start, segment.end)
+    return [
+        Fetch(export, b.start, b.end, why, True, within, hours)
+        for b in buckets(segment.start, segment.end, tz)
+        if b.start not in have
+    ]
+
+
+def _edge_ranges(
+    segments: Iterable[Segment], rolling: Iterable[datetime], oldest: datetime, tz: ZoneInfo
+) -> list[Segment]:
+    """Coarse ranges a rolling window's edge lies inside: its total is not exact until they
+    are hour by hour (the edge moves into a new local day once a day)."""
+    edges = [bucket_end(s, tz) if bucket_start(s, tz) != s else s for s in rolling if s > oldest]
+    return [
+        s for s in segments if not is_fine(s, tz) and any(s.start < edge < s.end for edge in edges)
+    ]
 
 
 def fine_start(segments: Sequence[Segment], now: datetime, tz: ZoneInfo) -> datetime | None:

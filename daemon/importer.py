@@ -1,4 +1,5 @@
-"""`import FILE.csv`: the web UI's per-call export (SPEC §1) into the hourly buckets.
+"""`import FILE.csv`: the web UI's per-call export into the hourly buckets (docs/DESIGN.md
+"Digests, new members, import, silences").
 
 The file is parsed, checked and grouped by polars (in Rust, on every core: a million calls
 take about a second); Python only sees what is small: the distinct minutes (mapped onto
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from daemon.exports import KeyUsage, normalize_header
+from daemon.langdock.csv import KeyUsage, normalize_header
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
 from daemon.store import Store
 
@@ -47,7 +48,7 @@ _PLAIN_UTC = r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?Z?$"
 _SHOWN_ERRORS = 10
 
 
-class ImportError_(ValueError):
+class ImportFileError(ValueError):
     """The file can't be imported (missing columns, or a bad row under --strict)."""
 
 
@@ -56,7 +57,7 @@ def _polars() -> Any:
     try:
         import polars
     except ImportError:
-        raise ImportError_(
+        raise ImportFileError(
             "polars, the CSV engine of `import` and a dependency of langdock-budget, is not"
             " installed: reinstall langdock-budget, or pip install 'polars>=1.20'"
         ) from None
@@ -119,12 +120,12 @@ def _header(source: Source) -> list[str]:
     try:
         line = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ImportError_(
+        raise ImportFileError(
             "per-call CSV: line 1 (the header) is not UTF-8; export it again, or save it as UTF-8"
         ) from None
     header = next(csv.reader([line]), [])
     if not header:
-        raise ImportError_("per-call CSV: the file is empty")
+        raise ImportFileError("per-call CSV: the file is empty")
     return header
 
 
@@ -139,7 +140,7 @@ def _header_map(header: list[str]) -> dict[str, int]:
     missing = [n for n in _REQUIRED if n not in found]
     if missing:
         seen = ", ".join(h.strip().lstrip("\ufeff") for h in header)
-        raise ImportError_(
+        raise ImportFileError(
             f"per-call CSV: missing column(s) {', '.join(missing)} (headers seen: {seen});"
             " export it from Settings > API > Export"
         )
@@ -275,9 +276,9 @@ def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportR
     except Exception as exc:  # polars' own error types: not UTF-8, broken quoting, ...
         where = _locate_unreadable(source, header)
         if where is not None:
-            raise ImportError_(f"per-call CSV: unreadable: {where}") from None
+            raise ImportFileError(f"per-call CSV: unreadable: {where}") from None
         first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ImportError_(f"per-call CSV: unreadable ({first_line})") from None
+        raise ImportFileError(f"per-call CSV: unreadable ({first_line})") from None
     raw = raw.rename(dict(zip(raw.columns, order, strict=True)))  # selected, in file order
     if "key_name" not in wanted:
         raw = raw.with_columns(key_name=pl.lit(None, dtype=pl.String))
@@ -423,7 +424,7 @@ def read_calls(source: Source, tz: ZoneInfo, *, strict: bool = False) -> ImportR
             f"line {row['line']}: {_problem(row, labels)}" for row in flagged.iter_rows(named=True)
         ]
         if strict:
-            raise ImportError_(f"per-call CSV: {shown[0]}; fix the row or drop --strict")
+            raise ImportFileError(f"per-call CSV: {shown[0]}; fix the row or drop --strict")
         result.errors = shown
     if not result.rows:
         return result

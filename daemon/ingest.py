@@ -17,8 +17,8 @@ import structlog
 
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, horizon
 from daemon.langdock import LangdockClient, LangdockError, TransientError
+from daemon.langdock.pacing import Pacer
 from daemon.logs import redact
-from daemon.pacing import Pacer
 from daemon.rules.windows import Period
 from daemon.sdnotify import notify
 from daemon.store import Store
@@ -153,9 +153,12 @@ async def fetch_into(
     """One export call into the store; returns the row count. Raises `LangdockError`."""
     if fetch.export == "api-keys":
         key_rows = await client.key_usage(fetch.start, fetch.end)
-        if fetch.staged:
-            return store.stage_key_usage(fetch.start, fetch.end, key_rows, now())
-        return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
+        if not fetch.staged:
+            return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
+        count = store.stage_key_usage(fetch.start, fetch.end, key_rows, now())
+        if fetch.within is not None:  # the last hour of a coarse range replaces it
+            store.promote_staged(*fetch.within, fetch.hours)
+        return count
     model_rows = await client.model_usage(fetch.start, fetch.end)
     return store.replace_model_usage(fetch.start, fetch.end, model_rows, now())
 

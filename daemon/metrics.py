@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §5) and `/healthz` (SPEC §6).
+"""Prometheus metrics and `/healthz` (docs/OPERATIONS.md "Prometheus"; docs/DESIGN.md "Metrics").
 
 A custom collector renders an immutable `Snapshot` that the daemon replaces after each
 cycle, so a scrape never sees half an update and series of keys that vanished are simply not

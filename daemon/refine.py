@@ -3,8 +3,9 @@ the backfill fetched hour by hour, newest first (`coverage.refine_plan`).
 
 It makes one export call at a time, waits while a cycle runs (the poll of the current hour
 always goes first) and leaves part of the pace to the poll (its client's ``reserve``). A
-failed call is logged, recorded and retried after a pause; the cycles go on regardless.
-Progress is logged at most once a minute.
+range that fails on its own (a damaged file) is tried again later, 5 minutes doubling to an
+hour, while the others go on; when Langdock or the store fail for everything it pauses a
+minute. Nothing ends it but `stop`. Progress is logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Literal
 
 import structlog
 
@@ -21,13 +23,14 @@ from daemon.config import Config
 from daemon.coverage import BackfillProgress, Fetch, backfill_progress, first_windows, refine_plan
 from daemon.cycle import refine_pace
 from daemon.ingest import fetch_into, load_segments, store_failure
-from daemon.langdock import AuthError, LangdockClient, LangdockError
+from daemon.langdock import AuthError, LangdockClient, LangdockError, TransientError
 from daemon.logs import redact
-from daemon.rules.windows import buckets
 from daemon.store import Store
 
 log = structlog.get_logger("langdock_budget.refine")
-RETRY_PAUSE = 60.0  # seconds after a failed background call
+RETRY_PAUSE = 60.0  # seconds after Langdock or the store failed for every range
+SKIP_FIRST, SKIP_MAX = 300.0, 3600.0  # a range that failed alone waits 5 min, doubling to 1 h
+Outcome = Literal["ok", "skip", "pause"]
 LOG_EVERY = 60.0  # seconds between progress lines
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -58,6 +61,8 @@ class Refiner:
         self.on_progress: Callable[[BackfillProgress], None] | None = None
         self.on_complete: Callable[[], None] | None = None
         self._complete = False  # the completion of the current backfill was reported
+        # ranges that failed on their own: (export, start) → (monotonic retry time, delay)
+        self._later: dict[tuple[str, datetime], tuple[float, float]] = {}
 
     def wake(self) -> None:
         self.woken.set()
@@ -82,35 +87,45 @@ class Refiner:
         calls failed."""
         failed = 0
         for fetch in self.plan():
-            failed += not await self._one(fetch)
+            failed += await self._one(fetch) != "ok"
         return failed
 
     async def run(self) -> None:
         await self.woken.wait()  # the first cycle goes first: it fills the budget windows
         while True:
-            self.woken.clear()
-            plan = self.plan()
-            if not plan:
-                self._log_progress()
-                await self.woken.wait()
-                continue
-            for fetch in plan:
-                if self.woken.is_set():
-                    break  # a cycle ran: plan again with what it stored
-                await self.idle.wait()
-                if not await self._one(fetch):
-                    await self._pause()
-                    break
-                if self._monotonic() - self._logged_at >= LOG_EVERY:
-                    self._log_progress()
+            try:
+                await self._pass()
+            except Exception as exc:  # a store hiccup while planning: never end the backfill
+                log.error("backfill_error", error=redact(repr(exc)), fix="tried again later")
+                await self._pause()
 
-    async def _one(self, fetch: Fetch) -> bool:
+    async def _pass(self) -> None:
+        """One plan, carried out until it is done, a cycle ran, or the pause of a failure."""
+        self.woken.clear()
+        clock = self._monotonic()
+        plan = [f for f in self.plan() if self._later.get((f.export, f.start), (0.0,))[0] <= clock]
+        if not plan:
+            self._log_progress()
+            await self.woken.wait()
+            return
+        for fetch in plan:
+            if self.woken.is_set():
+                return  # a cycle ran: plan again with what it stored
+            await self.idle.wait()
+            outcome = await self._one(fetch)
+            if outcome == "pause":
+                await self._pause()
+                return
+            if outcome == "skip":  # this range alone: the others go on, it is tried later
+                _, delay = self._later.get((fetch.export, fetch.start), (0.0, SKIP_FIRST / 2))
+                delay = min(2 * delay, SKIP_MAX)
+                self._later[(fetch.export, fetch.start)] = (self._monotonic() + delay, delay)
+            if self._monotonic() - self._logged_at >= LOG_EVERY:
+                self._log_progress()
+
+    async def _one(self, fetch: Fetch) -> Outcome:
         try:
             await fetch_into(self._client(), self.store, fetch, self._now)
-            if fetch.within is not None:
-                start, end = fetch.within
-                hours = [b.start for b in buckets(start, end, self._config().tz)]
-                self.store.promote_staged(start, end, hours)
         except LangdockError as exc:
             self.failures += 1
             log.warning(
@@ -123,18 +138,19 @@ class Refiner:
             self._record(fetch, exc.reason, redact(str(exc)))
             if isinstance(exc, AuthError):
                 await self.woken.wait()  # the cycle reports it too; try again after one
-            return False
+            return "pause" if isinstance(exc, TransientError | AuthError) else "skip"
         except sqlite3.Error as exc:
             self.failures += 1
             message, fix = store_failure(exc)
             log.error("store_write_failed", error=message, fix=fix or "tried again later")
-            return False
+            return "skip" if fix is None else "pause"
         except Exception as exc:  # e.g. a client closed by a reload: try again, keep running
             self.failures += 1
             log.warning("backfill_fetch_failed", export=fetch.export, error=redact(repr(exc)))
-            return False
+            return "pause"
         self.fetched += 1
-        return True
+        self._later.pop((fetch.export, fetch.start), None)
+        return "ok"
 
     def _record(self, fetch: Fetch, reason: str, message: str) -> None:
         try:

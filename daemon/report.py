@@ -1,4 +1,5 @@
-"""Spend tables for `once`, `status` and `demo`: per key and per model, today / month / 24h.
+"""Named spend windows (today, month, 24h, 7d) as ranges, for the spend tables of the command
+line (`daemon.cli.spend`) and the `langdock_cost_usd` metric.
 
 The rule results (`render_evaluations`, `render_active`, ...) live in `daemon.rule_report` and
 the number formatting in `daemon.formatting`; both are re-exported here.
@@ -7,13 +8,10 @@ the number formatting in `daemon.formatting`; both are re-exported here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from daemon.formatting import format_amount, format_metric, format_score
-from daemon.money import format_usd
 from daemon.rule_report import (
     SHOWN_PER_RULE,
     render_active,
@@ -23,44 +21,23 @@ from daemon.rule_report import (
     shown_budget_members,
 )
 from daemon.rules.windows import calendar_period
-from daemon.store import Store
 
 __all__ = [
     "SHOWN_PER_RULE",
     "WINDOWS",
-    "SpendReport",
-    "SpendRow",
     "format_amount",
     "format_metric",
     "format_score",
     "render_active",
     "render_evaluations",
     "render_outbox",
-    "render_report",
     "render_silences",
     "shown_budget_members",
-    "spend_report",
     "window_ranges",
 ]
 
-# Column title → how to find its range at `now`.
+# The columns of the spend tables, in order.
 WINDOWS: tuple[str, ...] = ("today", "month", "24h")
-
-
-@dataclass
-class SpendRow:
-    label: str
-    spend: dict[str, Decimal] = field(default_factory=dict)
-    requests_today: int = 0
-
-
-@dataclass
-class SpendReport:
-    now: datetime
-    zone: str
-    keys: list[SpendRow]
-    models: list[SpendRow]
-    total: SpendRow
 
 
 def window_ranges(
@@ -75,56 +52,3 @@ def window_ranges(
         "7d": lambda: now - timedelta(days=7),
     }
     return {window: (starts[window](), now) for window in windows}
-
-
-def spend_report(store: Store, now: datetime, tz: ZoneInfo) -> SpendReport:
-    keys: dict[str, SpendRow] = {}
-    models: dict[str, SpendRow] = {}
-    total = SpendRow("TOTAL")
-    for window, (start, end) in window_ranges(now, tz).items():
-        for row in store.key_model_totals(start, end):
-            key = keys.setdefault(
-                row.api_key_id, SpendRow(f"{row.api_key_name} ({row.api_key_id})")
-            )
-            model = models.setdefault(row.model or "(unknown)", SpendRow(row.model or "(unknown)"))
-            for target in (key, model, total):
-                target.spend[window] = target.spend.get(window, Decimal(0)) + row.cost_usd
-                if window == "today":
-                    target.requests_today += row.requests
-
-    def order(rows: dict[str, SpendRow]) -> list[SpendRow]:
-        return sorted(rows.values(), key=lambda r: (-r.spend.get("month", Decimal(0)), r.label))
-
-    return SpendReport(now, tz.key, order(keys), order(models), total)
-
-
-def render_report(report: SpendReport) -> str:
-    local = report.now.astimezone(ZoneInfo(report.zone))
-    lines = [f"Spend at {local:%Y-%m-%d %H:%M %Z} ({report.zone})", ""]
-    lines += _table("API key", report.keys, report.total)
-    lines.append("")
-    lines += _table("Model", report.models, report.total)
-    return "\n".join(lines)
-
-
-def _table(title: str, rows: Sequence[SpendRow], total: SpendRow) -> list[str]:
-    if not rows:
-        return [f"{title}: no usage stored yet"]
-    headers = [title, "requests today", *WINDOWS]
-    body = [
-        [
-            row.label,
-            f"{row.requests_today:,}",
-            *(format_usd(row.spend.get(w, Decimal(0))) for w in WINDOWS),
-        ]
-        for row in [*rows, total]
-    ]
-    widths = [max(len(r[i]) for r in [headers, *body]) for i in range(len(headers))]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
-        )
-
-    rule = "  ".join("-" * w for w in widths)
-    return [fmt(headers), rule, *(fmt(r) for r in body[:-1]), rule, fmt(body[-1])]

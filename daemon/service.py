@@ -1,4 +1,4 @@
-"""`langdock-budget run`: the long-running daemon (SPEC §5-§6).
+"""`langdock-budget run`: the long-running daemon (docs/OPERATIONS.md).
 
 APScheduler 3's `AsyncIOScheduler` runs three jobs in the event loop: the cycle (poll,
 evaluate, notify) every `poll.interval` and once at start, an outbox retry every minute, and a
@@ -40,6 +40,7 @@ from daemon.cycle import (
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
+from daemon.langdock.pacing import Pacer
 from daemon.logs import redactor
 from daemon.metrics import (
     MetricsServer,
@@ -47,7 +48,6 @@ from daemon.metrics import (
     Stats,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
-from daemon.pacing import Pacer
 from daemon.refine import Refiner
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.snapshot import build_snapshot, outbox_fields
@@ -178,7 +178,7 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         if self.refine_task is not None:
             self.refine_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stop, whatever
                 await self.refine_task
         if self.cycle_task is not None and not self.cycle_task.done():
             self.cycle_task.cancel()  # a long first poll: what is stored stays, the rest resumes

@@ -1,4 +1,4 @@
-"""Slack messages for alerts (SPEC §4): Block Kit built with `slack_sdk.models.blocks`, plus a
+"""Slack messages for alerts: Block Kit built with `slack_sdk.models.blocks`, plus a
 plain `text` fallback. Pure: evaluations and states in, JSON-ready messages out.
 
 Everything that comes from Langdock (key names, model names) goes through `name`, which

@@ -11,9 +11,9 @@ import pytest
 from daemon.config import Config
 from daemon.coverage import EXPORTS, uncovered
 from daemon.langdock import LangdockClient
+from daemon.langdock.simulator import Simulator
 from daemon.logs import configure_logging
 from daemon.rules.windows import bucket_end, bucket_start, buckets
-from daemon.simulator import Simulator
 from daemon.store import Store
 
 NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)  # a Friday

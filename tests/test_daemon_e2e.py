@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.simulator import Simulator
+from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent

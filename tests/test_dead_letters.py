@@ -5,7 +5,6 @@ gets a new webhook URL, token or API URL. Against the loopback fake Slack."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -59,7 +58,7 @@ async def test_a_refused_message_waits_as_a_dead_letter_until_its_channel_is_fix
     assert (await send(store, config, clock)) == DeliveryReport()
     assert len(slack.received) == 1
     store.close()
-    monkeypatch.setattr("daemon.cli.utc_now", clock)
+    monkeypatch.setattr("daemon.cli.status.utc_now", clock)
     assert main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "Outbox: empty" in out and "Dead letters: 1 (Slack refused them for good" in out
@@ -172,23 +171,3 @@ def test_status_lists_pending_messages_and_dead_letters_apart() -> None:
     assert "bot:#gone" in lines[8] and lines[8].endswith("the channel does not exist")
     only_dead = render_outbox([(dead, T0, dead.last_error)], UTCZ, T0)
     assert only_dead.startswith("Outbox: empty\n\nDead letters: 1")
-
-
-def test_a_schema_7_store_keeps_its_refused_rows_as_dead_letters(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    Store.open(path).close()
-    with sqlite3.connect(path) as conn:  # back to schema 7, with a row refused back then
-        conn.execute("ALTER TABLE outbox DROP COLUMN uncertain")
-        conn.execute("ALTER TABLE outbox DROP COLUMN route_target")
-        conn.execute("DROP TABLE slack_channels")
-        conn.execute(
-            "INSERT INTO outbox (created_at, route, kind, alert_ids, payload, status,"
-            " last_error) VALUES (?, 'webhook:default', 'digest', '[]', '{}', 'rejected', 'x')",
-            (int(T0.timestamp()),),
-        )
-        conn.execute("PRAGMA user_version=7")
-    store = Store.open(path)
-    (dead,) = store.outbox_dead_letters()
-    assert dead.dead and dead.target is None and not dead.uncertain
-    assert store.outbox_dead_letter_count() == 1 and store.route_channel("bot:#x") is None
-    store.close()

@@ -15,7 +15,7 @@ import pytest
 from daemon.cli import main
 from daemon.config import Config
 from daemon.delivery import DeliveryReport
-from daemon.exports import KeyUsage
+from daemon.langdock.csv import KeyUsage
 from daemon.notify import SlackSender, deliver, plan, route_for
 from daemon.rules.engine import evaluate
 from daemon.rules.usage import KeyPoint, UsageIndex
@@ -193,7 +193,7 @@ def test_status_agrees_with_itself_names_keys_marks_silences_and_lists_the_outbo
     )
     store.outbox_retry(1, 2, T0 + timedelta(minutes=3), "webhook answered 503 busy")
     store.close()
-    monkeypatch.setattr("daemon.cli.utc_now", lambda: T0)
+    monkeypatch.setattr("daemon.cli.status.utc_now", lambda: T0)
     assert main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
     out = capsys.readouterr().out
     # nothing was stored by a daemon, yet the budget table and the active alerts agree

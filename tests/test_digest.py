@@ -12,8 +12,8 @@ from daemon.config import load_config
 from daemon.cycle import run_cycle
 from daemon.digest import build_digest, digest_message
 from daemon.langdock import LangdockClient
+from daemon.langdock.simulator import Simulator
 from daemon.service import Daemon
-from daemon.simulator import Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY, FakeClock
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from daemon.config import Config, load_config
 from daemon.cycle import evaluate_rules, run_cycle
-from daemon.exports import KeyUsage
 from daemon.langdock import LangdockClient
+from daemon.langdock.csv import KeyUsage
+from daemon.langdock.simulator import Simulator
 from daemon.refine import Refiner
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
-from daemon.simulator import Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY, FakeClock
 

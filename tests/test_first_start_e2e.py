@@ -34,8 +34,9 @@ from zoneinfo import ZoneInfo
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.langdock.sim_workspace import DEFAULT_MODELS, SimKey
+from daemon.langdock.simulator import Simulator
 from daemon.rules.windows import bucket_end, bucket_start, window_period
-from daemon.simulator import DEFAULT_MODELS, SimKey, Simulator
 from daemon.store import join_nanos
 
 T = TypeVar("T")

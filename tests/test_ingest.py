@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, first_windows, poll_plan, uncovered
 from daemon.ingest import load_segments, poll
 from daemon.langdock import LangdockClient
+from daemon.langdock.simulator import Fault, Simulator
 from daemon.rules.windows import buckets, calendar_period
-from daemon.simulator import Fault, Simulator
 from daemon.store import Store
 from tests.conftest import NOW, FakeClock
 

@@ -10,8 +10,8 @@ import httpx
 
 from daemon.config import load_config
 from daemon.cycle import CycleResult, evaluate_rules
-from daemon.exports import KeyUsage
 from daemon.ingest import PollReport
+from daemon.langdock.csv import KeyUsage
 from daemon.metrics import (
     LABEL_MAX,
     CostSeries,

@@ -17,7 +17,7 @@ import pytest
 from daemon.cli import main
 from daemon.config import Config, load_config
 from daemon.cycle import evaluate_rules
-from daemon.exports import KeyUsage
+from daemon.langdock.csv import KeyUsage
 from daemon.notify import ConsoleSender, SlackSender, deliver
 from daemon.rules.budget import evaluate_budget
 from daemon.rules.engine import evaluate

@@ -6,25 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from daemon.config import Config
-from daemon.cycle import CycleResult
-from daemon.exports import KeyUsage, ModelUsage, parse_key_usage, parse_model_usage
+from daemon.config import Config, load_config
+from daemon.coverage import Segment
+from daemon.cycle import CycleResult, run_cycle
 from daemon.ingest import PollReport
+from daemon.langdock import DataError, LangdockClient
+from daemon.langdock.csv import KeyUsage, ModelUsage, parse_key_usage, parse_model_usage
+from daemon.langdock.pacing import Pacer
+from daemon.langdock.simulator import Simulator
 from daemon.metrics import SnapshotCollector, Stats, render
 from daemon.notify import DeliveryReport
-from daemon.pacing import Pacer
 from daemon.refine import Refiner
 from daemon.rules.engine import EngineResult
+from daemon.rules.windows import bucket_start
 from daemon.service import make_client
-from daemon.simulator import Simulator
 from daemon.snapshot import build_snapshot
 from daemon.store import Store
+from tests.conftest import FakeClock
 
 NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
 
@@ -123,4 +129,90 @@ def test_a_published_snapshot_does_not_change_when_the_next_cycle_records(
     stats.polls += 1  # the next cycle records before it publishes its own snapshot
     stats.count(stats.export_errors, ("api-keys", "server"))
     assert render(collector) == before
+    store.close()
+
+
+def refiner_config(tmp_path: Path, base_url: str, window: str = "24h") -> Config:
+    (tmp_path / "config.yaml").write_text(
+        f"langdock: {{base_url: '{base_url}', api_key: 'sk-test-4c7d1e9f0a2b'}}\n"
+        "timezone: Europe/Berlin\npoll: {backfill: 3d}\nstate: {path: state.db}\n"
+        f"rules:\n  - {{name: ws, kind: budget, window: {window}, limit_usd: 100000}}\n"
+    )
+    return load_config(tmp_path / "config.yaml", {})
+
+
+async def spin(until: Callable[[], bool], turns: int = 5000) -> None:
+    for _ in range(turns):
+        if until():
+            return
+        await asyncio.sleep(0)
+
+
+async def test_one_damaged_hour_does_not_stop_the_background_backfill(tmp_path: Path) -> None:
+    """An hour whose file is damaged on every try waits (5 min, doubling) while every other
+    range goes on; the refiner does not pause the whole backfill for it."""
+    config = refiner_config(tmp_path, "http://127.0.0.1:9")
+    broken = bucket_start(NOW, config.tz) - timedelta(hours=3)
+
+    class Client(DirectClient):
+        requests_sent = 0
+
+        def take_rejections(self) -> list[str]:
+            return []
+
+        async def key_usage(self, start: datetime, end: datetime) -> list[KeyUsage]:
+            if start <= broken < end and end - start == timedelta(hours=1):
+                raise DataError("api-keys export: the file is damaged every time", "malformed")
+            return await super().key_usage(start, end)
+
+    client = Client(Simulator(clock=lambda: NOW))
+    store = Store.open(config.state.path, tz=config.tz)
+    await run_cycle(config, store, client, lambda: NOW)  # type: ignore[arg-type]
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    refiner = Refiner(
+        store,
+        lambda: config,
+        lambda: client,
+        lambda: NOW,
+        asyncio.Event(),
+        sleep=sleep,  # type: ignore[arg-type]
+    )
+    refiner.idle.set()
+    task = asyncio.create_task(refiner.run())
+    refiner.wake()
+    await spin(lambda: refiner.fetched >= 2 * 3 * 24 - 30)
+    task.cancel()
+    assert refiner.fetched >= 2 * 3 * 24 - 30 and refiner.failures == 1 and pauses == []
+    store.close()
+
+
+async def test_a_store_error_while_planning_does_not_end_the_backfill(
+    tmp_path: Path, simulator: Simulator, client: LangdockClient, clock: FakeClock
+) -> None:
+    config = refiner_config(tmp_path, simulator.base_url, window="day")
+    store = Store.open(config.state.path, tz=config.tz)
+    await run_cycle(config, store, client, clock)
+    refiner = Refiner(
+        store, lambda: config, lambda: client, clock, asyncio.Event(), sleep=clock.sleep
+    )
+    refiner.idle.set()
+    real = store.segments
+    failures = iter([sqlite3.OperationalError("database is locked")])
+
+    def flaky(export: str, since: datetime) -> list[Segment]:
+        for exc in failures:
+            raise exc
+        return real(export, since)
+
+    store.segments = flaky  # type: ignore[method-assign]
+    task = asyncio.create_task(refiner.run())
+    refiner.wake()
+    await spin(lambda: refiner.fetched > 0 or task.done())
+    assert not task.done() and refiner.fetched > 0
+    task.cancel()
     store.close()

@@ -12,7 +12,7 @@ import pytest
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.simulator import Fault, Simulator
+from daemon.langdock.simulator import Fault, Simulator
 from tests.fake_slack import Answer, FakeSlack
 
 API_KEY = "sk-sec-1a2b3c4d5e6f"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import load_config
+from daemon.langdock.simulator import Fault, Simulator
 from daemon.service import Daemon
-from daemon.simulator import Fault, Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY
 

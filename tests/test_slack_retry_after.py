@@ -117,7 +117,7 @@ def test_status_shows_the_wait(
     store.queue([OutboxItem("webhook:default", "digest", [], None, {"text": "d"}, T0)])
     store.outbox_retry(1, 1, T0 + timedelta(days=1, hours=2), "webhook answered 429 (x)")
     store.close()
-    monkeypatch.setattr("daemon.cli.utc_now", lambda: T0)
+    monkeypatch.setattr("daemon.cli.status.utc_now", lambda: T0)
     assert main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "Outbox: 1 waiting, next try 2026-11-21 12:30 (in 1d2h)" in out

@@ -1,4 +1,4 @@
-"""Rule definitions as written in YAML (SPEC §3), validated with pydantic v2.
+"""Rule definitions as written in YAML (docs/CONFIG.md, `rules[]`), validated with pydantic v2.
 
 Budget rules cap spend (or requests, tokens) over a calendar or rolling window; anomaly rules
 compare a recent window of a series with its learned baseline. Unknown keys are errors.

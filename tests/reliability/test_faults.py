@@ -24,8 +24,8 @@ from daemon.config import Config, load_config
 from daemon.coverage import uncovered
 from daemon.cycle import CycleResult, run_cycle
 from daemon.langdock import LangdockClient
+from daemon.langdock.simulator import Fault, Simulator
 from daemon.notify import SlackSender
-from daemon.simulator import Fault, Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY, NOW, FakeClock
 from tests.fake_slack import FakeSlack
@@ -472,7 +472,7 @@ def test_once_on_a_dedicated_deployment_rides_out_a_fault_storm(
     async def no_wait(seconds: float) -> None:  # the client's waits, recorded, not slept
         waits.append(seconds)
 
-    monkeypatch.setattr("daemon.langdock.default_sleep", no_wait)
+    monkeypatch.setattr("daemon.langdock.client.default_sleep", no_wait)
     # The simulated workspace stops using Langdock now, so every range `once` asks for, the
     # running hour included, has one exact truth however the fetches split it.
     frozen = datetime.now(UTC).replace(microsecond=0)

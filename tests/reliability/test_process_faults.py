@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from daemon.simulator import Fault, Simulator
+from daemon.langdock.simulator import Fault, Simulator
 from tests.fake_slack import FakeSlack
 from tests.test_daemon_e2e import RULE, SECRET, Notifications, fakes, free_port, start
 

@@ -1,0 +1,81 @@
+"""`langdock-budget status`: what the store knows, without network and without writing."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from daemon.cli.common import EXIT_OK, AddCommand, load, utc_now
+from daemon.cli.spend import render_report, spend_report
+from daemon.cycle import evaluate_rules, readiness, refine_pace
+from daemon.logs import redact
+from daemon.notify import silence_matcher
+from daemon.rule_report import render_active, render_evaluations, render_outbox, render_silences
+from daemon.rules.lifecycle import AlertState
+from daemon.store import Store
+
+
+def add_parser(sub: Any, command: AddCommand) -> None:
+    command(
+        sub,
+        "status",
+        "spend from the store; no network",
+        cmd_status,
+        description="What the store knows, without network and without writing: spend per key"
+        " and per model, the rules' results, active alerts and silences, and when the last"
+        " fetches succeeded.",
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load(args)
+    if not config.state.path.exists():
+        print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
+        return EXIT_OK
+    store = Store.open(config.state.path, tz=config.tz)
+    try:
+        now = utc_now()
+        print(render_report(spend_report(store, now, config.tz)))
+        print()
+        silences = store.silences(now)
+        key_names = store.api_key_names()
+        labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
+        silenced_key = silence_matcher(silences, key_names, now)
+
+        def silenced(state: AlertState) -> bool:
+            return silenced_key(state.key)
+
+        if config.rules:
+            # one evaluation feeds both tables, so they agree: the alerts as of now
+            result = evaluate_rules(store, config, now, persist=False)
+            print(render_evaluations(result, config.tz, silenced=silenced))
+            print()
+            print(
+                render_active(
+                    result.states,
+                    config.tz,
+                    labels=labels,
+                    silenced=silenced,
+                    warming=result.warming,
+                )
+            )
+            print()
+        if silences:
+            print(render_silences(silences, config.tz))
+            print()
+        waiting = store.outbox_waiting()
+        print(render_outbox(waiting, config.tz, now, labels=labels, silenced=silenced_key))
+        print()
+        for export in ("api-keys", "models"):
+            last = store.last_success(export)
+            age = f"{(now - last).total_seconds() / 60:.0f} min ago" if last else "never"
+            print(f"last successful {export} fetch: {age}")
+        failed = [f for f in store.last_fetches(20) if not f.ok]
+        if failed:
+            latest = redact(failed[0].message or "")
+            print(f"recent fetch failures: {len(failed)} (latest: {latest})")
+        progress = readiness(store, config, now).progress
+        print(f"backfill: {progress.describe(refine_pace(config))}")
+    finally:
+        store.close()
+    return EXIT_OK

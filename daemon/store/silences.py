@@ -1,0 +1,64 @@
+"""Silences: Slack stays quiet for a rule's alerts (or some members') until they end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import fnmatchcase
+
+from daemon.store.db import StoreBase, _dt, _ts
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Slack stays quiet for alerts of ``rule`` (and ``member``, a glob) until ``ends``."""
+
+    id: int
+    rule: str
+    member: str | None
+    starts: datetime
+    ends: datetime
+    reason: str
+
+    def active(self, now: datetime) -> bool:
+        return self.starts <= now < self.ends
+
+    def matches(self, rule: str, member_id: str, label: str) -> bool:
+        return rule == self.rule and (
+            self.member is None
+            or fnmatchcase(member_id, self.member)
+            or fnmatchcase(label, self.member)
+        )
+
+
+class Silences(StoreBase):
+    """Silences, kept until they end (and after, for `silence list --all`)."""
+
+    def add_silence(
+        self, rule: str, member: str | None, starts: datetime, ends: datetime, reason: str
+    ) -> int:
+        with self._transaction():
+            cur = self._conn.execute(
+                "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (rule, member, _ts(starts), _ts(ends), reason, _ts(starts)),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def silences(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
+        rows = self._conn.execute(
+            "SELECT id, rule, member, starts, ends, reason FROM silences"
+            + ("" if include_expired else " WHERE ends > ?")
+            + " ORDER BY id",
+            () if include_expired else (_ts(now),),
+        )
+        return [Silence(i, r, m, _dt(s), _dt(e), reason) for i, r, m, s, e, reason in rows]
+
+    def expire_silence(self, silence_id: int, now: datetime) -> bool:
+        with self._transaction():
+            cur = self._conn.execute(
+                "UPDATE silences SET ends = ? WHERE id = ? AND ends > ?",
+                (_ts(now), silence_id, _ts(now)),
+            )
+        return cur.rowcount == 1
