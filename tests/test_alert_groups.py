@@ -19,7 +19,7 @@ from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.schema import AnyRule
 from daemon.rules.usage import KeyPoint
 from daemon.store import OutboxItem
-from tests.rules_helpers import H, budget, hourly, index
+from tests.rules.helpers import H, budget, hourly, index
 
 UTCZ = ZoneInfo("UTC")
 MONTH = datetime(2026, 11, 1, tzinfo=UTC)

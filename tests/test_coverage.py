@@ -46,7 +46,7 @@ from daemon.rules.windows import (
     window_period,
 )
 from daemon.store import Store
-from tests.rules_helpers import budget
+from tests.rules.helpers import budget
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SETTLE = timedelta(minutes=90)

@@ -23,7 +23,7 @@ from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import OutboxItem, Store
 from tests.conftest import FakeClock
 from tests.fake_slack import FakeSlack
-from tests.rules_helpers import H
+from tests.rules.helpers import H
 from tests.test_notify import BUDGET_24H, T0, bot, make_config, webhook
 
 UTCZ = ZoneInfo("UTC")

@@ -32,7 +32,7 @@ from daemon.slack_messages import (
 from daemon.store import Store
 from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import Answer, FakeSlack
-from tests.rules_helpers import budget, hourly, index
+from tests.rules.helpers import budget, hourly, index
 
 T0 = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
 UTCZ = ZoneInfo("UTC")

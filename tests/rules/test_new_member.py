@@ -13,7 +13,7 @@ from daemon.rules.engine import EngineResult, evaluate
 from daemon.rules.schema import AnyRule
 from daemon.rules.usage import UsageIndex
 from daemon.store import OutboxItem
-from tests.rules_helpers import H, hourly, rule
+from tests.rules.helpers import H, hourly, rule
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
 NEW_AFTER = T0 - 5 * H

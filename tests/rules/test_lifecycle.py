@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from daemon.rules.engine import evaluate
 from daemon.rules.lifecycle import AlertKey, step
 from daemon.store import Store
-from tests.rules_helpers import H, budget, hourly, index
+from tests.rules.helpers import H, budget, hourly, index
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
 KEY = AlertKey("r", "*", "100", "2026-11")

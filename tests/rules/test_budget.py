@@ -14,7 +14,7 @@ from daemon.rules.budget import evaluate_budget, project
 from daemon.rules.engine import evaluate
 from daemon.rules.usage import KeyPoint, Series
 from daemon.rules.windows import calendar_period
-from tests.rules_helpers import H, budget, hourly, index
+from tests.rules.helpers import H, budget, hourly, index
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -17,7 +17,7 @@ from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.engine import evaluate
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import KeyPoint
-from tests.rules_helpers import H, anomaly, budget, hourly, index
+from tests.rules.helpers import H, anomaly, budget, hourly, index
 
 UTCZ = ZoneInfo("UTC")
 T0 = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)

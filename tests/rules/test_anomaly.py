@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from daemon.rules.anomaly import evaluate_anomaly, robust_score
 from daemon.rules.usage import ModelPoint, UsageIndex
-from tests.rules_helpers import H, anomaly, hourly, index
+from tests.rules.helpers import H, anomaly, hourly, index
 
 UTC_ZONE = ZoneInfo("UTC")
 NOW = datetime(2026, 11, 20, 10, 20, tzinfo=UTC)
