@@ -35,8 +35,10 @@ lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 	  systemd-analyze verify $(VENV)/langdock-budget.service && echo "systemd unit: verified"; \
 	else echo "systemd-analyze not installed: unit not verified"; fi
 
-docs: $(STAMP)  ## regenerate docs/CONFIG.md from the pydantic models
+docs: $(STAMP)  ## regenerate docs/CONFIG.md, docs/CLI.md and docs/METRICS.md from the code
 	$(BIN)/python -m daemon.config_reference docs/CONFIG.md
+	$(BIN)/python -m daemon.cli.reference docs/CLI.md
+	$(BIN)/python -m daemon.metrics_reference docs/METRICS.md
 
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py

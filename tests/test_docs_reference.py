@@ -1,9 +1,15 @@
-"""docs/CONFIG.md is what the models say today, and every key in it is described."""
+"""The generated references in docs/ are what the code says today (`make docs`), and every
+configuration key in them is described."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from daemon import config_reference, metrics_reference
+from daemon.cli import reference as cli_reference
 from daemon.config_reference import render, undocumented
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,12 +19,25 @@ def test_every_key_is_described() -> None:
     assert undocumented() == []
 
 
-def test_docs_config_md_is_current() -> None:
-    assert (ROOT / "docs" / "CONFIG.md").read_text() == render(), "run `make docs`"
+@pytest.mark.parametrize(
+    ("name", "renderer"),
+    [
+        ("CONFIG.md", config_reference.render),
+        ("CLI.md", cli_reference.render),
+        ("METRICS.md", metrics_reference.render),
+    ],
+)
+def test_the_generated_docs_are_current(name: str, renderer: Callable[[], str]) -> None:
+    assert (ROOT / "docs" / name).read_text() == renderer(), f"docs/{name}: run `make docs`"
 
 
-def test_the_reference_knows_the_bounds_the_validator_enforces() -> None:
+def test_the_references_name_what_users_rely_on() -> None:
     text = render()
     assert "| `backfill_max_requests_per_minute` | integer | 90 | ≥ 1, ≤ 10,000 |" in text
-    assert "| `window` | duration | 1h |" in text  # anomaly
     assert "| `for` | duration | 0s |" in text  # the alias, not the Python name
+    cli = cli_reference.render()
+    for command in ("run", "once", "status", "check", "silence add", "rules export-prometheus"):
+        assert f"## `langdock-budget {command}`" in cli
+    metrics = metrics_reference.render()
+    for name in ("langdock_budget_spend_usd", "langdock_rule_ready", "langdock_outbox_pending"):
+        assert f"| `{name}` |" in metrics
