@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 from datetime import UTC, datetime
@@ -184,6 +185,11 @@ class StoreBase:
         if not self._rollups and rebuild:  # a new store, or the configured zone changed
             with self._transaction():
                 self._conn.execute("DELETE FROM key_usage_daily")
+                if kept is not None and hour_grid(ZoneInfo(kept)) != hour_grid(tz):
+                    # the hours themselves move (UTC ↔ Asia/Kolkata): the stored ranges can't
+                    # be summed into the new zone's hours, so the usage is fetched again
+                    for table in _GRID_TABLES:
+                        self._conn.execute(f"DELETE FROM {table}")
                 self._set_meta("rollup_tz", tz.key)
                 self._set_meta("rolled_until", "0")
             self._rollups = True
@@ -236,3 +242,27 @@ def _unlock(fd: int | None) -> None:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+_GRID_TABLES = (
+    "key_usage",
+    "key_usage_buckets",
+    "model_usage",
+    "segments",
+    "staged_key_usage",
+    "staged_segments",
+)
+
+
+@functools.cache
+def hour_grid(zone: ZoneInfo) -> frozenset[int]:
+    """Where a zone's local hours begin, as minutes past the UTC hour, over 2020-2030 (a fixed
+    span: the store reads no clock). Two zones with the same grid share every bucket."""
+    return frozenset(
+        int(offset.total_seconds() // 60) % 60
+        for year in range(2020, 2031)
+        for month in range(1, 13)
+        for day in (1, 15)
+        if (offset := datetime(year, month, day, 12, tzinfo=UTC).astimezone(zone).utcoffset())
+        is not None
+    )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.langdock.csv import KeyUsage
 from daemon.store import SCHEMA_VERSION, Store, StoreError
 from tests.store.helpers import T0, H, usage
 
@@ -59,3 +62,21 @@ def test_store_sum_equals_decimal_sum(amounts: list[Decimal]) -> None:
         assert total.cost_usd == sum(amounts, Decimal(0))
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("zone", "kept"), [("Europe/Berlin", True), ("Asia/Kolkata", False)])
+def test_a_zone_whose_hours_start_elsewhere_refetches_the_usage(
+    tmp_path: Path, zone: str, kept: bool
+) -> None:
+    """UTC → Berlin keeps the stored hours (same grid); UTC → Kolkata (hours start at :30)
+    drops them, so the next poll fetches the backfill again in the new zone's hours."""
+    start = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    store = Store.open(tmp_path / "s.db", exclusive=True, tz=ZoneInfo("UTC"))
+    rows = [KeyUsage("k1", "one", "m", 1, Decimal(1))]
+    store.replace_key_usage(start, start + timedelta(hours=1), rows, start)
+    store.close()
+    store = Store.open(tmp_path / "s.db", exclusive=True, tz=ZoneInfo(zone))
+    assert bool(store.segments("api-keys", start - timedelta(days=1))) is kept
+    assert bool(store.key_model_totals(start, start + timedelta(hours=1))) is kept
+    assert store.api_key_names() == {"k1": "one"}  # keys and alert state are kept either way
+    store.close()
