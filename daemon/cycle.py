@@ -2,14 +2,17 @@
 
 The I/O shell around the pure engine: it decides how much history the rules need, loads it
 from the store into a `UsageIndex`, runs `rules.engine.evaluate` with the stored alert
-states, and saves the new states. `once`, `demo` and (later) `run` all go through here.
+states, hands the result to the notification pipeline (`daemon.notify`: it says which
+members' contributors its messages name, loaded here and handed back for rendering) and
+saves the new states with the queued messages. `once`, `demo` and (later) `run` all go
+through here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -28,15 +31,26 @@ from daemon.coverage import (
 )
 from daemon.ingest import PollReport, Progress, load_segments, poll, store_failure
 from daemon.langdock import LangdockClient
-from daemon.notify import DeliveryReport, Sender, Sleep, deliver, plan, route_for
+from daemon.notify import (
+    DeliveryReport,
+    Sender,
+    Sleep,
+    decide,
+    deliver,
+    render,
+    route_for,
+    silence_matcher,
+)
 from daemon.rules.engine import EngineResult, evaluate, usage_wanted
-from daemon.rules.lifecycle import AlertState
 from daemon.rules.schema import AnyRule
 from daemon.rules.usage import (
+    PartsQuery,
     Raw,
     Selection,
     SelectionFilter,
+    Series,
     UsageIndex,
+    parts_series,
     selection_filters,
     selection_of,
     ts,
@@ -114,7 +128,8 @@ def load_usage(
     """The usage the rules read at ``now`` (see `usage_wanted`): for each distinct selection
     of keys and models, one total per member and budget window (SQLite sums them, whole days
     from the daily sums) or hourly series over the longest range its rules look back, the
-    models export as points, and a member's contributors only when a message names them."""
+    models export as points. A member's contributors are not in it: the planner names the
+    members its messages need them for, and `load_contributors` loads those."""
     needs = usage_wanted(config.rules, now, config.tz)
     key_names = store.api_key_names()
     filters = selection_filters(((n.rule, n.metric) for n in needs), key_names, store.models())
@@ -148,9 +163,6 @@ def load_usage(
             for selection, start in series.items()
         },
         prepared_totals=totals,
-        parts=lambda selection_filter, member: store.member_parts(
-            selection_filter, member, oldest, end
-        ),
         key_names=key_names,
         history_start=history_start,
         first_seen=store.first_seen(),
@@ -212,30 +224,47 @@ def evaluate_rules(
 def plan_notifications(
     store: Store, config: Config, result: EngineResult, now: datetime, *, console: bool
 ) -> tuple[list[OutboxItem], dict[str, datetime]]:
+    """The notification pipeline up to the outbox (see `daemon.notify`): decide what to say
+    (silences, one message per alert group, repeat timing), load the contributors the
+    messages name, render and group."""
     if config.slack is None and not console:
         return [], {}  # no route: transitions are only logged
     key_names = store.api_key_names()
     labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
-    silences = [s for s in store.silences(now) if s.active(now)]
-
-    def silenced(state: AlertState) -> bool:
-        member = state.key.member
-        return any(
-            s.matches(state.key.rule, member, key_names.get(member, member)) for s in silences
-        )
-
-    return plan(
+    decided = decide(
         result,
         {rule.name: rule for rule in config.rules},
         lambda rule: route_for(rule, config, console=console),
         store.last_notified(),
         now,
-        config.tz,
         repeat_interval=config.slack.repeat_interval if config.slack else timedelta(0),
         send_resolved=config.slack.send_resolved if config.slack else True,
         labels=labels,
-        silenced=silenced,
+        silenced=silence_matcher(store.silences(now), key_names, now).state,
     )
+    parts = load_contributors(store, config, now, decided.parts_wanted, key_names)
+    return render(decided, config.tz, parts), decided.notified
+
+
+def load_contributors(
+    store: Store,
+    config: Config,
+    now: datetime,
+    wanted: Sequence[PartsQuery],
+    key_names: Mapping[str, str],
+) -> dict[PartsQuery, dict[str, Series]]:
+    """The contributors (models of a key, keys of a model) of the members a message names,
+    one query each, over the history the rules read at ``now``."""
+    if not wanted:
+        return {}
+    oldest = history_needed(config.rules, now, config.tz)
+    end = bucket_end(now, config.tz)
+    return {
+        query: parts_series(
+            query, store.member_parts(query.selection, query.member_id, oldest, end), key_names
+        )
+        for query in wanted
+    }
 
 
 async def run_cycle(

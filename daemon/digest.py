@@ -18,12 +18,12 @@ from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObjec
 
 from daemon.config import Config
 from daemon.cycle import evaluate_rules
+from daemon.formatting import format_amount
 from daemon.money import format_percent, format_usd
-from daemon.report import format_amount
+from daemon.notify.slack.blocks import SlackMessage, escape, name
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.schema import AnomalyRule
 from daemon.rules.windows import Period, calendar_period
-from daemon.slack_messages import SlackMessage, escape, name
 from daemon.store import OutboxItem, Store
 
 TOP = 5

@@ -1,8 +1,8 @@
 """Named spend windows (today, month, 24h, 7d) as ranges, for the spend tables of the command
 line (`daemon.cli.spend`) and the `langdock_cost_usd` metric.
 
-The rule results (`render_evaluations`, `render_active`, ...) live in `daemon.rule_report` and
-the number formatting in `daemon.formatting`; both are re-exported here.
+The rule tables of the command line are `daemon.cli.rules_table` and `daemon.cli.outbox_table`;
+the number formatting is `daemon.formatting`.
 """
 
 from __future__ import annotations
@@ -11,30 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from daemon.formatting import format_amount, format_metric, format_score
-from daemon.rule_report import (
-    SHOWN_PER_RULE,
-    render_active,
-    render_evaluations,
-    render_outbox,
-    render_silences,
-    shown_budget_members,
-)
 from daemon.rules.windows import calendar_period
 
-__all__ = [
-    "SHOWN_PER_RULE",
-    "WINDOWS",
-    "format_amount",
-    "format_metric",
-    "format_score",
-    "render_active",
-    "render_evaluations",
-    "render_outbox",
-    "render_silences",
-    "shown_budget_members",
-    "window_ranges",
-]
+__all__ = ["WINDOWS", "window_ranges"]
 
 # The columns of the spend tables, in order.
 WINDOWS: tuple[str, ...] = ("today", "month", "24h")

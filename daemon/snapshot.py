@@ -19,6 +19,7 @@ from daemon.metrics import (
     firing_series,
     key_label,
 )
+from daemon.notify.silence import silence_matcher
 from daemon.report import window_ranges
 from daemon.store import Store
 
@@ -39,16 +40,13 @@ def build_snapshot(
     totals = store.window_costs(ranges, keep=top)
     names = store.api_key_names()
     labels = {k: key_label(n, k) for k, n in names.items()}
-    silences = [s for s in store.silences(now) if s.active(now)]
+    silenced_alert = silence_matcher(store.silences(now), names, now)
     silenced = tuple(
         sorted(
             {
                 (s.key.rule, labels.get(s.key.member, s.key.member))
                 for s in result.engine.firing
-                if any(
-                    x.matches(s.key.rule, s.key.member, names.get(s.key.member, s.key.member))
-                    for x in silences
-                )
+                if silenced_alert.state(s)
             }
         )
     )

@@ -3,6 +3,7 @@ configuration key in them is described."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,3 +42,15 @@ def test_the_references_name_what_users_rely_on() -> None:
     metrics = metrics_reference.render()
     for name in ("langdock_budget_spend_usd", "langdock_rule_ready", "langdock_outbox_pending"):
         assert f"| `{name}` |" in metrics
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """docs/RELIABILITY.md and the others name the test that proves each row: it must exist."""
+    cited = set()
+    for doc in [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]:
+        cited |= set(re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", doc.read_text()))
+    assert len(cited) > 30
+    for path, name in sorted(cited):
+        assert (ROOT / path).is_file(), path
+        if name:
+            assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name}"

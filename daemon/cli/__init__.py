@@ -5,7 +5,7 @@
 - `run` and `demo` (run against the bundled simulator, Slack printed on the console),
   `once` (one cycle and what a cycle prints), `check`, `status`, `digest`, `silence`,
   `imports` (`import` and `--reconcile`), `alerts` (`test-alert`, `rules export-prometheus`);
-  `spend`: the spend tables `once`, `status` and `demo` print.
+  `spend`, `rules_table`, `outbox_table`: the tables `once`, `status` and `demo` print.
 
 Nothing outside this package imports from it; its modules import `common` (and `once`, `spend`),
 never `app`. The commands are described in README.md "Commands".

@@ -11,13 +11,13 @@ from datetime import datetime
 from typing import Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
+from daemon.cli.rules_table import render_evaluations
 from daemon.cli.spend import render_report, spend_report
 from daemon.config import Config
 from daemon.cycle import CycleResult, refine_pace, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.notify import Sender, SlackSender
-from daemon.rule_report import render_evaluations
 from daemon.service import make_client
 from daemon.store import Store
 

@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
-from daemon.rule_report import render_silences
+from daemon.cli.rules_table import render_silences
 from daemon.rules.durations import parse_duration
 from daemon.store import Store
 

@@ -6,12 +6,12 @@ import argparse
 from typing import Any
 
 from daemon.cli.common import EXIT_OK, AddCommand, load, utc_now
+from daemon.cli.outbox_table import render_outbox
+from daemon.cli.rules_table import render_active, render_evaluations, render_silences
 from daemon.cli.spend import render_report, spend_report
 from daemon.cycle import evaluate_rules, readiness, refine_pace
 from daemon.logs import redact
 from daemon.notify import silence_matcher
-from daemon.rule_report import render_active, render_evaluations, render_outbox, render_silences
-from daemon.rules.lifecycle import AlertState
 from daemon.store import Store
 
 
@@ -41,10 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         key_names = store.api_key_names()
         labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
         silenced_key = silence_matcher(silences, key_names, now)
-
-        def silenced(state: AlertState) -> bool:
-            return silenced_key(state.key)
-
+        silenced = silenced_key.state
         if config.rules:
             # one evaluation feeds both tables, so they agree: the alerts as of now
             result = evaluate_rules(store, config, now, persist=False)

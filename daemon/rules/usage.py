@@ -124,15 +124,18 @@ class MemberUsage:
     value: Series  # the metric itself, or the numerator of a ratio
     weight: Series | None = None  # the denominator of a ratio metric (requests)
     parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
-    # builds `parts` when a message first asks for them (most members never need them)
-    load_parts: Callable[[], dict[str, Series]] | None = field(default=None, repr=False)
+    # usage the shell loaded: what it loads for `parts` once a message names the member (see
+    # `PartsQuery`); most members never need them
+    parts_query: PartsQuery | None = None
+    # an index built from rows: `parts` from its own rows, when first asked for (pure)
+    rows_parts: Callable[[], dict[str, Series]] | None = field(default=None, repr=False)
 
     def top_parts(
         self, start: datetime, end: datetime, n: int = 3
     ) -> tuple[tuple[str, Decimal], ...]:
         """The ``n`` biggest contributors (models of a key, keys of a model) over [start, end)."""
-        if self.load_parts is not None and not self.parts:
-            self.parts = self.load_parts()
+        if self.rows_parts is not None and not self.parts:
+            self.parts = self.rows_parts()
         totals = [(label, series.total(start, end)) for label, series in self.parts.items()]
         return tuple(sorted((t for t in totals if t[1]), key=lambda t: (-t[1], t[0]))[:n])
 
@@ -175,8 +178,29 @@ class SelectionFilter:
     models: frozenset[str] | None
 
 
-# the shell's loader of a member's contributors: (filter, member id) → part id → points
-PartsLoader = Callable[[SelectionFilter, str], Grouped]
+@dataclass(frozen=True)
+class PartsQuery:
+    """A member's contributors as the shell loads them, only for the members a message names:
+    the member's selection, its id, and the scale of its values. The planner says which it
+    needs (`daemon.notify.plan.Plan.parts_wanted`); the shell loads them, and `parts_series`
+    makes them the member's `MemberUsage.parts`."""
+
+    selection: SelectionFilter
+    member_id: str
+    scale: int
+
+
+def parts_series(
+    query: PartsQuery, points: Grouped, key_names: Mapping[str, str]
+) -> dict[str, Series]:
+    """A member's loaded contributors (part id → bucket → raw value) by label: the models of
+    a key, or the keys ("name (id)") of a model or scope."""
+    return {
+        part
+        if query.selection.by == "api_key"
+        else f"{key_names.get(part, part)} ({part})": Series(p, query.scale)
+        for part, p in points.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -260,7 +284,6 @@ class UsageIndex:
         prepared: dict[Selection, tuple[SelectionFilter, Grouped]] | None = None,
         prepared_totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]]
         | None = None,
-        parts: PartsLoader | None = None,
         key_names: dict[str, str] | None = None,
         history_start: datetime | None = None,
         first_seen: dict[str, dict[str, datetime]] | None = None,
@@ -276,7 +299,6 @@ class UsageIndex:
         self.prepared = prepared
         # (selection, start, end) → each member's total over that window, where loaded
         self.prepared_totals = prepared_totals or {}
-        self._load_parts = parts
         self._members: dict[Selection, list[MemberUsage]] = {}
         self._windows: dict[tuple[Selection, int, int, bool], WindowTotals] = {}
         self._distinct: tuple[set[str], set[str]] | None = None  # key ids, models
@@ -368,7 +390,7 @@ class UsageIndex:
                 MemberUsage(
                     self._member(rule, member_id),
                     Series({start: totals[member_id]}, scale),
-                    load_parts=partial(self._prepared_parts, selection_filter, member_id, scale),
+                    parts_query=PartsQuery(selection_filter, member_id, scale),
                 )
                 for member_id in ids
             ]
@@ -422,7 +444,7 @@ class UsageIndex:
             MemberUsage(
                 self._member(rule, member_id),
                 Series(grouped[member_id], scale),
-                load_parts=partial(self._parts, rule, column, scale, by, member_id),
+                rows_parts=partial(self._parts, rule, column, scale, by, member_id),
             )
             for member_id in sorted(grouped)
         ]
@@ -437,21 +459,10 @@ class UsageIndex:
             MemberUsage(
                 self._member(rule, member_id),
                 Series(grouped[member_id], scale),
-                load_parts=partial(self._prepared_parts, selection_filter, member_id, scale),
+                parts_query=PartsQuery(selection_filter, member_id, scale),
             )
             for member_id in sorted(grouped)
         ]
-
-    def _prepared_parts(
-        self, selection_filter: SelectionFilter, member_id: str, scale: int
-    ) -> dict[str, Series]:
-        if self._load_parts is None:
-            return {}
-        points = self._load_parts(selection_filter, member_id)
-        return {
-            part if selection_filter.by == "api_key" else self.key_label(part): Series(p, scale)
-            for part, p in points.items()
-        }
 
     def _parts(
         self, rule: AnyRule, column: int, scale: int, by: int, member_id: str

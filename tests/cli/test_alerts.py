@@ -13,7 +13,7 @@ import yaml
 from daemon.cli.app import main
 from daemon.prometheus_rules import prometheus_rules
 from tests.fake_slack import FakeSlack
-from tests.test_notify import BUDGET_24H, make_config, webhook
+from tests.notify.test_deliver import BUDGET_24H, make_config, webhook
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from daemon.notify import SlackSender, deliver
 from daemon.store import Store
 from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import FakeSlack
-from tests.test_notify import BUDGET_24H, T0, make_config, spend, webhook
+from tests.notify.test_deliver import BUDGET_24H, T0, make_config, spend, webhook
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ def test_nothing_against_nothing_has_no_score() -> None:
 
 
 def test_the_anomaly_table_shows_no_score_for_zero_against_zero_and_the_sensitivity() -> None:
-    from daemon.report import render_evaluations
+    from daemon.cli.rules_table import render_evaluations
     from daemon.rules.engine import evaluate
 
     # sub-cent amounts: both show as $0.00, so a score of +2.5 would only confuse
@@ -189,8 +189,8 @@ def table(text: str) -> list[dict[str, str]]:
 
 
 def test_an_anomaly_message_without_a_score_still_renders() -> None:
+    from daemon.notify.slack.blocks import anomaly_message
     from daemon.rules.lifecycle import AlertState
-    from daemon.slack_messages import anomaly_message
 
     usage = index(hourly(START, NOW, lambda t: "0"))
     (ev,) = evaluate_anomaly(anomaly(window="1h", baseline="14d"), usage, NOW, UTC_ZONE)

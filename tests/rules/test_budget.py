@@ -229,7 +229,7 @@ def test_members_below_every_threshold_without_state_carry_no_conditions() -> No
 
 
 def test_reports_show_the_top_members_and_every_alerting_one() -> None:
-    from daemon.report import render_evaluations, shown_budget_members
+    from daemon.cli.rules_table import render_evaluations, shown_budget_members
     from daemon.rules.lifecycle import AlertKey, AlertState
 
     usage = index(

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.cli.rules_table import render_active, render_evaluations
 from daemon.notify import plan
-from daemon.report import render_active, render_evaluations
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.engine import evaluate

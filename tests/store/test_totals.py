@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from daemon import cycle
 from daemon.config import load_config
-from daemon.cycle import load_usage
+from daemon.cycle import load_contributors, load_usage
 from daemon.langdock.csv import KeyUsage
+from daemon.notify.plan import with_parts
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.engine import evaluate
 from daemon.rules.usage import KeyPoint, UsageIndex
@@ -193,6 +194,9 @@ def test_grouped_selections_equal_the_row_by_row_index(
         for few in (0, 10_000):
             with patch.object(cycle, "FEW_BUCKETS", few):
                 usage = load_usage(store, config, NOW, store.history_start())
-            from_store = evaluate(config.rules, usage, {}, NOW, config.tz)
-            assert summary(from_store.all_evaluations()) == reference, few
+            from_store = evaluate(config.rules, usage, {}, NOW, config.tz).all_evaluations()
+            # contributors: loaded by the cycle for the members a message names (here: all)
+            wanted = {e.usage.parts_query for e in from_store if e.usage and e.usage.parts_query}
+            parts = load_contributors(store, config, NOW, list(wanted), KEYS)
+            assert summary([with_parts(e, parts) for e in from_store]) == reference, few
         store.close()

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from daemon.cli.outbox_table import render_outbox
 from daemon.config import Config
 from daemon.cycle import evaluate_rules
-from daemon.delivery import SEND_TIMEOUT, SETTLE, DeliveryReport, deliver
-from daemon.outbox_report import render_outbox
-from daemon.slack_send import EVENT_TYPE, SlackSender
+from daemon.notify import EVENT_TYPE, SEND_TIMEOUT, SETTLE, DeliveryReport, SlackSender, deliver
 from daemon.store import Store
 from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import Answer, FakeSlack
-from tests.test_notify import K1_OVER, T0, UTCZ, bot, spend, webhook, world
+from tests.notify.test_deliver import K1_OVER, T0, UTCZ, bot, spend, webhook, world
 
 ALERT = "spend-24h|k1|100|rolling-24h"
 

@@ -1,5 +1,5 @@
 """What the rules found, for people: the budget, anomaly and new member tables of `once`,
-`status` and `demo`, and `status`'s active alerts, silences and outbox.
+`status` and `demo`, and `status`'s active alerts and silences (its outbox: `outbox_table`).
 
 Rules that are still warming up (their history is being fetched, `EngineResult.warming`)
 show as "warming up (why)" instead of numbers nobody should trust yet.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
+from daemon.cli.outbox_table import condition_label, member_text
 from daemon.formatting import (
     format_amount,
     format_metric,
@@ -19,8 +20,6 @@ from daemon.formatting import (
     shows_as_zero,
 )
 from daemon.money import format_percent, format_usd
-from daemon.outbox_report import condition_label, member_text
-from daemon.outbox_report import render_outbox as render_outbox
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, BudgetTable, Condition
 from daemon.rules.engine import EngineResult

@@ -14,17 +14,16 @@ import pytest
 
 from daemon.cli import main
 from daemon.config import Config
-from daemon.delivery import DeliveryReport
 from daemon.langdock.csv import KeyUsage
-from daemon.notify import SlackSender, deliver, plan, route_for
+from daemon.notify import DeliveryReport, SlackSender, deliver, plan, route_for
 from daemon.rules.engine import evaluate
 from daemon.rules.usage import KeyPoint, UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import OutboxItem, Store
 from tests.conftest import FakeClock
 from tests.fake_slack import FakeSlack
+from tests.notify.test_deliver import BUDGET_24H, T0, bot, make_config, webhook
 from tests.rules.helpers import H
-from tests.test_notify import BUDGET_24H, T0, bot, make_config, webhook
 
 UTCZ = ZoneInfo("UTC")
 MONTH = datetime(2026, 11, 1, tzinfo=UTC)

@@ -1,5 +1,5 @@
-"""Delivering the outbox (`deliver`); the Slack senders are `daemon.slack_send`, the console
-one (`demo`) is here.
+"""Delivering the outbox (`deliver`): the last stage of the notification pipeline. The senders
+are `daemon.notify.senders` (console) and `daemon.notify.slack.sender` (slack-sdk).
 
 `deliver` sends the outbox oldest first, one route's messages in order, removing an item only
 after Slack acknowledged it. Waits are kept with the outbox row (``next_attempt_at``), so they
@@ -21,41 +21,16 @@ hold across cycles and restarts:
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import IO, Any
 
 import structlog
 
+from daemon.notify.senders import Attempt, Sender, SendResult
+from daemon.notify.silence import silence_matcher
 from daemon.rules.lifecycle import AlertKey
-from daemon.slack_routes import CONSOLE, current_route, route_for, route_target
-from daemon.slack_send import SEND_TIMEOUT, Attempt, Sender, SendResult, SlackSender
-from daemon.store import OutboxItem, Silence, Store
-
-__all__ = [
-    "CONSOLE",
-    "MAX_WAIT",
-    "SEND_TIMEOUT",
-    "SETTLE",
-    "TRIES_PER_ATTEMPT",
-    "Attempt",
-    "ConsoleSender",
-    "DeliveryReport",
-    "SendResult",
-    "Sender",
-    "SlackSender",
-    "Sleep",
-    "current_route",
-    "deliver",
-    "render_readable",
-    "requeue_dead_letters",
-    "route_for",
-    "route_target",
-    "silence_matcher",
-]
+from daemon.store import OutboxItem, Store
 
 TRIES_PER_ATTEMPT = 3
 MAX_WAIT = 30.0  # the longest wait inside one cycle; longer ones are stored with the row
@@ -68,20 +43,6 @@ THREADED = ("repeat", "resolved", "superseded")
 # kinds whose alerts count as not announced when the message is dropped for a silence, so
 # the firing message goes out when the silence ends
 ANNOUNCING = ("firing", "superseded", "group")
-
-
-def silence_matcher(
-    silences: Sequence[Silence], key_names: Mapping[str, str], now: datetime
-) -> Callable[[AlertKey], bool]:
-    """Whether a silence active at ``now`` covers an alert (member globs match the key's id
-    or its name)."""
-    active = [s for s in silences if s.active(now)]
-
-    def silenced(key: AlertKey) -> bool:
-        name = key_names.get(key.member, key.member)
-        return any(s.matches(key.rule, key.member, name) for s in active)
-
-    return silenced
 
 
 @dataclass
@@ -253,50 +214,3 @@ def _remember_thread(
             store.set_thread(taking_over, *thread)
         elif result.ts and result.channel:
             store.set_thread(taking_over, result.channel, result.ts)
-
-
-class ConsoleSender:
-    """`demo`: messages go to stdout, readable (or as Block Kit JSON)."""
-
-    def __init__(self, stream: IO[str] | None = None, as_json: bool = False) -> None:
-        self._stream = stream
-        self._json = as_json
-
-    def target(self, route: str) -> str | None:
-        return None
-
-    def route_now(self, item: OutboxItem) -> str | None:
-        return None
-
-    def send(
-        self,
-        route: str,
-        payload: dict[str, Any],
-        thread: tuple[str, str] | None,
-        attempt: Attempt | None = None,
-    ) -> SendResult:
-        stream = self._stream or sys.stdout
-        if self._json:
-            print(json.dumps(payload, indent=2, ensure_ascii=False), file=stream, flush=True)
-        else:
-            print(render_readable(payload), file=stream, flush=True)
-        return SendResult(True)
-
-
-def render_readable(payload: dict[str, Any]) -> str:
-    """A Block Kit message as plain lines, for terminals."""
-    lines = ["┌─ Slack message " + "─" * 50]
-    for block in payload.get("blocks", []):
-        kind = block.get("type")
-        if kind == "header":
-            lines.append(f"│ {block['text']['text']}")
-        elif kind == "section":
-            if "text" in block:
-                lines += [f"│ {line}" for line in block["text"]["text"].splitlines()]
-            for item in block.get("fields", []):
-                label, _, value = item["text"].partition("\n")
-                lines.append(f"│   {label.strip('*')}: {value}")
-        elif kind == "context":
-            lines += [f"│ ({e['text']})" for e in block.get("elements", [])]
-    lines.append("└" + "─" * 66)
-    return "\n".join(lines)

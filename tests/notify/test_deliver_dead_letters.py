@@ -12,16 +12,24 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
+from daemon.cli.outbox_table import render_outbox
 from daemon.config import Config
-from daemon.delivery import DeliveryReport, deliver, requeue_dead_letters
-from daemon.outbox_report import render_outbox
-from daemon.slack_routes import current_route, route_target
-from daemon.slack_send import SlackSender
+from daemon.notify import DeliveryReport, SlackSender, deliver, requeue_dead_letters
+from daemon.notify.routes import current_route, route_target
 from daemon.store import OutboxItem, Store
 from tests.conftest import FakeClock
 from tests.fake_slack import Answer, FakeSlack
-from tests.test_notify import BUDGET_24H, K1_OVER, T0, UTCZ, bot, make_config, spend, webhook
-from tests.test_slack_uncertain import queue
+from tests.notify.test_deliver import (
+    BUDGET_24H,
+    K1_OVER,
+    T0,
+    UTCZ,
+    bot,
+    make_config,
+    spend,
+    webhook,
+)
+from tests.notify.test_slack_sender import queue
 
 TEAM_RULE = "  - {name: team, kind: budget, window: 24h, limit_usd: 10, channel: '%s'}\n"
 

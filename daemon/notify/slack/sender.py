@@ -1,5 +1,6 @@
-"""Sending one outbox message to Slack: routes, the senders (webhook, bot token, console) and
-what Slack's answer means (`SendResult`). When to send and retry is `daemon.delivery`.
+"""Sending one outbox message to Slack through slack-sdk (`SlackSender`: incoming webhooks and
+the bot token's Web API) and reading Slack's answer as a `SendResult`. When to send and retry
+is `daemon.notify.deliver`.
 
 A send whose answer never came (a timeout, a connection dropped after the request went out),
 or a Web API 5xx / ``fatal_error`` / ``internal_error``, leaves it open whether Slack posted the
@@ -14,9 +15,7 @@ from __future__ import annotations
 import http.client
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.error import URLError
 
 import structlog
@@ -25,74 +24,15 @@ from slack_sdk.errors import SlackApiError
 
 from daemon.config import Config
 from daemon.logs import redact
-from daemon.slack_routes import current_route, route_target
+from daemon.notify.routes import current_route, route_target
+from daemon.notify.senders import SEND_TIMEOUT, Attempt, SendResult
 from daemon.store import OutboxItem
 
-SEND_TIMEOUT = 30  # s: Slack may answer after 10 s and still post; the SDK's default too
-EVENT_TYPE = "langdock_budget_alert"  # message metadata: which outbox row a message is
 CHECK_MARGIN = 900  # s before the row was queued where the search starts (clock skew)
 CHECK_PAGES = 5  # pages of 200 messages searched for an uncertain send
 MAX_RETRY_AFTER = 366 * 86400.0  # Slack's wait is honoured; this only guards date arithmetic
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 log = structlog.get_logger("langdock_budget.notify")
-
-
-@dataclass(frozen=True)
-class SendResult:
-    ok: bool
-    ts: str | None = None
-    channel: str | None = None
-    retry_after: float | None = None
-    error: str = ""
-    permanent: bool = False
-    maybe_sent: bool = False  # Slack may have posted it: look before posting again
-    in_flight: bool = False  # ...and may still be posting it: don't look right away
-    found: bool = False  # an earlier attempt had arrived; nothing was posted now
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The outbox row a send is for. Its id and queue time go into the message metadata;
-    ``check``: an earlier attempt may have arrived, look for it before posting; ``channel``:
-    the route's channel id when known (history is read by id, not by name)."""
-
-    outbox_id: int
-    queued_at: datetime
-    check: bool = False
-    channel: str | None = None
-
-    def payload(self) -> dict[str, int]:
-        return {"outbox_id": self.outbox_id, "queued_at": int(self.queued_at.timestamp())}
-
-    def metadata(self) -> dict[str, Any]:
-        return {"event_type": EVENT_TYPE, "event_payload": self.payload()}
-
-    def matches(self, message: Mapping[str, Any]) -> bool:
-        meta = message.get("metadata")
-        if not isinstance(meta, Mapping) or meta.get("event_type") != EVENT_TYPE:
-            return False
-        payload = meta.get("event_payload")
-        return isinstance(payload, Mapping) and all(
-            str(payload.get(k)) == str(v) for k, v in self.payload().items()
-        )
-
-
-class Sender(Protocol):
-    def send(
-        self,
-        route: str,
-        payload: dict[str, Any],
-        thread: tuple[str, str] | None,
-        attempt: Attempt | None = None,
-    ) -> SendResult: ...
-
-    def target(self, route: str) -> str | None:
-        """`route_target` under the sender's config (None: not a Slack route)."""
-        ...
-
-    def route_now(self, item: OutboxItem) -> str | None:
-        """`current_route` under the sender's config."""
-        ...
 
 
 _PERMANENT_API_ERRORS = {

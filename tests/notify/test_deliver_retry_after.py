@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.delivery import MAX_WAIT, DeliveryReport, deliver
-from daemon.outbox_report import render_outbox
-from daemon.slack_send import SlackSender
+from daemon.cli.outbox_table import render_outbox
+from daemon.notify import MAX_WAIT, DeliveryReport, SlackSender, deliver
 from daemon.store import OutboxItem, Store
 from tests.conftest import FakeClock
 from tests.fake_slack import Answer, FakeSlack
-from tests.test_notify import T0, UTCZ, bot, spend, webhook, world
-from tests.test_slack_uncertain import queue
+from tests.notify.test_deliver import T0, UTCZ, bot, spend, webhook, world
+from tests.notify.test_slack_sender import queue
 
 HOUR = 3600
 

@@ -19,16 +19,16 @@ from daemon.config import Config, load_config
 from daemon.cycle import evaluate_rules
 from daemon.langdock.csv import KeyUsage
 from daemon.notify import ConsoleSender, SlackSender, deliver
-from daemon.rules.budget import evaluate_budget
-from daemon.rules.engine import evaluate
-from daemon.rules.windows import bucket_end, bucket_start
-from daemon.slack_messages import (
+from daemon.notify.slack.blocks import (
     budget_message,
     escape,
     name,
     resolved_message,
     summary_line,
 )
+from daemon.rules.budget import evaluate_budget
+from daemon.rules.engine import evaluate
+from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import Store
 from tests.conftest import FakeClock, fill_history
 from tests.fake_slack import Answer, FakeSlack
