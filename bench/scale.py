@@ -111,7 +111,7 @@ async def one_cycle(config_path: Path) -> tuple[float, float, int, int]:
     daemon = Daemon(config_path, config, store)
     started, cpu_started = time.perf_counter(), time.process_time()
     async with make_client(config) as client:
-        result = await run_cycle(config, store, client, lambda: datetime.now(UTC))
+        result = await run_cycle(config, store, client, lambda: datetime.now(UTC), metrics=True)
     daemon.publish(result)
     text = render(daemon.collector)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started

@@ -32,6 +32,7 @@ def main() -> None:
     from daemon.logs import configure_logging
     from daemon.metrics import render
     from daemon.notify import DeliveryReport
+    from daemon.published import load_published
     from daemon.service import Daemon
     from daemon.store import Store
 
@@ -67,7 +68,10 @@ def main() -> None:
         daemon = Daemon(config_path, config, store)
         started = time.perf_counter()
         engine = evaluate_rules(store, config, now)
-        daemon.publish(CycleResult(PollReport(started=now), engine, DeliveryReport()))
+        published = load_published(store, config, engine, now)  # the cycle's last load
+        daemon.publish(
+            CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
+        )
         lines = len(render(daemon.collector).splitlines())
         elapsed = time.perf_counter() - started
         store.close()

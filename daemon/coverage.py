@@ -19,7 +19,8 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
-from daemon.rules.usage import KEY_METRICS, UsageNeed
+from daemon.rules.selection import UsageNeed
+from daemon.rules.types import KEY_METRICS
 from daemon.rules.windows import (
     bucket_end,
     bucket_start,
@@ -111,10 +112,16 @@ def first_windows(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> Wind
     return Windows(tuple(starts), tuple(rolling))
 
 
+def _edge(start: datetime, tz: ZoneInfo) -> datetime:
+    """The first bucket a rolling window starting at ``start`` counts (buckets that start
+    inside the window)."""
+    return start if bucket_start(start, tz) == start else bucket_end(start, tz)
+
+
 def _fine_zones(rolling: Iterable[datetime], tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
-    """Hour by hour from each rolling edge to the end of its local day: the edge moves an
-    hour each hour, so those hours are fetched one by one from the start."""
-    return [(bucket_start(s, tz), calendar_period("day", s, tz).end) for s in rolling]
+    """Each rolling edge's bucket on its own, so the ranges around it end and begin there: the
+    window is exact now, and an hour from now too (its edge is then where a range begins)."""
+    return [(_edge(s, tz), bucket_end(_edge(s, tz), tz)) for s in rolling]
 
 
 def coarse_pieces(
@@ -151,7 +158,7 @@ def poll_plan(
 ) -> list[Fetch]:
     """What the cycle fetches before it evaluates, newest first: the running bucket, each
     bucket's final and late-data fetch, every gap of the backfill (coarse, see
-    `coarse_pieces`: a local day per call, hours at the rolling windows' edges, so budgets are
+    `coarse_pieces`: a local day per call, cut at the rolling windows' edges, so budgets are
     exact and every key's first use is known), and the hours of a coarse range a rolling
     window's edge has moved into. A steady-state poll makes 2 calls, at most 4 when an hour
     ends."""
@@ -233,7 +240,7 @@ def _edge_ranges(
 ) -> list[Segment]:
     """Coarse ranges a rolling window's edge lies inside: its total is not exact until they
     are hour by hour (the edge moves into a new local day once a day)."""
-    edges = [bucket_end(s, tz) if bucket_start(s, tz) != s else s for s in rolling if s > oldest]
+    edges = [_edge(s, tz) for s in rolling if s > oldest]
     return [
         s for s in segments if not is_fine(s, tz) and any(s.start < edge < s.end for edge in edges)
     ]
@@ -293,7 +300,7 @@ def warming_rules(
                 warming[need.rule.name] = f"{share:.0f} % of its hourly baseline in"
         elif missing:
             warming[need.rule.name] = "window not fully fetched yet"
-        elif any(s.start < lo < s.end and not is_fine(s, tz) for s in inside):
+        elif any(s.start < _edge(lo, tz) < s.end and not is_fine(s, tz) for s in inside):
             warming[need.rule.name] = "rolling window edge still at day grain"
     return warming
 
@@ -329,7 +336,7 @@ class BackfillProgress:
         left = "under a minute" if minutes < 1 else f"about {round(minutes)} min"
         return (
             f"hourly history {100 * self.ratio:.0f} % ({self.fine} of {self.buckets} buckets),"
-            f" {left} left at {per_minute:g} calls/min"
+            f" {left} left at {per_minute:.0f} calls/min"
         )
 
 

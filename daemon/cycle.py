@@ -4,13 +4,14 @@ The I/O shell around the pure engine: it decides how much history the rules need
 from the store into a `UsageIndex`, runs `rules.engine.evaluate` with the stored alert
 states, hands the result to the notification pipeline (`daemon.notify`: it says which
 members' contributors its messages name, loaded here and handed back for rendering) and
-saves the new states with the queued messages. `once`, `demo` and (later) `run` all go
-through here.
+saves the new states with the queued messages. `once`, `demo` and `run` all go through
+here; for `run` (``metrics=True``) it last loads what `/metrics` shows (`daemon.published`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,20 +42,19 @@ from daemon.notify import (
     route_for,
     silence_matcher,
 )
+from daemon.published import Published, load_published
 from daemon.rules.engine import EngineResult, evaluate, usage_wanted
 from daemon.rules.schema import AnyRule
-from daemon.rules.usage import (
+from daemon.rules.selection import (
     PartsQuery,
-    Raw,
     Selection,
     SelectionFilter,
-    Series,
-    UsageIndex,
     parts_series,
     selection_filters,
     selection_of,
-    ts,
 )
+from daemon.rules.series import Raw, Series, ts
+from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end
 from daemon.store import OutboxItem, Store
 
@@ -105,6 +105,7 @@ class CycleResult:
     delivery: DeliveryReport
     readiness: Readiness | None = None
     store_error: str | None = None
+    published: Published | None = None  # what /metrics shows, loaded with ``metrics=True``
 
     @property
     def ok(self) -> bool:
@@ -279,8 +280,10 @@ async def run_cycle(
     progress: Progress | None = None,
     on_stored: Callable[[], None] | None = None,
     sleep: Sleep = asyncio.sleep,
+    metrics: bool = False,
 ) -> CycleResult:
-    """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs).
+    """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs);
+    with ``metrics`` (the daemon) also load what `/metrics` shows (`daemon.published`).
 
     The poll fills what the budget and report windows need first (coarsely where it can,
     see `daemon.coverage`); finer history is the background refiner's (`run` only)."""
@@ -313,8 +316,16 @@ async def run_cycle(
     except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
         message, fix = store_failure(exc)
         log.error("store_write_failed", error=message, fix=fix or "the next cycle tries again")
-        return CycleResult(report, EngineResult(), DeliveryReport(), store_error=message)
+        shown = None
+        if metrics:
+            with contextlib.suppress(sqlite3.Error):  # unreadable too: the last series stay
+                shown = load_published(store, config, EngineResult(), at)
+        return CycleResult(
+            report, EngineResult(), DeliveryReport(), store_error=message, published=shown
+        )
     delivery = DeliveryReport()
     if sender is not None and not dry_run:
         delivery = await deliver(store, sender, now, sleep=sleep)
-    return CycleResult(report, engine, delivery, ready)
+    # last, so the outbox gauges count what delivery left
+    shown = load_published(store, config, engine, at) if metrics else None
+    return CycleResult(report, engine, delivery, ready, published=shown)

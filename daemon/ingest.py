@@ -153,6 +153,8 @@ async def fetch_into(
     """One export call into the store; returns the row count. Raises `LangdockError`."""
     if fetch.export == "api-keys":
         key_rows = await client.key_usage(fetch.start, fetch.end)
+        if fetch.why == "history" and _covered_meanwhile(store, fetch):
+            return 0
         if not fetch.staged:
             return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
         count = store.stage_key_usage(fetch.start, fetch.end, key_rows, now())
@@ -160,7 +162,18 @@ async def fetch_into(
             store.promote_staged(*fetch.within, fetch.hours)
         return count
     model_rows = await client.model_usage(fetch.start, fetch.end)
+    if fetch.why == "history" and _covered_meanwhile(store, fetch):
+        return 0
     return store.replace_model_usage(fetch.start, fetch.end, model_rows, now())
+
+
+def _covered_meanwhile(store: Store, fetch: Fetch) -> bool:
+    """A background hour whose range a cycle stored while the call was out (a coarse day,
+    say): the cycle's answer stays; writing the hour would drop that whole range."""
+    return any(
+        s.start < fetch.end and s.end > fetch.start
+        for s in store.segments(fetch.export, fetch.start)
+    )
 
 
 _STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), what to do

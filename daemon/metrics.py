@@ -3,35 +3,36 @@
 A custom collector renders an immutable `Snapshot` that the daemon replaces after each
 cycle, so a scrape never sees half an update and series of keys that vanished are simply not
 in the next snapshot. Counters live in `Stats`, updated from the event loop only; each new
-snapshot copies them. The HTTP server is prometheus-client's threading WSGI server with a
-small router in front for `/healthz`.
+snapshot copies them. Only prometheus-client's public API is used (`Collector`, the metric
+families, `generate_latest`); the large gauge families are written by `daemon.metrics_text`.
+The HTTP server is the standard library's WSGI server, a thread per request, with a small
+router for `/healthz`.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from daemon import __version__
+from daemon.metrics_text import Samples, gauge_text
 from daemon.rules.budget import BudgetEvaluation, BudgetTable
 from daemon.rules.engine import EngineResult
-from daemon.rules.usage import WORKSPACE
+from daemon.rules.types import WORKSPACE
 
 OTHER = "other"
-_go_float: Callable[[float], str] = floatToGoString  # prometheus-client's number format
-COST_WINDOWS = ("today", "month", "24h", "7d")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Snapshot:
         return "".join(gauge_text(*family) for family in series_families(self))
 
 
-Family = tuple[str, str, tuple[str, ...], list[tuple[tuple[str, ...], float]]]
+Family = tuple[str, str, tuple[str, ...], Samples]  # name, help, label names, samples
 
 
 def series_families(snap: Snapshot) -> list[Family]:
@@ -103,7 +104,7 @@ def series_families(snap: Snapshot) -> list[Family]:
         ("langdock_budget_utilization_ratio", "Spend divided by the limit"),
         ("langdock_budget_forecast_usd", "Projected total at the end of the window"),
     ]
-    samples: list[list[tuple[tuple[str, ...], float]]] = [[], [], [], []]
+    samples: list[Samples] = [[], [], [], []]
     for ev in snap.budgets:
         labels = (ev.rule, scope_label(ev))
         samples[0].append((labels, float(ev.spend)))
@@ -127,27 +128,6 @@ def series_families(snap: Snapshot) -> list[Family]:
     ]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def gauge_text(
-    name: str,
-    help_: str,
-    label_names: tuple[str, ...],
-    samples: list[tuple[tuple[str, ...], float]],
-) -> str:
-    """One gauge family in the Prometheus text format (0.0.4), as prometheus-client writes
-    it (tests compare the two), at a fraction of the cost per line."""
-    help_text = help_.replace("\\", "\\\\").replace("\n", "\\n")
-    lines = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"]
-    order = sorted(range(len(label_names)), key=label_names.__getitem__)  # as the client does
-    for values, value in samples:
-        labels = ",".join(f'{label_names[i]}="{_escape(values[i])}"' for i in order)
-        lines.append(f"{name}{{{labels}}} {_go_float(value)}\n")
-    return "".join(lines)
-
-
 LABEL_MAX = 120  # characters of a name from Langdock in a label value; ids stay whole
 
 
@@ -162,7 +142,7 @@ def key_label(name: str, key_id: str) -> str:
 
 
 def cost_series(
-    totals: dict[str, list[tuple[str | None, str, Decimal]]], names: dict[str, str]
+    totals: Mapping[str, Sequence[tuple[str | None, str, Decimal]]], names: Mapping[str, str]
 ) -> tuple[CostSeries, ...]:
     """`langdock_cost_usd` series from `Store.window_costs` rows; key None is ``other``."""
     return tuple(
@@ -340,6 +320,13 @@ def render(collector: SnapshotCollector, registry: CollectorRegistry | None = No
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class MetricsServer:
     """`/metrics` and `/healthz` on a background thread; `stop()` shuts it down."""
 
@@ -367,14 +354,11 @@ class MetricsServer:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: try /metrics or /healthz\n"]
 
-        class Server(ThreadingWSGIServer):
-            address_family = ThreadingWSGIServer.address_family
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True  # a scrape in flight never holds the daemon's exit
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        if ":" in host:
-            import socket
-
-            Server.address_family = socket.AF_INET6
-        self._server = make_server(host, port, app, Server, handler_class=_SilentHandler)
+        self._server = make_server(host, port, app, Server, handler_class=_QuietHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.2,), name="metrics", daemon=True

@@ -61,6 +61,8 @@ class Refiner:
         self.on_progress: Callable[[BackfillProgress], None] | None = None
         self.on_complete: Callable[[], None] | None = None
         self._complete = False  # the completion of the current backfill was reported
+        self.rate: float | None = None  # calls a minute it achieved (latency bounds it too)
+        self._fetched_at_log = 0
         # ranges that failed on their own: (export, start) → (monotonic retry time, delay)
         self._later: dict[tuple[str, datetime], tuple[float, float]] = {}
 
@@ -112,6 +114,8 @@ class Refiner:
             if self.woken.is_set():
                 return  # a cycle ran: plan again with what it stored
             await self.idle.wait()
+            if self.woken.is_set():
+                return  # a cycle ran while we waited: this plan may be stale
             outcome = await self._one(fetch)
             if outcome == "pause":
                 await self._pause()
@@ -191,12 +195,16 @@ class Refiner:
         if self.on_progress is not None:
             self.on_progress(progress)
         if not progress.done and clock - self._logged_at >= LOG_EVERY:
-            self._logged_at = clock
-            pace = refine_pace(config)
+            elapsed = clock - self._logged_at
+            if self._logged_at > 0 and elapsed < 10 * LOG_EVERY:  # calls a minute, as measured
+                self.rate = max(1.0, (self.fetched - self._fetched_at_log) * 60 / elapsed)
+            self._logged_at, self._fetched_at_log = clock, self.fetched
+            pace = min(refine_pace(config), self.rate or refine_pace(config))
             log.info(
                 "backfill_progress",
                 done=progress.fine,
                 total=progress.buckets,
                 percent=round(100 * progress.ratio, 1),
+                calls_per_min=round(pace),
                 eta_s=round(progress.eta(pace).total_seconds()),
             )

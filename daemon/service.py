@@ -48,6 +48,7 @@ from daemon.metrics import (
     Stats,
 )
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
+from daemon.published import load_outbox
 from daemon.refine import Refiner
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.snapshot import build_snapshot, outbox_fields
@@ -203,7 +204,7 @@ class Daemon:
         self.store.close()
         log.info(
             "daemon_stopped",
-            backfill=progress.describe(refine_pace(self.config)) if progress else None,
+            backfill=progress.describe(self._refine_rate()) if progress else None,
         )
 
     def health(self) -> tuple[bool, dict[str, object]]:
@@ -222,7 +223,7 @@ class Daemon:
             "max_age_s": window,
         }
         if ready is not None and progress is not None:
-            body["backfill"] = progress.describe(refine_pace(self.config))
+            body["backfill"] = progress.describe(self._refine_rate())
             body["warming_rules"] = sorted(ready.warming)
         return ok, body
 
@@ -262,6 +263,7 @@ class Daemon:
                         console=self.console,
                         on_stored=self._stored,
                         progress=ProgressLog(self.pacer),
+                        metrics=True,
                     ),
                     deadline,
                 )
@@ -430,13 +432,19 @@ class Daemon:
         self.readiness = result.readiness
         if result.readiness is not None:
             self.progress = result.readiness.progress
-        self.collector.snapshot = build_snapshot(
-            self.store, self.config, result, self.stats, self.progress, utc_now()
-        )
+        if result.published is None:  # the store could not be read: the last series stay
+            self.collector.snapshot = replace(self.collector.snapshot, stats=deepcopy(self.stats))
+            return
+        self.collector.snapshot = build_snapshot(result, self.stats, self.progress)
 
     def _backfill_series(self) -> tuple[int, int] | None:
         progress = self.progress
         return None if progress is None else (progress.fine, progress.buckets)
+
+    def _refine_rate(self) -> float:
+        """Calls a minute the background makes: as measured, at most its pace."""
+        pace = refine_pace(self.config)
+        return min(pace, self.refiner.rate or pace)
 
     def _cycle_now(self) -> None:
         if self.scheduler.running and not self.stopping.is_set():
@@ -448,8 +456,12 @@ class Daemon:
         self.collector.snapshot = replace(self.collector.snapshot, backfill=self._backfill_series())
 
     def _refresh_outbox(self) -> None:
+        """The outbox gauges after the outbox job sent (an outbox count is not a cycle's
+        result, so this one refresh between cycles reads the store)."""
         self.collector.snapshot = replace(
-            self.collector.snapshot, stats=deepcopy(self.stats), **outbox_fields(self.store)
+            self.collector.snapshot,
+            stats=deepcopy(self.stats),
+            **outbox_fields(load_outbox(self.store)),
         )
 
 

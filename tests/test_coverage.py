@@ -37,7 +37,7 @@ from daemon.langdock.csv import KeyUsage, ModelUsage, parse_key_usage, parse_mod
 from daemon.langdock.simulator import Simulator
 from daemon.rules.engine import usage_wanted
 from daemon.rules.schema import AnyRule, BudgetRule
-from daemon.rules.usage import SelectionFilter
+from daemon.rules.selection import SelectionFilter
 from daemon.rules.windows import (
     bucket_end,
     bucket_start,
@@ -186,8 +186,9 @@ async def test_first_start_then_steady_polls_are_two_calls(tmp_path: Path) -> No
     for minute in range(0, 125, 5):
         now = T + timedelta(minutes=minute)
         plan = poll_plan_of(store, rules, now, BERLIN, timedelta(days=35))
-        if minute:
-            assert len(plan) <= 4 and sum(f.why == "running" for f in plan) == 2
+        if minute:  # hours of a coarse day a rolling edge moved into come on top (no refiner)
+            polled = [f for f in plan if f.why != "refine"]
+            assert len(polled) <= 4 and sum(f.why == "running" for f in polled) == 2
         await run(client, store, plan, now, BERLIN)
     month = calendar_period("month", now, BERLIN)
     assert stored(store, month.start, now) == truth(sim, month.start, now)
@@ -217,7 +218,9 @@ async def test_trusted_windows_are_exact_and_nothing_counts_twice(
 ) -> None:
     tz = ZoneInfo(zone)
     backfill = timedelta(days=backfill_days)
-    now = start
+    # whole seconds: the store keeps instants as unix seconds, so a window ending in the first
+    # second of an hour counts that hour from its next second on (harmless, not what this tests)
+    now = start.replace(microsecond=0)
     sim = Simulator(clock=lambda: now, keys=Simulator().keys[:2], models=Simulator().models[:2])
     client = DirectClient(sim)
     store = Store.open(Path(":memory:"), tz=tz)

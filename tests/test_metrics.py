@@ -1,4 +1,5 @@
-"""Metrics: snapshot swaps drop vanished series, cardinality is bounded, /healthz."""
+"""Metrics: snapshot swaps drop vanished series, cardinality is bounded, the snapshot is
+built from the cycle's result alone, /healthz."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from daemon.metrics import (
     Stats,
     cost_series,
     render,
-    series_families,
 )
 from daemon.notify import DeliveryReport
+from daemon.published import load_published
+from daemon.rules.engine import EngineResult
+from daemon.service import Daemon
 from daemon.snapshot import build_snapshot
-from daemon.store import Store
+from daemon.store import OutboxItem, Store
 from tests.conftest import fill_history
 
 
@@ -100,34 +103,6 @@ def test_healthz_reports_stale_as_503() -> None:
         server.stop()
 
 
-def test_series_text_is_what_prometheus_client_would_write() -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import GaugeMetricFamily
-
-    hostile = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
-    snap = Snapshot(
-        costs=tuple(
-            CostSeries(f"k{i}", name, "gpt-4o", "month", Decimal(i) / 3)
-            for i, name in enumerate(hostile)
-        ),
-        firing=tuple((name, "workspace", "100", "critical") for name in hostile),
-    )
-
-    class Families:
-        def collect(self) -> list[GaugeMetricFamily]:
-            made = []
-            for name, help_, labels, samples in series_families(snap):
-                family = GaugeMetricFamily(name, help_, labels=list(labels))
-                for values, value in samples:
-                    family.add_metric(list(values), value)
-                made.append(family)
-            return made
-
-    registry = CollectorRegistry()
-    registry.register(Families())  # type: ignore[arg-type]
-    assert snap.series_text == generate_latest(registry).decode()
-
-
 def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) -> None:
     """A 60,000-character key name: every label that carries it is bounded, ids are exact."""
     huge = "n" * 60_000
@@ -144,12 +119,71 @@ def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) 
     )
     fill_history(store, config, now)
     engine = evaluate_rules(store, config, now)
-    result = CycleResult(PollReport(started=now), engine, DeliveryReport())
+    published = load_published(store, config, engine, now)
+    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
     collector = SnapshotCollector()
-    collector.snapshot = build_snapshot(store, config, result, Stats(), None, now)
+    collector.snapshot = build_snapshot(result, Stats(), None)
     text = render(collector)
     assert len(text) < 10_000 and huge not in text
     cut = "n" * (LABEL_MAX - 1) + "\u2026"
     assert f'api_key_id="key_big",api_key_name="{cut}"' in text
     assert f'scope="{cut} (key_big)"' in text  # budget and firing series
+    store.close()
+
+
+def test_the_snapshot_is_built_from_the_cycles_result_alone(tmp_path: Path) -> None:
+    """The cycle loads what `/metrics` shows (costs of the top keys, names, silences, the
+    outbox); building the snapshot afterwards reads nothing, the store may be gone."""
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
+        "metrics: {top_keys: 1}\n"
+        "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n"
+    )
+    config = load_config(tmp_path / "config.yaml", {})
+    store = Store.open(config.state.path, tz=config.tz)
+    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    start = now.replace(minute=0)
+    rows = [KeyUsage("k1", "web", "m", 1, Decimal(5)), KeyUsage("k2", "batch", "m", 1, Decimal(2))]
+    store.replace_key_usage(start, start + timedelta(hours=1), rows, now)
+    fill_history(store, config, now)
+    store.add_silence("keys", "bat*", now - timedelta(hours=1), now + timedelta(hours=1), "x")
+    engine = evaluate_rules(store, config, now)
+    published = load_published(store, config, engine, now)
+    store.close()
+    assert [key.member for key in published.silenced] == ["k2"]  # matched by the key's name
+    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
+    collector = SnapshotCollector()
+    collector.snapshot = build_snapshot(result, Stats(), None)
+    text = render(collector)
+    assert 'langdock_alert_silenced{rule="keys",scope="batch (k2)"} 1.0' in text
+    assert (
+        'langdock_cost_usd{api_key_id="k1",api_key_name="web",model="m",window="today"} 5.0' in text
+    )
+    assert (
+        'langdock_cost_usd{api_key_id="other",api_key_name="other",model="m",window="7d"} 2.0'
+        in text
+    )
+    assert 'langdock_rule_ready{rule="keys"} 1.0' in text
+
+
+def test_between_cycles_only_the_outbox_and_counters_move(tmp_path: Path) -> None:
+    """A cycle that could not read the store keeps the last series (new counters); the outbox
+    job's refresh reads the outbox alone."""
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: sk-x}\nstate: {path: state.db}\nmetrics: {listen: '127.0.0.1:0'}\n"
+    )
+    config = load_config(tmp_path / "config.yaml", {})
+    store = Store.open(config.state.path, tz=config.tz)
+    daemon = Daemon(tmp_path / "config.yaml", config, store)
+    daemon.collector.snapshot = Snapshot(costs=costs("k1"))
+    daemon.stats.polls = 2
+    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    failed = CycleResult(PollReport(started=now), EngineResult(), DeliveryReport(), store_error="x")
+    daemon.publish(failed)
+    text = render(daemon.collector)
+    assert 'api_key_id="k1"' in text and "langdock_polls_total 2.0" in text
+    store.queue([OutboxItem("r", "firing", ["a"], None, {"text": "t"}, now)])
+    daemon._refresh_outbox()
+    text = render(daemon.collector)
+    assert "langdock_outbox_pending 1.0" in text and 'api_key_id="k1"' in text
     store.close()

@@ -24,6 +24,7 @@ from daemon.langdock.pacing import Pacer
 from daemon.langdock.simulator import Simulator
 from daemon.metrics import SnapshotCollector, Stats, render
 from daemon.notify import DeliveryReport
+from daemon.published import load_published
 from daemon.refine import Refiner
 from daemon.rules.engine import EngineResult
 from daemon.rules.windows import bucket_start
@@ -122,9 +123,12 @@ def test_a_published_snapshot_does_not_change_when_the_next_cycle_records(
     )
     store = Store.open(config.state.path)
     stats = Stats()
-    result = CycleResult(PollReport(started=NOW), EngineResult(), DeliveryReport())
+    published = load_published(store, config, EngineResult(), NOW)
+    result = CycleResult(
+        PollReport(started=NOW), EngineResult(), DeliveryReport(), published=published
+    )
     collector = SnapshotCollector()
-    collector.snapshot = build_snapshot(store, config, result, stats, None, NOW)
+    collector.snapshot = build_snapshot(result, stats, None)
     before = render(collector)
     stats.polls += 1  # the next cycle records before it publishes its own snapshot
     stats.count(stats.export_errors, ("api-keys", "server"))

@@ -9,7 +9,7 @@ from daemon.cli.common import EXIT_OK, AddCommand, load
 from daemon.config import Config
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule, NewMemberRule
-from daemon.rules.usage import expand_members
+from daemon.rules.selection import expand_members
 from daemon.store import Store
 
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from daemon.formatting import grid
 from daemon.rules.durations import format_duration
 from daemon.rules.lifecycle import AlertKey
-from daemon.rules.usage import WORKSPACE
+from daemon.rules.types import WORKSPACE
 from daemon.store import OutboxItem
 
 

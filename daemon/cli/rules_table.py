@@ -21,10 +21,11 @@ from daemon.formatting import (
 )
 from daemon.money import format_percent, format_usd
 from daemon.rules.anomaly import AnomalyEvaluation
-from daemon.rules.budget import BudgetEvaluation, BudgetTable, Condition
+from daemon.rules.budget import BudgetEvaluation, BudgetTable
 from daemon.rules.engine import EngineResult
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.new_member import NewMemberEvaluation
+from daemon.rules.types import Condition
 from daemon.store import Silence
 
 SHOWN_PER_RULE = 20

@@ -1,5 +1,5 @@
 """The spend tables `once`, `status` and `demo` print: per key and per model, today / month /
-24h (`daemon.report.WINDOWS`, whose ranges `daemon.report.window_ranges` also gives /metrics)."""
+24h (`daemon.spend_windows`, whose ranges also give /metrics its `langdock_cost_usd`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from daemon.money import format_usd
-from daemon.report import WINDOWS, window_ranges
+from daemon.spend_windows import WINDOWS, window_ranges
 from daemon.store import Store
 
 

@@ -39,7 +39,8 @@ from daemon.rules.engine import EngineResult, Evaluation, Notice
 from daemon.rules.lifecycle import AlertState, GroupKey, group_of, lead, rank
 from daemon.rules.new_member import NewMemberEvaluation
 from daemon.rules.schema import AnyRule, NewMemberRule
-from daemon.rules.usage import PartsQuery, Series
+from daemon.rules.selection import PartsQuery
+from daemon.rules.series import Series
 from daemon.store import OutboxItem
 
 GROUP_AT = 5  # more messages than this to one route in one cycle become one grouped message

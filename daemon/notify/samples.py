@@ -10,7 +10,9 @@ from daemon.notify.slack.blocks import SlackMessage, anomaly_message, budget_mes
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, Forecast
 from daemon.rules.lifecycle import AlertKey, AlertState
-from daemon.rules.usage import Member, MemberUsage, Series
+from daemon.rules.members import MemberUsage
+from daemon.rules.series import Series
+from daemon.rules.types import Member
 from daemon.rules.windows import Period, bucket_start, calendar_period
 
 

@@ -18,10 +18,11 @@ from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from daemon.rules.budget import Condition
 from daemon.rules.lifecycle import AlertKey
+from daemon.rules.members import MemberUsage
 from daemon.rules.schema import AnomalyRule
-from daemon.rules.usage import Member, MemberUsage, UsageIndex
+from daemon.rules.types import Condition, Member
+from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import Period, bucket_start
 
 Seasonality = Literal["hour_of_week", "hour_of_day", "none"]

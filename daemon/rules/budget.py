@@ -10,8 +10,11 @@ from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
 from daemon.rules.lifecycle import AlertKey
-from daemon.rules.schema import BudgetRule, Severity
-from daemon.rules.usage import NANOS, Member, MemberUsage, Metric, Raw, Series, UsageIndex, ts
+from daemon.rules.members import MemberUsage
+from daemon.rules.schema import BudgetRule
+from daemon.rules.series import NANOS, Raw, Series, ts
+from daemon.rules.types import Condition, Member, Metric
+from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import Period, bucket_start, buckets, is_calendar, window_period
 
 Unit = Literal["usd", "requests", "tokens"]
@@ -25,13 +28,6 @@ class Forecast:
     projected: Decimal
     method: Literal["hour_of_week", "linear"]
     crossing: datetime | None  # when the projection reaches the limit (None: not in this period)
-
-
-@dataclass(frozen=True)
-class Condition:
-    key: AlertKey
-    holds: bool
-    severity: Severity
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from daemon.rules.lifecycle import (
 )
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
-from daemon.rules.usage import UsageIndex, UsageNeed
+from daemon.rules.selection import UsageNeed
+from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 
 Evaluation = BudgetEvaluation | AnomalyEvaluation | NewMemberEvaluation

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from daemon.rules.budget import Condition
 from daemon.rules.lifecycle import AlertKey
+from daemon.rules.members import MemberUsage
 from daemon.rules.schema import NewMemberRule
-from daemon.rules.usage import Member, MemberUsage, UsageIndex
+from daemon.rules.types import Condition, Member
+from daemon.rules.usage import UsageIndex
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from daemon.rules.durations import format_duration, parse_duration
+from daemon.rules.types import MemberKind, Metric, Severity
 from daemon.rules.windows import is_calendar, validate_window
 
 
@@ -37,9 +38,6 @@ Duration = Annotated[
     BeforeValidator(_to_timedelta),
     PlainSerializer(format_duration, return_type=str),
 ]
-Severity = Literal["info", "warning", "critical"]
-Member = Literal["api_key", "model"]
-Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
 WindowSpec = Annotated[str, BeforeValidator(lambda v: validate_window(str(v)))]
 
 
@@ -57,7 +55,7 @@ class Scope(_Strict):
 class _RuleBase(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     scope: Scope = Scope()
-    each: Member | None = None
+    each: MemberKind | None = None
     exclude: list[str] = []
     for_: Duration = Field(default=timedelta(0), alias="for")
     keep_firing_for: Duration = timedelta(0)
@@ -159,7 +157,7 @@ class NewMemberRule(_RuleBase):
     """Fires once when an API key (or model) first shows spend after the initial backfill."""
 
     kind: Literal["new_member"]
-    each: Member
+    each: MemberKind
     window: Duration = timedelta(hours=24)  # how long the alert stays up; it then clears quietly
     severity: Severity = "info"
 

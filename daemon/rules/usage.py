@@ -1,5 +1,6 @@
-"""Usage as the engine sees it: members (glob scopes, `each`, `exclude`), their hourly series
-with prefix sums, and their totals over budget windows.
+"""Usage as the engine sees it in one cycle: a `UsageIndex` that builds each selection's
+members (`daemon.rules.selection`) with their hourly series (`daemon.rules.series`) and their
+totals over budget windows (`daemon.rules.members`).
 
 The shell says what it loaded in a `UsageIndex` once per cycle: per distinct selection either
 hourly series or one total per member and window, as `usage_wanted` asked (see
@@ -10,25 +11,27 @@ against, and what the engine's unit tests use. Nothing here reads a clock or doe
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from fnmatch import fnmatchcase
 from functools import partial
 from operator import itemgetter
-from typing import Literal
 
-from daemon.rules.schema import AnyRule, Scope
-
-Metric = Literal["cost_usd", "requests", "tokens", "error_rate", "response_time_ms"]
-WORKSPACE = "*"
-_ZERO = Decimal(0)
-
-
-def ts(instant: datetime) -> int:
-    return int(instant.timestamp())
+from daemon.rules.members import MemberUsage, WindowTotals
+from daemon.rules.schema import AnyRule
+from daemon.rules.selection import (
+    Grouped,
+    PartsQuery,
+    Selection,
+    SelectionFilter,
+    key_matches,
+    model_matches,
+    scope_label,
+    selection_of,
+)
+from daemon.rules.series import NANOS, Raw, Series, merge, to_nanos, ts
+from daemon.rules.types import WORKSPACE, Member, Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,105 +57,10 @@ class ModelPoint:
     response_time_ms: Decimal | None
 
 
-NANOS = 9  # cost values are kept in nano-dollars (int, or an exact Decimal for finer amounts)
-Raw = int | Decimal  # a value in a series' own units (see `Series.scale`)
 # one stored (key, model) bucket: start (unix s), key id, model, cost in nano-dollars,
 # requests, tokens
 KeyRow = tuple[int, str, str, Raw, int, int]
 _VALUE_COLUMN = {"cost_usd": 3, "requests": 4, "tokens": 5}
-
-
-def _scaled(raw: Raw, scale: int) -> Decimal:
-    return Decimal(raw).scaleb(-scale) if scale else Decimal(raw)
-
-
-class Series:
-    """Values per bucket start (unix seconds) with prefix sums for fast range totals.
-
-    Values are in units of ``10**-scale`` (cost: nano-dollars as integers, so sums are exact
-    integer additions); totals come back as `Decimal` in the metric's own unit.
-    """
-
-    __slots__ = ("_prefix", "scale", "starts", "values")
-
-    def __init__(self, points: dict[int, Raw], scale: int = 0) -> None:
-        self.scale = scale
-        self.starts = sorted(points)
-        self.values = [points[s] for s in self.starts]
-        prefix: list[Raw] = [0]
-        for value in self.values:
-            prefix.append(prefix[-1] + value)
-        self._prefix = prefix
-
-    def total(self, start: datetime, end: datetime) -> Decimal:
-        """Sum over buckets that start in [start, end)."""
-        return _scaled(self.raw_total(ts(start), ts(end)), self.scale)
-
-    def has_points(self, start: int, end: int) -> bool:
-        """Whether any bucket starts in [start, end)."""
-        return bisect_left(self.starts, end) > bisect_left(self.starts, start)
-
-    def raw_total(self, start: int, end: int) -> Raw:
-        """The sum over buckets that start in [start, end) (unix seconds), in the series' own
-        units (no `Decimal` made)."""
-        lo, hi = bisect_left(self.starts, start), bisect_left(self.starts, end)
-        return self._prefix[hi] - self._prefix[lo] if hi > lo else 0
-
-
-def merge(series_points: Iterable[Mapping[int, Raw]], scale: int = 0) -> Series:
-    merged: dict[int, Raw] = {}
-    for points in series_points:
-        for start, value in points.items():
-            merged[start] = merged.get(start, 0) + value
-    return Series(merged, scale)
-
-
-@dataclass(frozen=True)
-class Member:
-    """One alert series of a rule: the workspace (``*``), an API key id, or a model name."""
-
-    id: str
-    label: str
-    dimension: Literal["workspace", "api_key", "model"]
-
-
-@dataclass
-class MemberUsage:
-    """A member's series for one metric (ratio metrics carry numerator and denominator)."""
-
-    member: Member
-    value: Series  # the metric itself, or the numerator of a ratio
-    weight: Series | None = None  # the denominator of a ratio metric (requests)
-    parts: dict[str, Series] = field(default_factory=dict)  # contributors (keys or models)
-    # usage the shell loaded: what it loads for `parts` once a message names the member (see
-    # `PartsQuery`); most members never need them
-    parts_query: PartsQuery | None = None
-    # an index built from rows: `parts` from its own rows, when first asked for (pure)
-    rows_parts: Callable[[], dict[str, Series]] | None = field(default=None, repr=False)
-
-    def top_parts(
-        self, start: datetime, end: datetime, n: int = 3
-    ) -> tuple[tuple[str, Decimal], ...]:
-        """The ``n`` biggest contributors (models of a key, keys of a model) over [start, end)."""
-        if self.rows_parts is not None and not self.parts:
-            self.parts = self.rows_parts()
-        totals = [(label, series.total(start, end)) for label, series in self.parts.items()]
-        return tuple(sorted((t for t in totals if t[1]), key=lambda t: (-t[1], t[0]))[:n])
-
-    def total(self, start: datetime, end: datetime) -> Decimal | None:
-        """The metric over [start, end): a sum, or a ratio (None with no requests)."""
-        numerator = self.value.total(start, end)
-        if self.weight is None:
-            return numerator
-        denominator = self.weight.total(start, end)
-        return numerator / denominator if denominator else None
-
-
-def to_nanos(amount: Decimal) -> Raw:
-    """Dollars → nano-dollars: an `int` unless the amount is finer than a nano-dollar."""
-    nanos = amount.scaleb(NANOS)
-    whole = int(nanos)
-    return whole if whole == nanos else nanos
 
 
 def key_rows(points: Iterable[KeyPoint]) -> list[KeyRow]:
@@ -160,110 +68,6 @@ def key_rows(points: Iterable[KeyPoint]) -> list[KeyRow]:
         (ts(p.bucket_start), p.api_key_id, p.model, to_nanos(p.cost_usd), p.requests, p.tokens)
         for p in points
     ]
-
-
-Selection = tuple[object, ...]  # (scope, exclude, each, metric)
-KEY_METRICS: tuple[Metric, ...] = ("cost_usd", "requests", "tokens")  # from the key export
-Grouped = dict[str, dict[int, Raw]]  # member (or part) id → bucket start → raw value
-
-
-@dataclass(frozen=True)
-class SelectionFilter:
-    """What one selection reads from the stored key usage, in terms a query can use: the
-    member dimension, the metric, and the keys and models it keeps (None: all of them)."""
-
-    by: Literal["api_key", "model"] | None
-    metric: Metric
-    keys: frozenset[str] | None
-    models: frozenset[str] | None
-
-
-@dataclass(frozen=True)
-class PartsQuery:
-    """A member's contributors as the shell loads them, only for the members a message names:
-    the member's selection, its id, and the scale of its values. The planner says which it
-    needs (`daemon.notify.plan.Plan.parts_wanted`); the shell loads them, and `parts_series`
-    makes them the member's `MemberUsage.parts`."""
-
-    selection: SelectionFilter
-    member_id: str
-    scale: int
-
-
-def parts_series(
-    query: PartsQuery, points: Grouped, key_names: Mapping[str, str]
-) -> dict[str, Series]:
-    """A member's loaded contributors (part id → bucket → raw value) by label: the models of
-    a key, or the keys ("name (id)") of a model or scope."""
-    return {
-        part
-        if query.selection.by == "api_key"
-        else f"{key_names.get(part, part)} ({part})": Series(p, query.scale)
-        for part, p in points.items()
-    }
-
-
-@dataclass(frozen=True)
-class UsageNeed:
-    """What one rule reads: ``series`` (hourly, for forecasts, baselines and first-seen) or
-    one total per member over [start, end) (budget windows)."""
-
-    rule: AnyRule
-    metric: Metric
-    start: datetime
-    end: datetime
-    series: bool
-
-
-class WindowTotals:
-    """Members and their totals over one window, with the ranking computed once."""
-
-    __slots__ = ("_ascending", "_ranking", "members", "raws")
-
-    def __init__(self, members: list[MemberUsage], raws: list[Raw]) -> None:
-        self.members, self.raws = members, raws
-        self._ranking: list[int] | None = None
-        self._ascending: list[Raw] | None = None
-
-    def ranking(self) -> list[int]:
-        """Member indexes, the biggest total first (ties by id)."""
-        if self._ranking is None:
-            self._ranking = sorted(range(len(self.raws)), key=self.raws.__getitem__, reverse=True)
-        return self._ranking
-
-    def at_least(self, bound: Raw) -> list[int]:
-        """Indexes of the members whose total is at least ``bound`` (a binary search)."""
-        ranking = self.ranking()
-        if self._ascending is None:
-            self._ascending = [self.raws[i] for i in reversed(ranking)]
-        return ranking[: len(self._ascending) - bisect_left(self._ascending, bound)]
-
-
-def selection_of(rule: AnyRule, metric: Metric) -> Selection:
-    return (rule.scope, tuple(rule.exclude), rule.each, metric)
-
-
-def selection_filters(
-    wanted: Iterable[tuple[AnyRule, Metric]], key_names: dict[str, str], models: Iterable[str]
-) -> dict[Selection, SelectionFilter]:
-    """The distinct key-usage selections of (rule, metric) pairs, as filters the shell can
-    hand to the store, given the keys and models known so far."""
-    index = UsageIndex(key_names=key_names)
-    all_models = set(models)
-    filters: dict[Selection, SelectionFilter] = {}
-    for rule, metric in wanted:
-        selection = selection_of(rule, metric)
-        if metric not in KEY_METRICS or selection in filters:
-            continue
-        keys = {k for k in key_names if index.key_matches(rule.scope, rule.exclude, k)}
-        kept = {m for m in all_models if index.model_matches(rule.scope, rule.exclude, m)}
-        filters[selection] = SelectionFilter(
-            rule.each,
-            metric,
-            None if len(keys) == len(key_names) else frozenset(keys),
-            None if len(kept) == len(all_models) else frozenset(kept),
-        )
-    return filters
 
 
 class UsageIndex:
@@ -326,33 +130,15 @@ class UsageIndex:
 
     # ------------------------------------------------------------ scope and members
 
-    def key_matches(self, scope: Scope, exclude: list[str], key_id: str) -> bool:
-        name = self.name_of(key_id)
-        if scope.api_key is not None and not (
-            fnmatchcase(name, scope.api_key) or fnmatchcase(key_id, scope.api_key)
-        ):
-            return False
-        return not any(fnmatchcase(name, g) or fnmatchcase(key_id, g) for g in exclude)
-
-    @staticmethod
-    def model_matches(scope: Scope, exclude: list[str], model: str) -> bool:
-        if scope.model is not None and not fnmatchcase(model, scope.model):
-            return False
-        return not any(fnmatchcase(model, g) for g in exclude)
-
     def _member(self, rule: AnyRule, member_id: str) -> Member:
         if rule.each == "api_key":
             return Member(member_id, self.key_label(member_id), "api_key")
         if rule.each == "model":
             return Member(member_id, member_id, "model")
-        return Member(WORKSPACE, _scope_label(rule.scope), "workspace")
+        return Member(WORKSPACE, scope_label(rule.scope), "workspace")
 
     def key_label(self, key_id: str) -> str:
         return f"{self.name_of(key_id)} ({key_id})"
-
-    @staticmethod
-    def _selection(rule: AnyRule, metric: Metric) -> Selection:
-        return selection_of(rule, metric)
 
     def members(self, rule: AnyRule, metric: Metric) -> list[MemberUsage]:
         """The rule's members with their series for ``metric``, sorted by member id.
@@ -360,7 +146,7 @@ class UsageIndex:
         Rules that select the same way (scope, exclude, each, metric) share one result: with
         thousands of keys, building the merged series is the expensive part.
         """
-        selection = self._selection(rule, metric)
+        selection = selection_of(rule, metric)
         cached = self._members.get(selection)
         if cached is None:
             cached = self._members[selection] = self._select(rule, metric)
@@ -376,7 +162,7 @@ class UsageIndex:
         come from there and a member's series is that one total; otherwise (or with
         ``series``) from the members' hourly series.
         """
-        selection = self._selection(rule, metric)
+        selection = selection_of(rule, metric)
         key = (selection, start, end, series)
         cached = self._windows.get(key)
         if cached is not None:
@@ -407,8 +193,8 @@ class UsageIndex:
         if self._distinct is None:
             self._distinct = {row[1] for row in self.rows}, {row[2] for row in self.rows}
         keys, models = self._distinct
-        key_ok = {k for k in keys if self.key_matches(rule.scope, rule.exclude, k)}
-        model_ok = {m for m in models if self.model_matches(rule.scope, rule.exclude, m)}
+        key_ok = {k for k in keys if key_matches(rule.scope, rule.exclude, k, self.key_names)}
+        model_ok = {m for m in models if model_matches(rule.scope, rule.exclude, m)}
         if len(key_ok) == len(keys) and len(model_ok) == len(models):
             return self.rows
         return [row for row in self.rows if row[1] in key_ok and row[2] in model_ok]
@@ -452,7 +238,7 @@ class UsageIndex:
     def _prepared_members(self, rule: AnyRule, metric: Metric, scale: int) -> list[MemberUsage]:
         assert self.prepared is not None
         try:
-            selection_filter, grouped = self.prepared[self._selection(rule, metric)]
+            selection_filter, grouped = self.prepared[selection_of(rule, metric)]
         except KeyError:  # a bug in the shell, not bad data: say which rule
             raise ValueError(f"usage for rule {rule.name!r} ({metric}) was not loaded") from None
         return [
@@ -482,8 +268,8 @@ class UsageIndex:
         parts: dict[str, dict[int, Raw]] = {}
         for row in rows:
             if not (
-                self.key_matches(rule.scope, rule.exclude, row[1])
-                and self.model_matches(rule.scope, rule.exclude, row[2])
+                key_matches(rule.scope, rule.exclude, row[1], self.key_names)
+                and model_matches(rule.scope, rule.exclude, row[2])
             ):
                 continue
             label = row[2] if by == 1 else self.key_label(row[1])
@@ -499,12 +285,12 @@ class UsageIndex:
         )
         grouped: dict[Member, list[dict[str, dict[int, Decimal]]]] = {}
         for model, per in self.models.items():
-            if not per[numerator] or not self.model_matches(rule.scope, rule.exclude, model):
+            if not per[numerator] or not model_matches(rule.scope, rule.exclude, model):
                 continue
             member = (
                 Member(model, model, "model")
                 if rule.each == "model"
-                else Member(WORKSPACE, _scope_label(rule.scope), "workspace")
+                else Member(WORKSPACE, scope_label(rule.scope), "workspace")
             )
             grouped.setdefault(member, []).append(per)
         return [
@@ -519,37 +305,3 @@ class UsageIndex:
             )
             for member, pers in sorted(grouped.items(), key=lambda item: item[0].id)
         ]
-
-
-def _scope_label(scope: Scope) -> str:
-    parts = [
-        f"key {scope.api_key}" if scope.api_key else "",
-        f"model {scope.model}" if scope.model else "",
-    ]
-    text = ", ".join(p for p in parts if p)
-    return text or "workspace"
-
-
-def expand_members(
-    rule: AnyRule, key_names: dict[str, str], models: Iterable[str]
-) -> tuple[list[str], list[str]]:
-    """The members ``rule`` has over the known keys and models, and warnings for empty globs."""
-    index = UsageIndex([], key_names=key_names)
-    keys = [
-        k
-        for k in sorted(key_names, key=lambda k: key_names[k])
-        if index.key_matches(rule.scope, rule.exclude, k)
-    ]
-    model_list = [
-        m for m in sorted(set(models)) if UsageIndex.model_matches(rule.scope, rule.exclude, m)
-    ]
-    warnings = []
-    if rule.scope.api_key is not None and not keys:
-        warnings.append(f"scope.api_key {rule.scope.api_key!r} matches no API key seen so far")
-    if rule.scope.model is not None and not model_list:
-        warnings.append(f"scope.model {rule.scope.model!r} matches no model seen so far")
-    if rule.each == "api_key":
-        return [f"{key_names[k]} ({k})" for k in keys], warnings
-    if rule.each == "model":
-        return model_list, warnings
-    return [_scope_label(rule.scope)], warnings

@@ -11,7 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from daemon.langdock.csv import TOKEN_FIELDS
-from daemon.rules.usage import Grouped, ModelPoint, Raw, SelectionFilter
+from daemon.rules.selection import Grouped, SelectionFilter
+from daemon.rules.series import Raw
+from daemon.rules.usage import ModelPoint
 from daemon.store.db import _dec, _dt, _ts, join_nanos
 from daemon.store.rollups import DailySums, _picked, _window_sums
 from daemon.store.schema import _HOURLY_TOKENS

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from daemon.rules.budget import evaluate_budget, project
 from daemon.rules.engine import evaluate
-from daemon.rules.usage import KeyPoint, Series
+from daemon.rules.series import Series
+from daemon.rules.usage import KeyPoint
 from daemon.rules.windows import calendar_period
 from tests.rules.helpers import H, budget, hourly, index
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.rules.usage import SelectionFilter
+from daemon.rules.selection import SelectionFilter
 from daemon.rules.windows import buckets
 from daemon.store import Store
 from tests.store.helpers import T0, usage

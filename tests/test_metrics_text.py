@@ -1,0 +1,77 @@
+"""`daemon.metrics_text` writes exactly what prometheus-client writes, and the daemon uses
+prometheus-client's public API only."""
+
+from __future__ import annotations
+
+import ast
+import math
+from decimal import Decimal
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from daemon.metrics import CostSeries, Snapshot, series_families
+from daemon.metrics_text import Samples, gauge_text
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
+
+
+def client_text(families: list[tuple[str, str, tuple[str, ...], Samples]]) -> str:
+    """What prometheus-client writes for the same gauge families."""
+
+    class Families:
+        def collect(self) -> list[GaugeMetricFamily]:
+            made = []
+            for name, help_, labels, samples in families:
+                family = GaugeMetricFamily(name, help_, labels=list(labels))
+                for values, value in samples:
+                    family.add_metric(list(values), value)
+                made.append(family)
+            return made
+
+    registry = CollectorRegistry()
+    registry.register(Families())  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def test_series_text_is_what_prometheus_client_would_write() -> None:
+    snap = Snapshot(
+        costs=tuple(
+            CostSeries(f"k{i}", name, "gpt-4o", "month", Decimal(i) / 3)
+            for i, name in enumerate(HOSTILE)
+        ),
+        firing=tuple((name, "workspace", "100", "critical") for name in HOSTILE),
+    )
+    assert snap.series_text == client_text(series_families(snap))
+
+
+def test_every_kind_of_number_is_written_as_the_client_writes_it() -> None:
+    values = [
+        0.0, -0.0, 1.0, -1.0, 1 / 3, 0.1, 1e-7, 123456.0, 999999.9, 1_000_000.0, 2_000_001.5,
+        1234567.0, 12345678.25, 1e15, 1e16, 1.5e22, -2e6, -1e22, 2.0**53, math.inf, -math.inf,
+        math.nan, float(Decimal("248.000000001")),
+    ]  # fmt: skip
+    samples: Samples = [((str(i), HOSTILE[i % len(HOSTILE)]), v) for i, v in enumerate(values)]
+    families = [
+        ("langdock_numbers", 'Help with a \\ backslash\nand "quotes"', ("z", "a"), samples),
+        ("langdock_plain", "No labels", (), [((), 2_000_000.0)]),
+        ("langdock_empty", "No samples", ("rule",), []),
+    ]
+    mine = "".join(gauge_text(*family) for family in families)
+    assert mine == client_text(families)
+
+
+def test_only_prometheus_clients_public_api_is_imported() -> None:
+    """No private names (``_SilentHandler``) and no helper modules (``utils``) that may
+    change in any release: the custom collector API, the families and `generate_latest`."""
+    public = {"prometheus_client", "prometheus_client.core", "prometheus_client.registry"}
+    for path in sorted((ROOT / "daemon").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prometheus"):
+                assert node.module in public, f"{path.name}: {node.module}"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name}: {private}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("prometheus_client.") for a in node.names)
