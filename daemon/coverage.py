@@ -33,7 +33,7 @@ from daemon.rules.windows import (
 ExportKind = Literal["api-keys", "models"]
 EXPORTS: tuple[ExportKind, ...] = ("api-keys", "models")
 Why = Literal["running", "final", "settle", "gap", "refine", "history"]
-# the spend windows of the tables and of `langdock_cost_usd` (see report.window_ranges)
+# the spend windows of the tables and of `langdock_cost_usd` (see spend_windows.window_ranges)
 REPORT_WINDOWS = ("day", "month", "24h", "7d")
 # the models export (errors, latency) fills hours this recent in the poll, the rest later
 RECENT_MODEL_HOURS = timedelta(hours=6)
