@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Self
 from zoneinfo import ZoneInfo
 
-from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION
+from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION, USAGE_TABLES
 
 
 class StoreError(Exception):
@@ -188,7 +188,7 @@ class StoreBase:
                 if kept is not None and hour_grid(ZoneInfo(kept)) != hour_grid(tz):
                     # the hours themselves move (UTC ↔ Asia/Kolkata): the stored ranges can't
                     # be summed into the new zone's hours, so the usage is fetched again
-                    for table in _GRID_TABLES:
+                    for table in USAGE_TABLES:
                         self._conn.execute(f"DELETE FROM {table}")
                 self._set_meta("rollup_tz", tz.key)
                 self._set_meta("rolled_until", "0")
@@ -242,16 +242,6 @@ def _unlock(fd: int | None) -> None:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-
-
-_GRID_TABLES = (
-    "key_usage",
-    "key_usage_buckets",
-    "model_usage",
-    "segments",
-    "staged_key_usage",
-    "staged_segments",
-)
 
 
 @functools.cache

@@ -183,3 +183,13 @@ _MIGRATIONS: dict[int, str] = {
 
 # the tokens a row of key_usage counts (what the daily and workspace sums keep as "tokens")
 _HOURLY_TOKENS = "coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)"
+
+# the tables that hold usage by time range (compaction and a zone change clear them)
+USAGE_TABLES = (
+    "key_usage",
+    "key_usage_buckets",
+    "model_usage",
+    "segments",
+    "staged_key_usage",
+    "staged_segments",
+)

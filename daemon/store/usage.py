@@ -20,7 +20,7 @@ from daemon.rules.windows import calendar_period
 from daemon.store.db import _dt, _ts, split_nanos
 from daemon.store.fetches import Fetches
 from daemon.store.rollups import DailySums
-from daemon.store.schema import _HOURLY_TOKENS
+from daemon.store.schema import _HOURLY_TOKENS, USAGE_TABLES
 
 
 class UsageWrites(DailySums, Fetches):
@@ -252,14 +252,7 @@ class UsageWrites(DailySums, Fetches):
         cutoff = _ts(before)
         with self._transaction():
             removed = 0
-            for table in (
-                "key_usage",
-                "key_usage_buckets",
-                "model_usage",
-                "segments",
-                "staged_key_usage",
-                "staged_segments",
-            ):
+            for table in USAGE_TABLES:
                 cur = self._conn.execute(f"DELETE FROM {table} WHERE bucket_start < ?", (cutoff,))
                 removed += cur.rowcount
             # the daily sums of the days that ended before the cutoff
