@@ -295,7 +295,8 @@ class RunResult:
     wrong: list[str] = field(default_factory=list)
 
 
-def bench_run(args: argparse.Namespace, number: int) -> RunResult:
+def start_simulator(args: argparse.Namespace) -> SlowSimulator:
+    """A simulator frozen at now, started once the hour has room for a whole run."""
     wait_for_hour_room(args.timeout + 30)
     frozen = datetime.now(UTC)
     sim = SlowSimulator(
@@ -307,6 +308,11 @@ def bench_run(args: argparse.Namespace, number: int) -> RunResult:
         clock=lambda: frozen,
     )
     sim.start()
+    return sim
+
+
+def bench_run(args: argparse.Namespace, number: int) -> RunResult:
+    sim = start_simulator(args)
     result = RunResult()
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -439,17 +445,7 @@ class OnceResult:
 
 
 def bench_once(args: argparse.Namespace, number: int) -> OnceResult:
-    wait_for_hour_room(args.timeout + 30)
-    frozen = datetime.now(UTC)
-    sim = SlowSimulator(
-        args.post_latency,
-        args.download_latency,
-        api_key=SECRET,
-        keys=KEYS,
-        models=MODELS,
-        clock=lambda: frozen,
-    )
-    sim.start()
+    sim = start_simulator(args)
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), sim.base_url, free_port())
         began = time.monotonic()

@@ -291,6 +291,7 @@ async def run_cycle(
     started = now()
     store.start_watching(started, backfill)
     segments = load_segments(store, started, tz, backfill)
+    staged = store.staged_starts()  # hours the background already has: not fetched again
     plan = poll_plan(
         started,
         tz,
@@ -298,8 +299,9 @@ async def run_cycle(
         settle_after=config.poll.settle_after,
         segments=segments,
         windows=first_windows(config.rules, started, tz),
+        staged=staged,
     )
-    before = backfill_progress(segments, store.staged_starts(), started, tz, backfill)
+    before = backfill_progress(segments, staged, started, tz, backfill)
     backfilling = not before.done or any(f.why == "gap" for f in plan)
     pace = backfill_pace(config, backfilling)
     if pace >= client.pacer.per_minute or client.pacer.used() < pace:

@@ -42,9 +42,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         labels = {key_id: f"{name} ({key_id})" for key_id, name in key_names.items()}
         silenced_key = silence_matcher(silences, key_names, now)
         silenced = silenced_key.state
+        ready = readiness(store, config, now)  # read once: the tables and the backfill line
         if config.rules:
             # one evaluation feeds both tables, so they agree: the alerts as of now
-            result = evaluate_rules(store, config, now, persist=False)
+            result = evaluate_rules(store, config, now, persist=False, ready=ready)
             print(render_evaluations(result, config.tz, silenced=silenced))
             print()
             print(
@@ -71,8 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if failed:
             latest = redact(failed[0].message or "")
             print(f"recent fetch failures: {len(failed)} (latest: {latest})")
-        progress = readiness(store, config, now).progress
-        print(f"backfill: {progress.describe(refine_pace(config))}")
+        print(f"backfill: {ready.progress.describe(refine_pace(config))}")
     finally:
         store.close()
     return EXIT_OK
