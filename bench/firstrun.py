@@ -111,7 +111,7 @@ class SlowSimulator(Simulator):
 class Truth:
     """Exact spend per key for each budget rule, and the workspace's month total."""
 
-    per_rule: dict[str, dict[str, Decimal]]  # rule -> scope label -> spend
+    per_rule: dict[str, dict[str, Decimal]]  # rule -> scope (key id) -> spend
     month_total: Decimal
 
 
@@ -124,7 +124,7 @@ def truth_at(sim: Simulator, now: datetime) -> Truth:
         edge = window_period(window, now, TZ).start
         start = edge if bucket_start(edge, TZ) == edge else bucket_end(edge, TZ)
         per_rule[rule] = {
-            f"{key.name} ({key.id})": sum(
+            key.id: sum(
                 (sim.pair_usage(ki, mi, start, now)["cost"] for mi in range(len(MODELS))),
                 Decimal(0),
             )

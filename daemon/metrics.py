@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import cached_property
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -27,12 +26,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon import __version__
-from daemon.metrics_text import Samples, gauge_text
-from daemon.rules.budget import BudgetEvaluation, BudgetTable
-from daemon.rules.engine import EngineResult
-from daemon.rules.types import WORKSPACE
-
-OTHER = "other"
+from daemon.metric_series import CostSeries, Family, series_families
+from daemon.metrics_text import gauge_text
+from daemon.rules.anomaly import AnomalyEvaluation
+from daemon.rules.budget import BudgetEvaluation
 
 
 @dataclass
@@ -58,18 +55,11 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class CostSeries:
-    api_key_id: str
-    api_key_name: str
-    model: str
-    window: str
-    value: Decimal
-
-
-@dataclass(frozen=True)
 class Snapshot:
     costs: tuple[CostSeries, ...] = ()
+    key_names: tuple[tuple[str, str], ...] = ()  # (id, name) of the keys in `costs`
     budgets: tuple[BudgetEvaluation, ...] = ()
+    anomalies: tuple[AnomalyEvaluation, ...] = ()
     firing: tuple[tuple[str, str, str, str], ...] = ()  # rule, scope, condition, severity
     silenced: tuple[tuple[str, str], ...] = ()
     outbox_pending: int = 0
@@ -83,109 +73,14 @@ class Snapshot:
     @cached_property
     def series_text(self) -> str:
         """The per-key, per-rule and per-alert families (tens of thousands of lines with
-        10,000 keys), rendered once per snapshot instead of on every scrape."""
-        return "".join(gauge_text(*family) for family in series_families(self))
+        10,000 keys), rendered once per snapshot instead of on every scrape; a family with
+        no samples is left out."""
+        return "".join(gauge_text(*family) for family in self.families() if family[3])
 
-
-Family = tuple[str, str, tuple[str, ...], Samples]  # name, help, label names, samples
-
-
-def series_families(snap: Snapshot) -> list[Family]:
-    """Name, help, label names and samples of the snapshot's large gauge families."""
-    cost: Family = (
-        "langdock_cost_usd",
-        "Spend per API key and model in USD",
-        ("api_key_id", "api_key_name", "model", "window"),
-        [((c.api_key_id, c.api_key_name, c.model, c.window), float(c.value)) for c in snap.costs],
-    )
-    budget = [
-        ("langdock_budget_spend_usd", "Spend (or requests, tokens) in the budget window"),
-        ("langdock_budget_limit_usd", "Budget limit"),
-        ("langdock_budget_utilization_ratio", "Spend divided by the limit"),
-        ("langdock_budget_forecast_usd", "Projected total at the end of the window"),
-    ]
-    samples: list[Samples] = [[], [], [], []]
-    for ev in snap.budgets:
-        labels = (ev.rule, scope_label(ev))
-        samples[0].append((labels, float(ev.spend)))
-        samples[1].append((labels, float(ev.limit)))
-        samples[2].append((labels, float(ev.utilization)))
-        if ev.forecast is not None:
-            samples[3].append((labels, float(ev.forecast.projected)))
-    firing: Family = (
-        "langdock_alert_firing",
-        "1 while the alert is firing",
-        ("rule", "scope", "condition", "severity"),
-        [(labels, 1.0) for labels in snap.firing],
-    )
-    return [
-        cost,
-        *(
-            (name, help_, ("rule", "scope"), rows)
-            for (name, help_), rows in zip(budget, samples, strict=True)
-        ),
-        firing,
-    ]
-
-
-LABEL_MAX = 120  # characters of a name from Langdock in a label value; ids stay whole
-
-
-def bounded(text: str, limit: int = LABEL_MAX) -> str:
-    """A label value of at most ``limit`` characters (an ellipsis marks a cut)."""
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def key_label(name: str, key_id: str) -> str:
-    """``name (id)`` with the name bounded and the id exact."""
-    return f"{bounded(name)} ({key_id})"
-
-
-def cost_series(
-    totals: Mapping[str, Sequence[tuple[str | None, str, Decimal]]], names: Mapping[str, str]
-) -> tuple[CostSeries, ...]:
-    """`langdock_cost_usd` series from `Store.window_costs` rows; key None is ``other``."""
-    return tuple(
-        CostSeries(key_id, bounded(names.get(key_id, key_id)), model, window, cost)
-        if key_id is not None
-        else CostSeries(OTHER, OTHER, model, window, cost)
-        for window, rows in totals.items()
-        for key_id, model, cost in rows
-    )
-
-
-def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEvaluation, ...]:
-    """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
-    rule over 10,000 keys must not become 40,000 series."""
-    return tuple(e for table in tables for e in table.top(top_n))
-
-
-def scope_label(evaluation: BudgetEvaluation) -> str:
-    member = evaluation.member
-    if member.id == WORKSPACE:
-        return "workspace"
-    suffix = f" ({member.id})"
-    if member.dimension == "api_key" and member.label.endswith(suffix):
-        return key_label(member.label[: -len(suffix)], member.id)
-    return member.label
-
-
-def firing_series(
-    result: EngineResult, labels: dict[str, str]
-) -> tuple[tuple[str, str, str, str], ...]:
-    return tuple(
-        sorted(
-            (
-                s.key.rule,
-                labels.get(s.key.member, s.key.member)
-                if s.key.member != WORKSPACE
-                else "workspace",
-                s.key.condition,
-                s.severity,
-            )
-            for s in result.firing
+    def families(self) -> list[Family]:
+        return series_families(
+            self.costs, self.key_names, self.budgets, self.anomalies, self.firing
         )
-    )
 
 
 class SnapshotCollector(Collector):

@@ -10,7 +10,6 @@ from daemon.metrics import (
     Snapshot,
     SnapshotCollector,
     Stats,
-    series_families,
 )
 
 
@@ -35,8 +34,7 @@ def rows() -> list[tuple[str, str, str, str]]:
     """(name, type, labels, help) of every family, the per-key and per-rule ones first."""
     snap = _every_family()
     found = [
-        (name, "gauge", ", ".join(labels), help_)
-        for name, help_, labels, _ in series_families(snap)
+        (name, "gauge", ", ".join(labels), help_) for name, help_, labels, _ in snap.families()
     ]
     collector = SnapshotCollector()
     collector.snapshot = snap
@@ -55,8 +53,11 @@ def render() -> str:
         "keeps it current. Served on `metrics.listen` at `/metrics`; every series is built from",
         "the last cycle's snapshot, so a key or rule that disappears is gone after the next",
         "cycle. Per-key series are bounded to `metrics.top_keys` (the rest is",
-        '`api_key_id="other"`); names from Langdock are cut to 120 characters in labels, ids',
-        'never. Alert rules on the daemon\'s own health: `docs/OPERATIONS.md`, "Prometheus".',
+        '`api_key_id="other"`), per-rule series to the top members. Series carry stable ids',
+        "only (`api_key_id`; `scope` is `workspace`, a key id or a model name): renaming a key",
+        "keeps its series, and `langdock_api_key_info` holds the names to join on (names cut",
+        "to 120 characters). Each family's unit is in its name. Alert rules on the daemon's",
+        'own health: `docs/OPERATIONS.md`, "Prometheus".',
         "",
         "| name | type | labels | help |",
         "| --- | --- | --- | --- |",

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from daemon.metric_series import BUDGET_FAMILIES
+from daemon.rules.budget import rule_unit
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import AnyRule, BudgetRule
 
@@ -48,11 +50,12 @@ def prometheus_rules(rules: Sequence[AnyRule]) -> dict[str, Any]:
                 }
             )
         if rule.forecast:
+            _, limit, forecast = BUDGET_FAMILIES[rule_unit(rule)[0]]
             alerts.append(
                 {
                     "alert": _alert_name(rule.name, "Forecast"),
                     "expr": (
-                        f"langdock_budget_forecast_usd{sel} >= langdock_budget_limit_usd{sel}"
+                        f"{forecast}{sel} >= {limit}{sel}"
                         f" and langdock_budget_utilization_ratio{sel} < 1"
                     ),
                     "for": format_duration(rule.for_),

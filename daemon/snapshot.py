@@ -12,14 +12,15 @@ from typing import Any
 
 from daemon.coverage import BackfillProgress
 from daemon.cycle import CycleResult
-from daemon.metrics import (
-    Snapshot,
-    Stats,
+from daemon.metric_series import (
+    bounded_anomalies,
     bounded_budgets,
     cost_series,
     firing_series,
-    key_label,
+    key_names,
+    silenced_series,
 )
+from daemon.metrics import Snapshot, Stats
 from daemon.published import OutboxCounts
 
 
@@ -30,17 +31,15 @@ def build_snapshot(
     shown = result.published
     if shown is None:
         raise ValueError("the cycle loaded nothing for the metrics (run_cycle metrics=True)")
-    names = shown.key_names
-    labels = {k: key_label(n, k) for k, n in names.items()}
-    silenced = tuple(
-        sorted({(key.rule, labels.get(key.member, key.member)) for key in shown.silenced})
-    )
+    costs = cost_series(shown.costs)
     warming = result.readiness.warming if result.readiness is not None else {}
     return Snapshot(
-        silenced=silenced,
-        costs=cost_series(shown.costs, names),
+        silenced=silenced_series(shown.silenced),
+        costs=costs,
+        key_names=key_names(costs, shown.key_names),
         budgets=bounded_budgets(result.engine.budget_tables, shown.top_keys),
-        firing=firing_series(result.engine, labels),
+        anomalies=bounded_anomalies(result.engine, shown.top_keys),
+        firing=firing_series(result.engine),
         **outbox_fields(shown.outbox),
         store_bytes=shown.store_bytes,
         stats=deepcopy(stats),  # a scrape never sees the next cycle's counters with these series

@@ -188,7 +188,7 @@ def expected_budgets(sim: Simulator, at: datetime) -> dict[tuple[str, str], Deci
         edge = window_period(window, at, BERLIN).start
         start = edge if bucket_start(edge, BERLIN) == edge else bucket_end(edge, BERLIN)
         end = bucket_end(at, BERLIN)
-        spends = {f"{k.name} ({k.id})": key_truth(sim, i, start, end) for i, k in enumerate(KEYS)}
+        spends = {k.id: key_truth(sim, i, start, end) for i, k in enumerate(KEYS)}
         if each:
             expected.update({(rule, scope): spend for scope, spend in spends.items()})
         else:

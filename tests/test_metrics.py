@@ -3,6 +3,7 @@ built from the cycle's result alone, /healthz."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,19 +14,20 @@ from daemon.config import load_config
 from daemon.cycle import CycleResult, evaluate_rules
 from daemon.ingest import PollReport
 from daemon.langdock.csv import KeyUsage
+from daemon.metric_series import LABEL_MAX, CostSeries, cost_series
 from daemon.metrics import (
-    LABEL_MAX,
-    CostSeries,
     MetricsServer,
     Snapshot,
     SnapshotCollector,
     Stats,
-    cost_series,
     render,
 )
 from daemon.notify import DeliveryReport
 from daemon.published import load_published
+from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.engine import EngineResult
+from daemon.rules.types import Member
+from daemon.rules.windows import Period
 from daemon.service import Daemon
 from daemon.snapshot import build_snapshot
 from daemon.store import OutboxItem, Store
@@ -36,7 +38,7 @@ def costs(*keys: str) -> tuple[CostSeries, ...]:
     totals: dict[str, list[tuple[str | None, str, Decimal]]] = {
         "month": [(k, "gpt-4o", Decimal(i + 1)) for i, k in enumerate(keys)]
     }
-    return cost_series(totals, {k: f"name-{k}" for k in keys})
+    return cost_series(totals)
 
 
 def test_series_of_a_vanished_key_are_gone_after_the_next_snapshot() -> None:
@@ -56,7 +58,7 @@ def test_cost_series_are_bounded_to_the_top_keys_plus_other(tmp_path: Path) -> N
     store.replace_key_usage(start, start + timedelta(hours=1), rows, start)
     ranges = {"month": (start, start + timedelta(hours=1))}
     top = store.top_keys(*ranges["month"], start, 200)
-    series = cost_series(store.window_costs(ranges, keep=top), store.api_key_names())
+    series = cost_series(store.window_costs(ranges, keep=top))
     assert len(series) == 201
     other = [s for s in series if s.api_key_id == "other"]
     assert len(other) == 1 and other[0].value == sum(Decimal(i + 1) for i in range(9_800))
@@ -67,10 +69,12 @@ def test_cost_series_are_bounded_to_the_top_keys_plus_other(tmp_path: Path) -> N
 def test_hostile_label_values_are_escaped() -> None:
     collector = SnapshotCollector()
     collector.snapshot = Snapshot(
-        costs=(CostSeries("k", 'evil"} 1\nfake_metric 2', "m", "today", Decimal(1)),)
+        costs=(CostSeries("k", "m", "today", Decimal(1)),),
+        key_names=(("k", 'evil"} 1\nfake_metric 2'),),
     )
     text = render(collector)
     assert "\nfake_metric 2" not in text and 'api_key_name="evil\\"} 1\\nfake_metric 2"' in text
+    assert 'langdock_api_key_info{api_key_id="k",api_key_name="evil' in text
 
 
 def test_counters_and_required_names() -> None:
@@ -126,8 +130,8 @@ def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) 
     text = render(collector)
     assert len(text) < 10_000 and huge not in text
     cut = "n" * (LABEL_MAX - 1) + "\u2026"
-    assert f'api_key_id="key_big",api_key_name="{cut}"' in text
-    assert f'scope="{cut} (key_big)"' in text  # budget and firing series
+    assert f'langdock_api_key_info{{api_key_id="key_big",api_key_name="{cut}"}} 1.0' in text
+    assert 'langdock_budget_spend_usd{rule="keys",scope="key_big"} 5.0' in text  # ids only
     store.close()
 
 
@@ -155,14 +159,9 @@ def test_the_snapshot_is_built_from_the_cycles_result_alone(tmp_path: Path) -> N
     collector = SnapshotCollector()
     collector.snapshot = build_snapshot(result, Stats(), None)
     text = render(collector)
-    assert 'langdock_alert_silenced{rule="keys",scope="batch (k2)"} 1.0' in text
-    assert (
-        'langdock_cost_usd{api_key_id="k1",api_key_name="web",model="m",window="today"} 5.0' in text
-    )
-    assert (
-        'langdock_cost_usd{api_key_id="other",api_key_name="other",model="m",window="7d"} 2.0'
-        in text
-    )
+    assert 'langdock_alert_silenced{rule="keys",scope="k2"} 1.0' in text
+    assert 'langdock_cost_usd{api_key_id="k1",model="m",window="today"} 5.0' in text
+    assert 'langdock_cost_usd{api_key_id="other",model="m",window="7d"} 2.0' in text
     assert 'langdock_rule_ready{rule="keys"} 1.0' in text
 
 
@@ -187,3 +186,48 @@ def test_between_cycles_only_the_outbox_and_counters_move(tmp_path: Path) -> Non
     text = render(daemon.collector)
     assert "langdock_outbox_pending 1.0" in text and 'api_key_id="k1"' in text
     store.close()
+
+
+def test_each_family_carries_its_own_unit(tmp_path: Path) -> None:
+    """A request budget is published as `_requests`, never as `_usd`; an anomaly on response
+    time in seconds, with its expected value and score."""
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
+        "rules: [{name: calls, kind: budget, window: day, limit_requests: 10}]\n"
+    )
+    config = load_config(tmp_path / "config.yaml", {})
+    store = Store.open(config.state.path, tz=config.tz)
+    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    start = now.replace(minute=0)
+    store.replace_key_usage(
+        start, start + timedelta(hours=1), [KeyUsage("k1", "web", "m", 4, Decimal(5))], now
+    )
+    fill_history(store, config, now)
+    engine = evaluate_rules(store, config, now)
+    published = load_published(store, config, engine, now)
+    store.close()
+    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
+    slow = AnomalyEvaluation(
+        rule="slow",
+        member=Member("gpt-4o", "gpt-4o", "model"),
+        metric="response_time_ms",
+        window=Period("w", start, start + timedelta(hours=1)),
+        baseline=Period("b", start - timedelta(days=14), start),
+        seasonality="none",
+        points=100,
+        observed=Decimal(2500),
+        expected=Decimal(1800),
+        score=5.5,
+        conditions=(),
+    )
+    snap = replace(build_snapshot(result, Stats(), None), anomalies=(slow,))
+    collector = SnapshotCollector()
+    collector.snapshot = snap
+    text = render(collector)
+    assert 'langdock_budget_used_requests{rule="calls",scope="workspace"} 4.0' in text
+    assert 'langdock_budget_limit_requests{rule="calls",scope="workspace"} 10.0' in text
+    assert 'langdock_budget_utilization_ratio{rule="calls",scope="workspace"} 0.4' in text
+    assert 'rule="calls"' not in "".join(line for line in text.splitlines() if "_usd{" in line)
+    assert 'langdock_anomaly_observed_seconds{rule="slow",scope="gpt-4o"} 2.5' in text
+    assert 'langdock_anomaly_expected_seconds{rule="slow",scope="gpt-4o"} 1.8' in text
+    assert 'langdock_anomaly_score{rule="slow",scope="gpt-4o"} 5.5' in text
