@@ -24,6 +24,7 @@ from daemon.config import (
     PollConfig,
     SlackConfig,
     StateConfig,
+    WebConfig,
 )
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import AnomalyRule, BudgetRule, NewMemberRule, Scope
@@ -35,6 +36,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("state", StateConfig, "state."),
     ("metrics", MetricsConfig, "metrics."),
     ("slack", SlackConfig, "slack."),
+    ("web", WebConfig, "web."),
     ("digests[]", DigestConfig, "digests[]."),
     ("rules[] with kind: budget", BudgetRule, "budget."),
     ("rules[] with kind: anomaly", AnomalyRule, "anomaly."),
@@ -61,7 +63,8 @@ WHAT: dict[str, str] = {
     "langdock": "How to reach Langdock's Usage Export API.",
     "poll": "When to fetch, and how much history to keep.",
     "state": "Where the store lives.",
-    "metrics": "The `/metrics` and `/healthz` listener.",
+    "metrics": "The listener of `/metrics`, `/healthz` and the status page (`/`).",
+    "web": "Who may read the status page and silence alerts from it.",
     "slack": "Where alerts go; leave it out and alerts are only logged.",
     "rule_files": "Globs of rule files, relative to the config file, merged with `rules`.",
     "rules": "Budget, anomaly and new-member rules (sections below).",
@@ -88,9 +91,15 @@ WHAT: dict[str, str] = {
     " late data.",
     "poll.cycle_timeout": "A cycle still running after this is abandoned (what it stored stays).",
     "state.path": "The SQLite store, relative to the config file; one writer at a time.",
-    "metrics.listen": "host:port for `/metrics` and `/healthz`.",
+    "metrics.listen": "host:port for the status page, `/metrics` and `/healthz`.",
     "metrics.top_keys": "Per-key cost series for the top N keys by month spend; the rest is"
     ' `api_key_id="other"`.',
+    "web.admin_token": "Bearer token for writes from the page (silences); without one the page"
+    " is read-only. At least 16 characters; use `${VAR}`…",
+    "web.admin_token_file": "…or a file holding it.",
+    "web.read_token": "When set, reading the page needs this token (or the admin token);"
+    " `/metrics` and `/healthz` stay open.",
+    "web.read_token_file": "…or a file holding it.",
     "slack.webhook_url": "An incoming webhook (use `${VAR}`)…",
     "slack.webhook_url_file": "…or a file holding it.",
     "slack.token": "…or a bot token (chat:write; channels:history and channels:read let an"

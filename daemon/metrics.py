@@ -5,23 +5,17 @@ cycle, so a scrape never sees half an update and series of keys that vanished ar
 in the next snapshot. Counters live in `Stats`, updated from the event loop only; each new
 snapshot copies them. Only prometheus-client's public API is used (`Collector`, the metric
 families, `generate_latest`); the large gauge families are written by `daemon.metrics_text`.
-The HTTP server is the standard library's WSGI server, a thread per request, with a small
-router for `/healthz`.
+`daemon.web.app` serves the text at `/metrics`, beside `/healthz` and the status page.
 """
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -210,59 +204,3 @@ def render(collector: SnapshotCollector, registry: CollectorRegistry | None = No
         registry = CollectorRegistry()
         registry.register(collector)
     return collector.snapshot.series_text + generate_latest(registry).decode()
-
-
-Health = Callable[[], tuple[bool, dict[str, Any]]]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class MetricsServer:
-    """`/metrics` and `/healthz` on a background thread; `stop()` shuts it down."""
-
-    def __init__(self, host: str, port: int, collector: SnapshotCollector, health: Health) -> None:
-        registry = CollectorRegistry()
-        registry.register(collector)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "/")
-            if path == "/healthz":
-                ok, detail = health()
-                body = json.dumps({"status": "ok" if ok else "stale", **detail}).encode()
-                start_response(
-                    "200 OK" if ok else "503 Service Unavailable",
-                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-                )
-                return [body]
-            if path in ("/metrics", "/"):
-                body = render(collector, registry).encode()
-                start_response(
-                    "200 OK",
-                    [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))],
-                )
-                return [body]
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found: try /metrics or /healthz\n"]
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True  # a scrape in flight never holds the daemon's exit
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        self._server = make_server(host, port, app, Server, handler_class=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.2,), name="metrics", daemon=True
-        )
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -40,6 +40,7 @@ class SelfReport:
     readiness: Readiness | None
     progress: BackfillProgress | None
     cycle_ended: float
+    latest: CycleResult | None
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """200 while the last poll is fresh; the body says "backfilling" or "ready"."""
@@ -110,6 +111,7 @@ class SelfReport:
             self.collector.snapshot = replace(self.collector.snapshot, stats=deepcopy(self.stats))
             return
         self.collector.snapshot = build_snapshot(result, self.stats, self.progress)
+        self.latest = result
 
     def _backfill_series(self) -> tuple[int, int] | None:
         progress = self.progress

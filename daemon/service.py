@@ -39,16 +39,16 @@ from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
 from daemon.langdock.pacing import Pacer
 from daemon.logs import redactor
-from daemon.metrics import (
-    MetricsServer,
-    SnapshotCollector,
-    Stats,
-)
+from daemon.metrics import SnapshotCollector, Stats
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.refine import Refiner
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.self_report import SelfReport
 from daemon.store import Store
+from daemon.web.app import make_app
+from daemon.web.auth import Auth
+from daemon.web.pages import Site
+from daemon.web.server import WebServer
 
 log = structlog.get_logger("langdock_budget.daemon")
 STOP_TIMEOUT = 30.0
@@ -128,13 +128,23 @@ class Daemon(SelfReport):
         self.cycle_ended = time.monotonic()  # the start counts as progress
         self.retired: list[LangdockClient] = []  # clients replaced by a reload, to close
         self.cycles = itertools.count(1)
-        self.server: MetricsServer | None = None
+        self.server: WebServer | None = None
+        self.latest: CycleResult | None = None  # the last cycle that evaluated (the page)
 
     # -------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         metrics = self.config.metrics
-        self.server = MetricsServer(metrics.host, metrics.port, self.collector, self.health).start()
+        site = Site(
+            config=lambda: self.config,
+            store=self.store,
+            latest=lambda: self.latest,
+            stats=lambda: self.stats,
+            health=self.health,
+            clock=utc_now,
+        )
+        app = make_app(site, Auth(self._web_tokens), self.collector)
+        self.server = await WebServer(app, metrics.host, metrics.port).start()
         log.info(
             "daemon_started",
             version=__version__,
@@ -195,7 +205,7 @@ class Daemon(SelfReport):
         await self.client.aclose()
         await self.background.aclose()
         if self.server is not None:
-            self.server.stop()
+            await self.server.stop()
         progress = self.progress
         self.store.close()
         log.info(
@@ -360,6 +370,13 @@ class Daemon(SelfReport):
         notify("READY=1\nSTATUS=config reloaded")
         self._cycle_now()
         return True
+
+    def _web_tokens(self) -> tuple[str | None, str | None]:
+        web = self.config.web
+        return (
+            None if web.admin_token is None else web.admin_token.get_secret_value(),
+            None if web.read_token is None else web.read_token.get_secret_value(),
+        )
 
     def _cycle_now(self) -> None:
         if self.scheduler.running and not self.stopping.is_set():

@@ -8,15 +8,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
-
 from daemon.config import load_config
 from daemon.cycle import CycleResult, evaluate_rules
 from daemon.ingest import PollReport
 from daemon.langdock.csv import KeyUsage
 from daemon.metric_series import LABEL_MAX, CostSeries, cost_series
 from daemon.metrics import (
-    MetricsServer,
     Snapshot,
     SnapshotCollector,
     Stats,
@@ -88,23 +85,6 @@ def test_counters_and_required_names() -> None:
     assert 'langdock_notifications_total{outcome="rejected"} 1.0' in text
     assert "langdock_outbox_pending 3.0" in text
     assert "langdock_budget_daemon_build_info{version=" in text
-
-
-def test_healthz_reports_stale_as_503() -> None:
-    state = {"ok": False}
-    server = MetricsServer(
-        "127.0.0.1", 0, SnapshotCollector(), lambda: (state["ok"], {"last_success_age_s": None})
-    ).start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        stale = httpx.get(f"{base}/healthz")
-        assert stale.status_code == 503 and stale.json()["status"] == "stale"
-        state["ok"] = True
-        assert httpx.get(f"{base}/healthz").status_code == 200
-        assert "langdock_outbox_pending" in httpx.get(f"{base}/metrics").text
-        assert httpx.get(f"{base}/nope").status_code == 404
-    finally:
-        server.stop()
 
 
 def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ from daemon.service import Daemon
 from daemon.store import Store
 
 DEMO_KEY = "demo-not-a-secret"
+# the demo page's admin token: printed in the banner, good for this throw-away run only
+DEMO_ADMIN_TOKEN = "demo-admin-token-not-a-secret"
 DEMO_PORT = 9464
 _CONFIG = """\
 # Written by `langdock-budget demo`; thrown away when the demo stops.
@@ -42,6 +44,8 @@ state:
   path: state.db
 metrics:
   listen: 127.0.0.1:{port}
+web:
+  admin_token: {admin_token}
 rules:
   - name: per-key-daily
     kind: budget
@@ -115,11 +119,16 @@ def banner_lines(
     simulator_url: str,
     store_dir: str,
     *,
+    page_url: str | None = None,
     metrics_url: str | None = None,
     health_url: str | None = None,
 ) -> list[str]:
     """What the demo prints before its first poll: where things are and what will happen."""
     lines = [f"demo: simulator at {simulator_url}, throw-away store in {store_dir}; Ctrl-C stops."]
+    if page_url is not None:
+        lines.append(
+            f"demo: status page at {page_url} (sign in with {DEMO_ADMIN_TOKEN} to silence alerts)"
+        )
     if metrics_url is not None:
         lines.append(f"demo: Prometheus metrics at {metrics_url}")
     if health_url is not None:
@@ -150,6 +159,7 @@ async def run_demo(args: argparse.Namespace) -> bool:
                 interval=args.interval,
                 backfill=args.backfill,
                 port=_free_port(DEMO_PORT),
+                admin_token=DEMO_ADMIN_TOKEN,
             )
         )
         config = load_config(path)
@@ -168,7 +178,11 @@ async def run_demo(args: argparse.Namespace) -> bool:
         daemon = Daemon(path, config, store, sender=ConsoleSender(as_json=args.json), on_cycle=show)
         try:
             await daemon.start()
-            urls = {"metrics_url": f"{daemon.url}/metrics", "health_url": f"{daemon.url}/healthz"}
+            urls = {
+                "page_url": f"{daemon.url}/",
+                "metrics_url": f"{daemon.url}/metrics",
+                "health_url": f"{daemon.url}/healthz",
+            }
             print("\n".join(banner_lines(args, base_url, tmp, **urls)) + "\n", flush=True)
             await daemon.stopping.wait()
         except (KeyboardInterrupt, asyncio.CancelledError):

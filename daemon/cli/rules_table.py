@@ -269,10 +269,11 @@ def render_silences(silences: Sequence[Silence], tz: ZoneInfo) -> str:
             s.member or "*",
             f"{s.starts.astimezone(tz):%Y-%m-%d %H:%M}",
             f"{s.ends.astimezone(tz):%Y-%m-%d %H:%M}",
+            s.created_by or "-",
             s.reason,
         ]
         for s in silences
     ]
     return "\n".join(
-        grid(["Silence", "rule", "member", "from", "until", "reason"], rows, right=set())
+        grid(["Silence", "rule", "member", "from", "until", "by", "reason"], rows, right=set())
     )

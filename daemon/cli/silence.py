@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from fnmatch import fnmatchcase
 from typing import Any
@@ -36,6 +37,9 @@ def add_parser(sub: Any, command: AddCommand) -> None:
     add.add_argument("--member", help="glob on the key name or id, or the model (default: all)")
     add.add_argument("--for", dest="duration", required=True, help="how long, e.g. 24h, 3d")
     add.add_argument("--reason", required=True, help="why (shown in status)")
+    add.add_argument(
+        "--by", default=os.environ.get("USER"), help="who (shown in status; default: $USER)"
+    )
     listing = command(
         actions,
         "list",
@@ -74,7 +78,9 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
     now = utc_now()
     store = Store.open(config.state.path, tz=config.tz)
     try:
-        silence_id = store.add_silence(args.rule, args.member, now, now + duration, args.reason)
+        silence_id = store.add_silence(
+            args.rule, args.member, now, now + duration, args.reason, args.by
+        )
         key_names, models = store.api_key_names(), store.models()
     finally:
         store.close()

@@ -16,6 +16,7 @@ from daemon.config.models import (
     PollConfig,
     SlackConfig,
     StateConfig,
+    WebConfig,
     check_header_value,
     check_url,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "PollConfig",
     "SlackConfig",
     "StateConfig",
+    "WebConfig",
     "check_header_value",
     "check_url",
     "load_config",

@@ -183,6 +183,8 @@ _SECRET_FILES = (
     ("langdock", "api_key_file", "api_key"),
     ("slack", "webhook_url_file", "webhook_url"),
     ("slack", "token_file", "token"),
+    ("web", "admin_token_file", "admin_token"),
+    ("web", "read_token_file", "read_token"),
 )
 
 

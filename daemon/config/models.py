@@ -166,6 +166,24 @@ class MetricsConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class WebConfig(_Strict):
+    """The status page on `metrics.listen` (docs/OPERATIONS.md "Status page")."""
+
+    # writes (silences from the page) need this token; without one the page is read-only
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    # reading the page needs this token (or the admin token); without one reading is open
+    read_token: SecretStr | None = None
+    read_token_file: Path | None = None
+
+    @field_validator("admin_token", "read_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("is shorter than 16 characters: make one with `openssl rand -hex 32`")
+        return value
+
+
 class SlackConfig(_Strict):
     webhook_url: SecretStr | None = None
     webhook_url_file: Path | None = None
@@ -238,6 +256,7 @@ class Config(_Strict):
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()
     slack: SlackConfig | None = None
+    web: WebConfig = WebConfig()
     rule_files: list[str] = []
     rules: list[Rule] = []
     digests: list[DigestConfig] = []
@@ -277,5 +296,6 @@ class Config(_Strict):
         values = [self.langdock.api_key]
         if self.slack is not None:
             values += [self.slack.webhook_url, self.slack.token]
+        values += [self.web.admin_token, self.web.read_token]
         secrets = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         return secrets + [r.webhook_url for r in self.rules if r.webhook_url]

@@ -7,7 +7,7 @@ once released: a change to the tables is a new one.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # the hourly (or coarse-range) key usage; the staging area has the same columns
 _KEY_USAGE_COLUMNS = """(
@@ -170,6 +170,10 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE outbox ADD COLUMN route_target TEXT;
     CREATE TABLE slack_channels (route TEXT PRIMARY KEY, channel TEXT NOT NULL) WITHOUT ROWID;
+    """,
+    # who made a silence (the status page asks; `silence add --by`, default $USER)
+    9: """
+    ALTER TABLE silences ADD COLUMN created_by TEXT;
     """,
 }
 # A segment of the api-keys export is one bucket or a coarse range inside one local day

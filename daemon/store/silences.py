@@ -19,6 +19,7 @@ class Silence:
     starts: datetime
     ends: datetime
     reason: str
+    created_by: str | None = None
 
     def active(self, now: datetime) -> bool:
         return self.starts <= now < self.ends
@@ -35,25 +36,31 @@ class Silences(StoreBase):
     """Silences, kept until they end (and after, for `silence list --all`)."""
 
     def add_silence(
-        self, rule: str, member: str | None, starts: datetime, ends: datetime, reason: str
+        self,
+        rule: str,
+        member: str | None,
+        starts: datetime,
+        ends: datetime,
+        reason: str,
+        created_by: str | None = None,
     ) -> int:
         with self._transaction():
             cur = self._conn.execute(
-                "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (rule, member, _ts(starts), _ts(ends), reason, _ts(starts)),
+                "INSERT INTO silences (rule, member, starts, ends, reason, created_at, created_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rule, member, _ts(starts), _ts(ends), reason, _ts(starts), created_by),
             )
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     def silences(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
         rows = self._conn.execute(
-            "SELECT id, rule, member, starts, ends, reason FROM silences"
+            "SELECT id, rule, member, starts, ends, reason, created_by FROM silences"
             + ("" if include_expired else " WHERE ends > ?")
             + " ORDER BY id",
             () if include_expired else (_ts(now),),
         )
-        return [Silence(i, r, m, _dt(s), _dt(e), reason) for i, r, m, s, e, reason in rows]
+        return [Silence(i, r, m, _dt(s), _dt(e), reason, by) for i, r, m, s, e, reason, by in rows]
 
     def expire_silence(self, silence_id: int, now: datetime) -> bool:
         with self._transaction():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -79,4 +80,24 @@ def test_a_zone_whose_hours_start_elsewhere_refetches_the_usage(
     assert bool(store.segments("api-keys", start - timedelta(days=1))) is kept
     assert bool(store.key_model_totals(start, start + timedelta(hours=1))) is kept
     assert store.api_key_names() == {"k1": "one"}  # keys and alert state are kept either way
+    store.close()
+
+
+def test_a_schema_8_store_gains_who_made_each_silence(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store.open(path).close()
+    now = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    with sqlite3.connect(path) as conn:  # back to schema 8, with a silence made back then
+        conn.execute("ALTER TABLE silences DROP COLUMN created_by")
+        conn.execute(
+            "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
+            " VALUES ('r', NULL, ?, ?, 'old', ?)",
+            (int(now.timestamp()), int(now.timestamp()) + 3600, int(now.timestamp())),
+        )
+        conn.execute("PRAGMA user_version=8")
+    store = Store.open(path)
+    (old,) = store.silences(now)
+    assert old.reason == "old" and old.created_by is None
+    store.add_silence("r", "k*", now, now + timedelta(hours=1), "new", "alice")
+    assert [s.created_by for s in store.silences(now)] == [None, "alice"]
     store.close()

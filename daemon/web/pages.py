@@ -1,0 +1,225 @@
+"""What each page shows: the last cycle's result (kept by the daemon) plus a few small store
+reads (alert notifications, silences, the outbox, the fetch log, a member's buckets for its
+charts). Handlers in `daemon.web.app` render these contexts with the templates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from daemon import __version__
+from daemon.config import Config
+from daemon.cycle import CycleResult
+from daemon.metric_series import scope_id
+from daemon.metrics import Stats
+from daemon.rules.anomaly import AnomalyEvaluation
+from daemon.rules.budget import BudgetTable, budget_metric
+from daemon.rules.lifecycle import AlertState
+from daemon.rules.schema import BudgetRule
+from daemon.rules.selection import selection_filters
+from daemon.rules.series import NANOS
+from daemon.rules.types import WORKSPACE
+from daemon.store import Store
+from daemon.web.charts import Point, cumulative_chart, hourly_chart
+from daemon.web.view import anomaly_bands, bar, budget_bars
+
+HOURLY_DAYS = 3  # the detail page's hourly chart: the last three days
+
+
+@dataclass
+class Site:
+    """What the pages read; the daemon hands in getters so a reload or a new cycle shows at
+    once."""
+
+    config: Callable[[], Config]
+    store: Store
+    latest: Callable[[], CycleResult | None]  # the last cycle that evaluated the rules
+    stats: Callable[[], Stats]
+    health: Callable[[], tuple[bool, dict[str, object]]]
+    clock: Callable[[], datetime]
+
+
+def _alert_sets(result: CycleResult) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    firing = {(s.key.rule, s.key.member) for s in result.engine.firing}
+    shown = result.published
+    silenced = {(k.rule, k.member) for k in shown.silenced} if shown is not None else set()
+    return firing, silenced
+
+
+def _thresholds(config: Config) -> dict[str, list[Decimal]]:
+    return {r.name: list(r.thresholds) for r in config.rules if isinstance(r, BudgetRule)}
+
+
+def header(site: Site) -> dict[str, Any]:
+    ok, health = site.health()
+    result = site.latest()
+    return {
+        "version": __version__,
+        "healthy": ok,
+        "state": health.get("state", "starting"),
+        "backfill": health.get("backfill"),
+        "evaluated": None if result is None else result.poll.started,
+        "tz": site.config().tz,
+    }
+
+
+def overview(site: Site) -> dict[str, Any]:
+    config, store, result = site.config(), site.store, site.latest()
+    now = site.clock()
+    context: dict[str, Any] = {"bars": [], "hidden": {}, "bands": [], "alerts": []}
+    if result is not None:
+        firing, silenced = _alert_sets(result)
+        warming = result.readiness.warming if result.readiness is not None else {}
+        context["bars"], context["hidden"] = budget_bars(
+            result.engine.budget_tables, _thresholds(config), warming, firing, silenced
+        )
+        anomalies = [e for e in result.engine.all_evaluations() if isinstance(e, AnomalyEvaluation)]
+        context["bands"] = anomaly_bands(anomalies, firing, limit=10)
+        context["alerts"] = alerts(result, store, silenced)
+    context["silences"] = store.silences(now)
+    context["outbox"] = store.outbox_waiting()
+    context["dead_letters"] = store.outbox_dead_letters()
+    context["exports"] = exports(site)
+    context["rules"] = [rule.name for rule in config.rules]
+    return context
+
+
+def alerts(
+    result: CycleResult, store: Store, silenced: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """One row per rule and member (as Slack gets one message): the worst condition, the
+    others listed, the first firing and the last notification."""
+    names = result.published.key_names if result.published is not None else {}
+    notified = store.last_notified()
+    grouped: dict[tuple[str, str], list[AlertState]] = {}
+    for state in result.engine.firing:
+        grouped.setdefault((state.key.rule, state.key.member), []).append(state)
+    rows: list[dict[str, Any]] = []
+    for (rule, member), states in grouped.items():
+        states.sort(key=_worst_first)
+        times = [notified[s.key.id] for s in states if s.key.id in notified]
+        rows.append(
+            {
+                "rule": rule,
+                "scope": scope_id(member),
+                "member": _member_label(member, names),
+                "condition": states[0].key.condition,
+                "also": [s.key.condition for s in states[1:]],
+                "severity": states[0].severity,
+                "since": min(s.fired_at or s.since for s in states),
+                "notified": max(times, default=None),
+                "silenced": (rule, member) in silenced,
+            }
+        )
+    rows.sort(key=lambda row: (SEVERITY_ORDER.get(row["severity"], 9), row["since"]))
+    return rows
+
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _worst_first(state: AlertState) -> tuple[int, float]:
+    condition = state.key.condition
+    level = float(condition) if condition.replace(".", "", 1).isdigit() else 0.0
+    return (SEVERITY_ORDER.get(state.severity, 9), -level)
+
+
+def _member_label(member: str, names: Mapping[str, str]) -> str:
+    if member == WORKSPACE:
+        return "workspace"
+    return f"{names[member]} ({member})" if member in names else member
+
+
+def exports(site: Site) -> list[dict[str, Any]]:
+    stats = site.stats()
+    store = site.store
+    rows = []
+    for export in ("api-keys", "models"):
+        last = store.last_success(export)
+        errors = sum(n for (name, _), n in stats.export_errors.items() if name == export)
+        rows.append({"export": export, "last_success": last, "errors": errors})
+    return rows
+
+
+def rule_page(site: Site, name: str) -> dict[str, Any] | None:
+    """Every member of one rule (up to 500): budget bars or anomaly bands."""
+    config, result = site.config(), site.latest()
+    rule = next((r for r in config.rules if r.name == name), None)
+    if rule is None:
+        return None
+    context: dict[str, Any] = {"rule": rule, "bars": [], "bands": [], "hidden": {}}
+    if result is None:
+        return context
+    firing, silenced = _alert_sets(result)
+    warming = result.readiness.warming if result.readiness is not None else {}
+    tables = [t for t in result.engine.budget_tables if t.rule == name]
+    context["bars"], context["hidden"] = budget_bars(
+        tables, _thresholds(config), warming, firing, silenced, per_rule=500
+    )
+    anomalies = [
+        e
+        for e in result.engine.all_evaluations()
+        if isinstance(e, AnomalyEvaluation) and e.rule == name
+    ]
+    context["bands"] = anomaly_bands(anomalies, firing, limit=500)
+    context["warming"] = warming.get(name)
+    return context
+
+
+def budget_detail(site: Site, name: str, scope: str) -> dict[str, Any] | None:
+    """One budget member: its bar, the window's cumulative curve with forecast and limit,
+    and the last days' hourly spend."""
+    config, store, result = site.config(), site.store, site.latest()
+    rule = next((r for r in config.rules if r.name == name), None)
+    if result is None or not isinstance(rule, BudgetRule):
+        return None
+    table = next((t for t in result.engine.budget_tables if t.rule == name), None)
+    member_id = WORKSPACE if scope == "workspace" else scope
+    index = _member_index(table, member_id) if table is not None else None
+    if table is None or index is None:
+        return None
+    evaluation = table[index]
+    firing, silenced = _alert_sets(result)
+    warming = result.readiness.warming if result.readiness is not None else {}
+    shown = bar(evaluation, rule.thresholds, warming.get(name), firing, silenced)
+    tz = config.tz
+    period, now = evaluation.period, evaluation.now
+    start = period.start
+    end = period.end if shown.period_end is not None else now
+    recent = now - timedelta(days=HOURLY_DAYS)
+    window_points = member_points(store, rule, member_id, start, now)
+    hourly_points = member_points(store, rule, member_id, recent, now)
+    return {
+        "rule": rule,
+        "bar": shown,
+        "curve": cumulative_chart(
+            window_points, start, now, end, shown.limit, shown.forecast, shown.unit, tz
+        ),
+        "hourly": hourly_chart(hourly_points, recent, now, shown.unit, tz),
+        "contributors": evaluation.top_parts,
+    }
+
+
+def _member_index(table: BudgetTable, member_id: str) -> int | None:
+    for index, usage in enumerate(table.members):
+        if usage.member.id == member_id:
+            return index
+    return None
+
+
+def member_points(
+    store: Store, rule: BudgetRule, member_id: str, start: datetime, end: datetime
+) -> list[Point]:
+    """A budget member's stored buckets in [start, end), in the rule's unit."""
+    metric = budget_metric(rule)
+    filters = selection_filters([(rule, metric)], store.api_key_names(), store.models())
+    scale = NANOS if metric == "cost_usd" else 0
+    points: list[Point] = []
+    for selection in filters.values():
+        grouped = store.member_points(selection, start, end)
+        for bucket, raw in grouped.get(member_id, {}).items():
+            points.append((datetime.fromtimestamp(bucket, UTC), Decimal(raw).scaleb(-scale)))
+    return sorted(points)
