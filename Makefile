@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs install clean
+.PHONY: demo test lint bench docs screenshots install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ docs: $(STAMP)  ## regenerate docs/CONFIG.md, docs/CLI.md and docs/METRICS.md fr
 	$(BIN)/python -m daemon.config_reference docs/CONFIG.md
 	$(BIN)/python -m daemon.cli.reference docs/CLI.md
 	$(BIN)/python -m daemon.metrics_reference docs/METRICS.md
+
+screenshots: $(STAMP)  ## docs/screenshots/ from `make demo` (needs Debian's chromium + chromium-driver)
+	$(BIN)/python -m tests.web.screenshots
 
 bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py

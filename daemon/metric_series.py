@@ -112,11 +112,12 @@ def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEv
 
 def bounded_anomalies(result: EngineResult, top_n: int) -> tuple[AnomalyEvaluation, ...]:
     """Per anomaly rule, the ``top_n`` members with an observation, largest |score| first."""
+    per_rule: dict[str, list[AnomalyEvaluation]] = {}
+    for evaluation in result.anomalies():
+        if evaluation.observed is not None:
+            per_rule.setdefault(evaluation.rule, []).append(evaluation)
     shown: list[AnomalyEvaluation] = []
-    for evaluations in result.per_rule:
-        judged = [
-            e for e in evaluations if isinstance(e, AnomalyEvaluation) and e.observed is not None
-        ]
+    for judged in per_rule.values():
         judged.sort(key=lambda e: (-abs(e.score or 0.0), e.member.id))
         shown.extend(judged[:top_n])
     return tuple(shown)

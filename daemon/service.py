@@ -130,6 +130,9 @@ class Daemon(SelfReport):
         self.cycles = itertools.count(1)
         self.server: WebServer | None = None
         self.latest: CycleResult | None = None  # the last cycle that evaluated (the page)
+        # a cycle asked for while one runs (a reload, the backfill's end): run when it ends
+        self.cycle_again = False
+        self.followup: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -272,6 +275,10 @@ class Daemon(SelfReport):
                 self.idle.set()
                 self.refiner.wake()
                 structlog.contextvars.unbind_contextvars("cycle")
+        if self.cycle_again and not self.stopping.is_set():
+            # not through the scheduler: it skips a job whose instance is still running
+            self.cycle_again = False
+            self.followup = asyncio.get_running_loop().create_task(self.cycle_job())
 
     async def outbox_job(self) -> None:
         if self.stopping.is_set() or self.lock.locked():
@@ -379,8 +386,13 @@ class Daemon(SelfReport):
         )
 
     def _cycle_now(self) -> None:
-        if self.scheduler.running and not self.stopping.is_set():
-            self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
+        """A cycle as soon as possible: now, or right after the one that runs."""
+        if not self.scheduler.running or self.stopping.is_set():
+            return
+        if self.cycle_task is not None:  # the scheduler would skip it: run it after this one
+            self.cycle_again = True
+            return
+        self.scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
 
 
 def _status_text(result: CycleResult) -> str:

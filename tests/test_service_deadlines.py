@@ -70,6 +70,32 @@ async def test_a_reload_does_not_wait_behind_a_stuck_cycle(tmp_path: Path, sim: 
     await daemon.stop()
 
 
+async def test_a_reload_during_a_cycle_gets_its_own_cycle_after_it(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """The scheduler skips a job whose instance still runs, so a reload (or the backfill's
+    end) during a cycle asks for one more, which runs when the current one ends."""
+    daemon = make_daemon(tmp_path, sim, cycle_timeout="60s")
+    await daemon.start()
+    sim.faults.append(Fault(200, {}, delay=1))  # the first cycle is held for a second
+    sim.request_seen.clear()
+    await asyncio.get_running_loop().run_in_executor(None, sim.request_seen.wait, 10)
+    await asyncio.sleep(0)
+    assert daemon.cycle_task is not None, "the first cycle runs"
+    (tmp_path / "config.yaml").write_text(
+        (tmp_path / "config.yaml").read_text().replace("limit_usd: 100", "limit_usd: 200")
+    )
+    assert await daemon.reload()
+    assert daemon.cycle_again
+    while daemon.followup is None:  # the first cycle ends (abandoned at its deadline or not)
+        await asyncio.sleep(0.05)
+    await daemon.followup
+    assert not daemon.cycle_again
+    assert daemon.latest is not None
+    assert daemon.latest.engine.budget_tables[0].limit == 200  # evaluated with the new rules
+    await daemon.stop()
+
+
 def test_the_watchdog_is_fed_only_while_cycles_end(
     tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

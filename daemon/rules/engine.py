@@ -63,6 +63,17 @@ class EngineResult:
     def budget_tables(self) -> list[BudgetTable]:
         return [t for t in self.per_rule if isinstance(t, BudgetTable)]
 
+    def anomalies(self) -> list[AnomalyEvaluation]:
+        """Every anomaly rule's members (budget tables are not walked: their members are
+        made on demand)."""
+        return [
+            e
+            for evaluations in self.per_rule
+            if not isinstance(evaluations, BudgetTable)
+            for e in evaluations
+            if isinstance(e, AnomalyEvaluation)
+        ]
+
     def all_evaluations(self) -> list[Evaluation]:
         """Every member of every rule (for reports: a 10,000-key rule makes 10,000 rows)."""
         return [e for evaluations in self.per_rule for e in evaluations]

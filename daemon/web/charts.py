@@ -118,9 +118,9 @@ def hourly_chart(
     width = max((WIDTH - LEFT - RIGHT) / hours - 1, 1)
     base = HEIGHT - BOTTOM
     for instant, value in sorted(points):
-        y = frame.y(value)
+        x, y = frame.x(instant), frame.y(value)
+        bar = min(width, WIDTH - RIGHT - x)  # the running hour ends at the plot's edge
         parts.append(
-            f'<rect class="hour" x="{frame.x(instant)}" y="{y}" width="{width:.1f}"'
-            f' height="{round(base - y, 1)}"/>'
+            f'<rect class="hour" x="{x}" y="{y}" width="{bar:.1f}" height="{round(base - y, 1)}"/>'
         )
     return _svg(f"{unit} per hour", parts)

@@ -15,7 +15,6 @@ from daemon.config import Config
 from daemon.cycle import CycleResult
 from daemon.metric_series import scope_id
 from daemon.metrics import Stats
-from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetTable, budget_metric
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.schema import BudgetRule
@@ -76,8 +75,7 @@ def overview(site: Site) -> dict[str, Any]:
         context["bars"], context["hidden"] = budget_bars(
             result.engine.budget_tables, _thresholds(config), warming, firing, silenced
         )
-        anomalies = [e for e in result.engine.all_evaluations() if isinstance(e, AnomalyEvaluation)]
-        context["bands"] = anomaly_bands(anomalies, firing, limit=10)
+        context["bands"] = anomaly_bands(result.engine.anomalies(), firing, limit=10)
         context["alerts"] = alerts(result, store, silenced)
     context["silences"] = store.silences(now)
     context["outbox"] = store.outbox_waiting()
@@ -159,11 +157,7 @@ def rule_page(site: Site, name: str) -> dict[str, Any] | None:
     context["bars"], context["hidden"] = budget_bars(
         tables, _thresholds(config), warming, firing, silenced, per_rule=500
     )
-    anomalies = [
-        e
-        for e in result.engine.all_evaluations()
-        if isinstance(e, AnomalyEvaluation) and e.rule == name
-    ]
+    anomalies = [e for e in result.engine.anomalies() if e.rule == name]
     context["bands"] = anomaly_bands(anomalies, firing, limit=500)
     context["warming"] = warming.get(name)
     return context
