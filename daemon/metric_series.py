@@ -99,9 +99,13 @@ def cost_series(
 
 
 def key_names(costs: Iterable[CostSeries], names: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """(id, bounded name) of the keys the cost series name: the info family's rows."""
-    shown = sorted({c.api_key_id for c in costs if c.api_key_id != OTHER})
-    return tuple((key_id, bounded(names.get(key_id, key_id))) for key_id in shown)
+    """(id, bounded name) of the keys the cost series name: the info family's rows (``other``
+    too, so a join on the info family keeps the keys beyond `metrics.top_keys`)."""
+    shown = sorted({c.api_key_id for c in costs})
+    return tuple(
+        (key_id, OTHER if key_id == OTHER else bounded(names.get(key_id, key_id)))
+        for key_id in shown
+    )
 
 
 def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEvaluation, ...]:

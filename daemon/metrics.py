@@ -20,20 +20,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon import __version__
+from daemon.langdock.checks import REASONS as REJECT_REASONS
 from daemon.metric_series import CostSeries, Family, series_families
 from daemon.metrics_text import gauge_text
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation
 
+EXPORTS = ("api-keys", "models")
+# Slack outcomes (`SelfReport._count_delivery`): published at 0 from the start, so rate() and
+# increase() see the first one after a restart
+OUTCOMES = ("sent", "retried", "rejected", "silenced", "found")
+
 
 @dataclass
 class Stats:
-    """Cumulative counters of the daemon's own health (event loop only)."""
+    """Cumulative counters of the daemon's own health (event loop only). Label values known
+    in advance start at 0; export errors carry open-ended reasons and appear when counted."""
 
     export_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     export_last_success: dict[str, float] = field(default_factory=dict)
     export_duration: dict[str, float] = field(default_factory=dict)
-    notifications: dict[str, int] = field(default_factory=dict)
+    notifications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     rows_ingested: int = 0
     rate_limit_wait_seconds: float = 0.0
     polls: int = 0
@@ -41,7 +48,9 @@ class Stats:
     last_evaluation: float = 0.0
     last_fetch_success: float = 0.0  # any bucket stored: the daemon is making progress
     cycle_timeouts: int = 0
-    rows_rejected: dict[tuple[str, str], int] = field(default_factory=dict)  # export, reason
+    rows_rejected: dict[tuple[str, str], int] = field(  # export, reason
+        default_factory=lambda: {(e, r): 0 for e in EXPORTS for r in REJECT_REASONS}
+    )
 
     def count(self, table: dict[Any, int], key: Any, n: int = 1) -> None:
         if n:
