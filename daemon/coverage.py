@@ -278,31 +278,47 @@ def warming_rules(
     wait (what the first start finds is never new)."""
     oldest = horizon(now, tz, backfill)
     warming: dict[str, str] = {}
+    verdicts: dict[tuple[bool, ExportKind, datetime, datetime], str | None] = {}
     for need in needs:
         if need.rule.name in warming or not isinstance(need.rule, BudgetRule | AnomalyRule):
             continue
-        segs = segments.get(_export_of(need), ())
+        export = _export_of(need)
         start = need.start
         if isinstance(need.rule, BudgetRule):  # a forecast's profile reads fine hours only
             start = window_period(need.rule.window, now, tz).start
         lo, hi = max(start, oldest), min(need.end, now)
         if lo >= hi:
             continue
-        inside = [s for s in segs if s.start < hi and s.end > lo]
-        missing = uncovered(inside, max(lo, bucket_start(lo, tz)), hi)
-        if isinstance(need.rule, AnomalyRule):
-            fine = sum(
-                (min(s.end, hi) - max(s.start, lo) for s in inside if is_fine(s, tz)),
-                timedelta(0),
-            )
-            if missing or fine < hi - lo:
-                share = 100 * fine / (hi - lo)
-                warming[need.rule.name] = f"{share:.0f} % of its hourly baseline in"
-        elif missing:
-            warming[need.rule.name] = "window not fully fetched yet"
-        elif any(s.start < _edge(lo, tz) < s.end and not is_fine(s, tz) for s in inside):
-            warming[need.rule.name] = "rolling window edge still at day grain"
+        anomaly = isinstance(need.rule, AnomalyRule)
+        key = (anomaly, export, lo, hi)  # 200 rules share a handful of windows
+        if key not in verdicts:
+            verdicts[key] = _warming_reason(anomaly, segments.get(export, ()), lo, hi, tz)
+        reason = verdicts[key]
+        if reason is not None:
+            warming[need.rule.name] = reason
     return warming
+
+
+def _warming_reason(
+    anomaly: bool, segs: Sequence[Segment], lo: datetime, hi: datetime, tz: ZoneInfo
+) -> str | None:
+    """Why [lo, hi) is not complete for a rule (None: it is)."""
+    inside = [s for s in segs if s.start < hi and s.end > lo]
+    missing = uncovered(inside, max(lo, bucket_start(lo, tz)), hi)
+    if anomaly:
+        fine = sum(
+            (min(s.end, hi) - max(s.start, lo) for s in inside if is_fine(s, tz)),
+            timedelta(0),
+        )
+        if missing or fine < hi - lo:
+            return f"{100 * fine / (hi - lo):.0f} % of its hourly baseline in"
+        return None
+    if missing:
+        return "window not fully fetched yet"
+    edge = _edge(lo, tz)
+    if any(s.start < edge < s.end and not is_fine(s, tz) for s in inside):
+        return "rolling window edge still at day grain"
+    return None
 
 
 @dataclass(frozen=True)

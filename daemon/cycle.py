@@ -55,7 +55,7 @@ from daemon.rules.selection import (
 )
 from daemon.rules.series import Raw, Series, ts
 from daemon.rules.usage import UsageIndex
-from daemon.rules.windows import bucket_end
+from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import OutboxItem, Store
 
 log = structlog.get_logger("langdock_budget.cycle")
@@ -149,9 +149,10 @@ def load_usage(
         elif span not in windows.setdefault(selection, []):
             windows[selection].append(span)
     totals: dict[tuple[Selection, int, int], tuple[SelectionFilter, dict[str, Raw]]] = {}
+    fresh_from = bucket_start(now, config.tz)  # sums before the running hour are kept
     for selection, spans in windows.items():
         for (start, stop), by_member in zip(
-            spans, store.member_totals(filters[selection], spans), strict=True
+            spans, store.member_totals(filters[selection], spans, fresh_from), strict=True
         ):
             totals[(selection, ts(start), ts(stop))] = (filters[selection], by_member)
     end = bucket_end(now, config.tz)

@@ -17,6 +17,7 @@ from daemon.config import Config
 from daemon.notify import silence_matcher
 from daemon.rules.engine import EngineResult
 from daemon.rules.lifecycle import AlertKey
+from daemon.rules.windows import bucket_start
 from daemon.spend_windows import COST_WINDOWS, window_ranges
 from daemon.store import Store
 
@@ -62,11 +63,13 @@ def load_published(store: Store, config: Config, engine: EngineResult, now: date
     top_n = config.metrics.top_keys
     ranges = window_ranges(now, config.tz, COST_WINDOWS)
     oldest = min(start for start, _ in ranges.values())
-    top = store.top_keys(*ranges["month"], oldest, top_n)
+    fresh_from = bucket_start(now, config.tz)
+    _, costs = store.cost_windows(ranges, oldest, top_n, fresh_from)
+    store.sweep_kept_sums()  # once a cycle: what no rule reads any more is forgotten
     names = store.api_key_names()
     silenced = silence_matcher(store.silences(now), names, now)
     return Published(
-        costs=store.window_costs(ranges, keep=top),
+        costs=costs,
         key_names=names,
         silenced=tuple(state.key for state in engine.firing if silenced.state(state)),
         rules=tuple(rule.name for rule in config.rules),

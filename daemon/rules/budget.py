@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
-from daemon.rules.lifecycle import AlertKey
+from daemon.rules.lifecycle import alert_key
 from daemon.rules.members import MemberUsage
 from daemon.rules.schema import BudgetRule
 from daemon.rules.series import NANOS, Raw, Series, ts
@@ -180,14 +180,14 @@ def evaluate_budget(
             []
             if quiet and stateful is not None and member_id not in stateful
             else [
-                Condition(AlertKey(rule.name, member_id, name, period.id), spend >= level, sev)
+                Condition(alert_key(rule.name, member_id, name, period.id), spend >= level, sev)
                 for name, level, sev in levels
             ]
         )
         if forecast is not None and conditions:
             conditions.append(
                 Condition(
-                    AlertKey(rule.name, member_id, "forecast", period.id),
+                    alert_key(rule.name, member_id, "forecast", period.id),
                     forecast.projected >= limit and spend < limit,
                     forecast_severity,
                 )

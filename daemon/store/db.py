@@ -21,6 +21,7 @@ from typing import Self
 from zoneinfo import ZoneInfo
 
 from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION, USAGE_TABLES
+from daemon.store.sum_cache import SumCache
 
 
 class StoreError(Exception):
@@ -102,6 +103,7 @@ class StoreBase:
         self._conn = conn
         self.path = path
         self._lock_fd = lock_fd
+        self._sums = SumCache()  # window sums kept between cycles (`daemon.store.sum_cache`)
 
     @classmethod
     def open(cls, path: Path, *, exclusive: bool = False, tz: ZoneInfo | None = None) -> Self:

@@ -49,7 +49,7 @@ class DailySums(StoreBase):
                     f"""INSERT INTO key_usage_daily
                         SELECT ?, api_key_id, model, sum(requests), sum(cost_nanos),
                                dec_sum(cost_rest) FILTER (WHERE cost_rest IS NOT NULL),
-                               sum({_HOURLY_TOKENS})
+                               sum({_HOURLY_TOKENS}), count(*)
                         FROM key_usage WHERE bucket_start >= ? AND bucket_start < ?
                         GROUP BY api_key_id, model""",
                     (day, day, end),
@@ -76,22 +76,23 @@ class DailySums(StoreBase):
     ) -> tuple[str, list[object], list[tuple[str, list[object]]]]:
         """One pass over the rows several windows need: the merged hourly edges and daily
         sums as a UNION ALL (``columns`` may use ``{tokens}``), plus for each window the
-        condition (and its parameters) that picks its rows from that pass."""
+        condition (and its parameters) that picks its rows from that pass. ``{rows}`` is how
+        many stored hourly rows a row stands for (a daily sum stands for several)."""
         sources = [self._sources(start, end) for start, end in windows]
         parts = [
-            f"SELECT 0 AS kind, bucket_start AS t, {columns.format(tokens=_HOURLY_TOKENS)}"
-            " FROM key_usage WHERE 0"
+            f"SELECT 0 AS kind, bucket_start AS t,"
+            f" {columns.format(tokens=_HOURLY_TOKENS, rows=1)} FROM key_usage WHERE 0"
         ]
         values: list[object] = []
-        for table, time, tokens in (
-            ("key_usage", "bucket_start", _HOURLY_TOKENS),
-            ("key_usage_daily", "day_start", "tokens"),
+        for table, time, tokens, rows in (
+            ("key_usage", "bucket_start", _HOURLY_TOKENS, "1"),
+            ("key_usage_daily", "day_start", "tokens", "rows"),
         ):
             spans = _merge([(lo, hi) for srcs in sources for t, _, _, lo, hi in srcs if t == table])
             for lo, hi in spans:
                 parts.append(
                     f"SELECT {int(table != 'key_usage')} AS kind, {time} AS t,"
-                    f" {columns.format(tokens=tokens)} FROM {table}"
+                    f" {columns.format(tokens=tokens, rows=rows)} FROM {table}"
                     f" WHERE {time} >= ? AND {time} < ?"
                 )
                 values += [lo, hi]

@@ -7,7 +7,7 @@ once released: a change to the tables is a new one.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # the hourly (or coarse-range) key usage; the staging area has the same columns
 _KEY_USAGE_COLUMNS = """(
@@ -174,6 +174,14 @@ _MIGRATIONS: dict[int, str] = {
     # who made a silence (the status page asks; `silence add --by`, default $USER)
     9: """
     ALTER TABLE silences ADD COLUMN created_by TEXT;
+    """,
+    # how many stored rows each daily sum stands for: window sums kept between cycles count
+    # rows the same whichever table a range is read from (`daemon.store.sum_cache`); the
+    # daily sums are made again by the next cycle
+    10: """
+    ALTER TABLE key_usage_daily ADD COLUMN rows INTEGER NOT NULL DEFAULT 0;
+    DELETE FROM key_usage_daily;
+    UPDATE meta SET value = '0' WHERE key = 'rolled_until';
     """,
 }
 # A segment of the api-keys export is one bucket or a coarse range inside one local day

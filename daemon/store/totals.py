@@ -5,10 +5,11 @@ keys, and the per-model points of the models export."""
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
 from daemon.langdock.csv import TOKEN_FIELDS
 from daemon.rules.selection import Grouped, SelectionFilter
@@ -17,6 +18,7 @@ from daemon.rules.usage import ModelPoint
 from daemon.store.db import _dec, _dt, _ts, join_nanos
 from daemon.store.rollups import DailySums, _picked, _window_sums
 from daemon.store.schema import _HOURLY_TOKENS
+from daemon.store.sum_cache import Sums
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,7 @@ class KeyModelTotal:
     tokens: int
 
 
+PairSums = dict[tuple[str, str], tuple[int, Raw]]  # (key id, model) → rows, nano-dollars
 _MEMBER_COLUMN = {"api_key": "api_key_id", "model": "model", None: "'*'"}  # by → column
 
 
@@ -100,14 +103,29 @@ class UsageTotals(DailySums):
         return grouped
 
     def member_totals(
-        self, selection: SelectionFilter, windows: Sequence[tuple[datetime, datetime]]
+        self,
+        selection: SelectionFilter,
+        windows: Sequence[tuple[datetime, datetime]],
+        fresh_from: datetime | None = None,
     ) -> list[dict[str, Raw]]:
         """Each member's total over each window (cost in nano-dollars), in one pass; whole
-        days come from the daily sums: a month of 10,000 keys without 7 million rows."""
+        days come from the daily sums: a month of 10,000 keys without 7 million rows.
+
+        With ``fresh_from`` (the running hour's start) each window's sums before it are kept
+        for the next cycle and only moved (`daemon.store.sum_cache`)."""
         member = _MEMBER_COLUMN[selection.by]
         value = {"cost_usd": "cost_nanos", "requests": "requests", "tokens": "{tokens}"}
         rest = "cost_rest" if selection.metric == "cost_usd" else "NULL"
         kept, kept_params = _selection_sql(selection)
+        if fresh_from is not None:
+            columns = f"{member} AS g0, {value[selection.metric]} AS v, {rest} AS rest"
+            kept_windows = [(("member", selection, i), s, e) for i, (s, e) in enumerate(windows)]
+            return [
+                {cast(str, g): raw for g, (_, raw) in sums.items()}
+                for sums in self._kept_window_sums(
+                    columns, 1, kept, kept_params, kept_windows, fresh_from
+                )
+            ]
         inner, values, picks = self._windows_pass(
             windows,
             f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest,"
@@ -123,6 +141,129 @@ class UsageTotals(DailySums):
             for index, total, extra in _picked(row, 1, len(windows)):
                 totals[index][row[0]] = total if extra is None else total + Decimal(extra).scaleb(9)
         return totals
+
+    def _ranges_sums(
+        self,
+        columns: str,
+        groups: int,
+        kept: list[str],
+        kept_params: list[object],
+        ranges: Sequence[tuple[int, int]],
+    ) -> list[Sums]:
+        """Per range [lo, hi) and group (``g0``, or ``(g0, g1)``): rows and the exact sum of
+        ``v`` (and ``rest``), in one pass; whole days from the daily sums."""
+        live = [(lo, hi) for lo, hi in ranges if lo < hi]
+        if not live:
+            return [{} for _ in ranges]
+        inner, values, picks = self._windows_pass(
+            [(_dt(lo), _dt(hi)) for lo, hi in live], f"{columns}, {{rows}} AS n, api_key_id, model"
+        )
+        names = ", ".join(f"g{i}" for i in range(groups))
+        where = f"WHERE {' AND '.join(kept)}" if kept else ""
+        select = ", ".join(
+            f"sum(CASE WHEN {pick} THEN n END), sum(CASE WHEN {pick} THEN v END),"
+            f" dec_sum(rest) FILTER (WHERE rest IS NOT NULL AND ({pick}))"
+            for pick, _ in picks
+        )
+        params = [p for _, pick_params in picks for p in pick_params * 3]
+        found: list[Sums] = [{} for _ in live]
+        for row in self._conn.execute(
+            f"SELECT {names}, {select} FROM ({inner}) {where} GROUP BY {names}",
+            [*params, *values, *kept_params],
+        ):
+            group = row[0] if groups == 1 else tuple(row[:groups])
+            for index in range(len(live)):
+                count, total, rest = row[groups + 3 * index : groups + 3 * index + 3]
+                if count:
+                    found[index][group] = (
+                        count,
+                        total if rest is None else total + Decimal(rest).scaleb(9),
+                    )
+        by_range = dict(zip(live, found, strict=True))
+        return [dict(by_range.get((lo, hi), {})) for lo, hi in ranges]  # never shared
+
+    def _kept_window_sums(
+        self,
+        columns: str,
+        groups: int,
+        kept: list[str],
+        kept_params: list[object],
+        windows: Sequence[tuple[Hashable, datetime, datetime]],
+        fresh_from: datetime,
+    ) -> list[Sums]:
+        """Each (key, start, end) window's sums, those before ``fresh_from`` kept between
+        cycles (`daemon.store.sum_cache`): what must be summed from scratch is read in one
+        pass, and the running hour once per end."""
+
+        def compute(lo: int, hi: int) -> Sums:
+            return self._ranges_sums(columns, groups, kept, kept_params, [(lo, hi)])[0]
+
+        fresh = _ts(fresh_from)
+        spans = [(key, _ts(s), _ts(e)) for key, s, e in windows]
+        stale = [(key, s, e) for key, s, e in spans if self._sums.stale(key, s, e, fresh)]
+        seeds = dict(
+            zip(
+                (key for key, _, _ in stale),
+                self._ranges_sums(
+                    columns,
+                    groups,
+                    kept,
+                    kept_params,
+                    [(s, self._sums.settled(s, e, fresh)) for _, s, e in stale],
+                ),
+                strict=True,
+            )
+        )
+        ends = sorted({e for _, s, e in spans if s <= fresh < e})
+        shared = dict(
+            zip(
+                ends,
+                self._ranges_sums(columns, groups, kept, kept_params, [(fresh, e) for e in ends]),
+                strict=True,
+            )
+        )
+        return [
+            self._sums.sums(key, s, e, fresh, compute, shared.get(e), seeds.get(key))
+            for key, s, e in spans
+        ]
+
+    def sweep_kept_sums(self) -> None:
+        self._sums.sweep()
+
+    def cost_windows(
+        self,
+        ranges: dict[str, tuple[datetime, datetime]],
+        within: datetime,
+        top_n: int,
+        fresh_from: datetime,
+    ) -> tuple[list[str], dict[str, list[tuple[str | None, str, Decimal]]]]:
+        """`top_keys` (by month spend, among the keys seen since ``within``) and their
+        `window_costs`, from per key and model sums kept between cycles."""
+        columns = "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest"
+        month_start, month_end = ranges["month"]
+        spans = {**ranges, " seen": (min(month_start, within), month_end)}
+        found = self._kept_window_sums(
+            columns, 2, [], [], [(("costs", n), s, e) for n, (s, e) in spans.items()], fresh_from
+        )
+        sums = dict(zip(spans, found, strict=True))
+        pairs = {name: cast(PairSums, sums[name]) for name in spans}
+        spent: dict[str, Raw] = dict.fromkeys((k for k, _ in pairs[" seen"]), 0)
+        for (key_id, _), (_, raw) in pairs["month"].items():
+            spent[key_id] += raw
+        top = sorted(spent, key=lambda k: (-spent[k], k))[:top_n]
+        keep = set(top)
+        costs: dict[str, list[tuple[str | None, str, Decimal]]] = {}
+        for name in ranges:
+            rows: list[tuple[str | None, str, Decimal]] = []
+            other: dict[str, Raw] = {}
+            for (key_id, model), (_, raw) in sorted(pairs[name].items()):
+                if key_id in keep:
+                    rows.append((key_id, model, Decimal(raw).scaleb(-9)))
+                else:
+                    other[model] = other.get(model, 0) + raw
+            rows += [(None, model, Decimal(raw).scaleb(-9)) for model, raw in sorted(other.items())]
+            costs[name] = rows
+        return top, costs
 
     def top_keys(self, start: datetime, end: datetime, within: datetime, limit: int) -> list[str]:
         """The ``limit`` keys with the most spend in [start, end) among the keys with usage

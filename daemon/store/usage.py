@@ -9,7 +9,8 @@ truncated fetch leaves the earlier data untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -44,13 +45,24 @@ class UsageWrites(DailySums, Fetches):
         """
         rows = list(rows)
         s, e = _ts(start), _ts(end)
-        with self._transaction():
+        with self._kept_sums_follow(), self._transaction():
             self._clear_key_range(s, e)
             self._insert_key_rows("key_usage", s, e, rows)
             self._known_keys(rows, s, e)
             self._sum_buckets(s, e)
             self._mark_segment(export, s, e, fetched_at, len(rows))
+            self._sums.after_write()
         return len(rows)
+
+    @contextmanager
+    def _kept_sums_follow(self) -> Iterator[None]:
+        """Around a rewrite of key usage: kept window sums are moved inside its transaction
+        (`SumCache.before_write` / `after_write`); if the transaction fails, they are dropped."""
+        try:
+            yield
+        except BaseException:
+            self._sums.clear()
+            raise
 
     def stage_key_usage(
         self, start: datetime, end: datetime, rows: Iterable[KeyUsage], fetched_at: datetime
@@ -86,12 +98,13 @@ class UsageWrites(DailySums, Fetches):
         if staged != {_ts(h) for h in hours}:
             return False
         span = "bucket_start >= ? AND bucket_start < ?"
-        with self._transaction():
+        with self._kept_sums_follow(), self._transaction():
             self._clear_key_range(s, e)
             self._conn.execute(
                 f"INSERT INTO key_usage SELECT * FROM staged_key_usage WHERE {span}", (s, e)
             )
             self._sum_buckets(s, e)
+            self._sums.after_write()
             self._conn.execute(
                 "INSERT OR REPLACE INTO segments SELECT 'api-keys', bucket_start, bucket_end,"
                 f" fetched_at, rows FROM staged_segments WHERE {span}",
@@ -109,6 +122,7 @@ class UsageWrites(DailySums, Fetches):
             (e, s),
         ).fetchone()
         lo, hi = min(s, lo if lo is not None else s), max(e, hi if hi is not None else e)
+        self._sums.before_write(lo, hi)  # the old sums of what changes, out of kept sums
         if lo < self._rolled_until():  # a summed day changes: sum it (and later ones) again
             day = self._day_start(lo)
             self._conn.execute("DELETE FROM key_usage_daily WHERE day_start >= ?", (day,))
@@ -250,6 +264,7 @@ class UsageWrites(DailySums, Fetches):
     def compact(self, before: datetime) -> int:
         """Drop usage buckets (and their fetch marks) that start before ``before``."""
         cutoff = _ts(before)
+        self._sums.clear()
         with self._transaction():
             removed = 0
             for table in USAGE_TABLES:

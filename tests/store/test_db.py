@@ -89,6 +89,7 @@ def test_a_schema_8_store_gains_who_made_each_silence(tmp_path: Path) -> None:
     now = datetime(2026, 11, 20, 9, tzinfo=UTC)
     with sqlite3.connect(path) as conn:  # back to schema 8, with a silence made back then
         conn.execute("ALTER TABLE silences DROP COLUMN created_by")
+        conn.execute("ALTER TABLE key_usage_daily DROP COLUMN rows")  # schema 10
         conn.execute(
             "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
             " VALUES ('r', NULL, ?, ?, 'old', ?)",
