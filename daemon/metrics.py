@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from daemon import __version__
 from daemon.langdock.checks import REASONS as REJECT_REASONS
 from daemon.metric_series import CostSeries, Family, series_families
-from daemon.metrics_text import gauge_text
+from daemon.metrics_text import Prefixes, gauge_text
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation
 
@@ -72,13 +72,16 @@ class Snapshot:
     dead_letters: int = 0  # messages Slack refused for good
     next_attempt: float | None = None  # unix time the outbox may send again
     backfill: tuple[int, int] | None = None  # buckets in hour by hour, buckets in all
+    prefixes: Prefixes | None = field(default=None, compare=False, repr=False)  # the collector's
 
     @cached_property
     def series_text(self) -> str:
         """The per-key, per-rule and per-alert families (tens of thousands of lines with
         10,000 keys), rendered once per snapshot instead of on every scrape; a family with
         no samples is left out."""
-        return "".join(gauge_text(*family) for family in self.families() if family[3])
+        return "".join(
+            gauge_text(*family, prefixes=self.prefixes) for family in self.families() if family[3]
+        )
 
     def families(self) -> list[Family]:
         return series_families(
@@ -89,6 +92,7 @@ class Snapshot:
 class SnapshotCollector(Collector):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
+        self.prefixes = Prefixes()  # label text kept across its snapshots (`daemon.metrics_text`)
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the data; nothing to pre-register

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Samples", "gauge_text", "go_float"]
+__all__ = ["Prefixes", "Samples", "gauge_text", "go_float"]
 
 Samples = list[tuple[tuple[str, ...], float]]  # label values (in label-name order), value
 
@@ -36,7 +36,30 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def gauge_text(name: str, help_: str, label_names: tuple[str, ...], samples: Samples) -> str:
+class Prefixes:
+    """Per family, the text before the value of each series seen lately. Series keep their
+    labels from cycle to cycle (stable ids), so most lines only need their value written;
+    the collector keeps one of these for all its snapshots."""
+
+    KEPT = 200_000  # per family; keys come and go, so it starts afresh now and then
+
+    def __init__(self) -> None:
+        self._families: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
+
+    def of(self, name: str, label_names: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+        known = self._families.setdefault((name, label_names), {})
+        if len(known) > self.KEPT:
+            known.clear()
+        return known
+
+
+def gauge_text(
+    name: str,
+    help_: str,
+    label_names: tuple[str, ...],
+    samples: Samples,
+    prefixes: Prefixes | None = None,
+) -> str:
     """One gauge family: ``# HELP``, ``# TYPE`` and a line per sample."""
     help_text = help_.replace("\\", "\\\\").replace("\n", "\\n")
     lines = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"]
@@ -44,7 +67,11 @@ def gauge_text(name: str, help_: str, label_names: tuple[str, ...], samples: Sam
         lines += (f"{name} {go_float(value)}\n" for _, value in samples)
         return "".join(lines)
     order = sorted(range(len(label_names)), key=label_names.__getitem__)  # as the client does
+    known = prefixes.of(name, label_names) if prefixes is not None else {}
     for values, value in samples:
-        labels = ",".join(f'{label_names[i]}="{_escape(values[i])}"' for i in order)
-        lines.append(f"{name}{{{labels}}} {go_float(value)}\n")
+        prefix = known.get(values)
+        if prefix is None:
+            labels = ",".join(f'{label_names[i]}="{_escape(values[i])}"' for i in order)
+            prefix = known[values] = f"{name}{{{labels}}} "
+        lines.append(f"{prefix}{go_float(value)}\n")
     return "".join(lines)

@@ -110,7 +110,9 @@ class SelfReport:
         if result.published is None:  # the store could not be read: the last series stay
             self.collector.snapshot = replace(self.collector.snapshot, stats=deepcopy(self.stats))
             return
-        self.collector.snapshot = build_snapshot(result, self.stats, self.progress)
+        self.collector.snapshot = build_snapshot(
+            result, self.stats, self.progress, self.collector.prefixes
+        )
         self.latest = result
 
     def _backfill_series(self) -> tuple[int, int] | None:

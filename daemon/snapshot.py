@@ -21,11 +21,15 @@ from daemon.metric_series import (
     silenced_series,
 )
 from daemon.metrics import Snapshot, Stats
+from daemon.metrics_text import Prefixes
 from daemon.published import OutboxCounts
 
 
 def build_snapshot(
-    result: CycleResult, stats: Stats, progress: BackfillProgress | None
+    result: CycleResult,
+    stats: Stats,
+    progress: BackfillProgress | None,
+    prefixes: Prefixes | None = None,
 ) -> Snapshot:
     """``result.published`` must be loaded (``run_cycle(..., metrics=True)``)."""
     shown = result.published
@@ -45,6 +49,7 @@ def build_snapshot(
         stats=deepcopy(stats),  # a scrape never sees the next cycle's counters with these series
         ready=tuple((rule, rule not in warming) for rule in shown.rules),
         backfill=None if progress is None else (progress.fine, progress.buckets),
+        prefixes=prefixes,
     )
 
 

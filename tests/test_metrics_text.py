@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from daemon.metric_series import CostSeries
 from daemon.metrics import Snapshot
-from daemon.metrics_text import Samples, gauge_text
+from daemon.metrics_text import Prefixes, Samples, gauge_text
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
@@ -38,14 +38,19 @@ def client_text(families: list[tuple[str, str, tuple[str, ...], Samples]]) -> st
 
 
 def test_series_text_is_what_prometheus_client_would_write() -> None:
-    snap = Snapshot(
-        costs=tuple(
-            CostSeries(f"k{i}", "gpt-4o", "month", Decimal(i) / 3) for i in range(len(HOSTILE))
-        ),
-        key_names=tuple((f"k{i}", name) for i, name in enumerate(HOSTILE)),
-        firing=tuple((name, "workspace", "100", "critical") for name in HOSTILE),
-    )
-    assert snap.series_text == client_text([f for f in snap.families() if f[3]])
+    """Also on the next cycle, when the label text of known series is reused."""
+    prefixes = Prefixes()
+    for cycle in range(3):
+        snap = Snapshot(
+            costs=tuple(
+                CostSeries(f"k{i}", "gpt-4o", "month", Decimal(i + cycle) / 3)
+                for i in range(len(HOSTILE) - cycle)  # a key vanishes each cycle
+            ),
+            key_names=tuple((f"k{i}", name) for i, name in enumerate(HOSTILE)),
+            firing=tuple((name, "workspace", "100", "critical") for name in HOSTILE),
+            prefixes=prefixes,
+        )
+        assert snap.series_text == client_text([f for f in snap.families() if f[3]]), cycle
 
 
 def test_every_kind_of_number_is_written_as_the_client_writes_it() -> None:
