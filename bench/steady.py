@@ -1,17 +1,28 @@
-"""Steady-state benchmark: evaluate the scale benchmark's 200 rules over a month of history.
+"""Steady-state benchmark: the cycles of a daemon that has run for a month.
 
-The first-cycle benchmark (`scale.py`) stores two hours; a daemon that has run for a month
-holds 720 hourly buckets per (key, model). This builds such a store directly (1,000 keys x
-10 models x 30 days = 7.2 M rows, written bucket by bucket as the poller would) and times what
-every later cycle does on top of its small poll: evaluate the rules, build the metrics
-snapshot and render it. Prints wall time and the process's peak RSS.
+Builds (once, then reuses: bench/.cache/) the store a daemon holds after 30 days with
+KEYS keys x 10 models, written hour by hour as the poller would, plus the daily sums. Then,
+in a fresh process per run (so each peak RSS is its own), it plays what `run` does every five
+minutes for two hours from 21:40: the running hour's bucket rewritten with new values, the hour
+that settled 90 minutes ago fetched once more, and a cycle of the scale benchmark's 200 rules:
+evaluate, load what /metrics shows, build the snapshot, render it. The first cycle is the one
+after a restart (nothing kept yet); the others are the steady ones.
+
+Each run plays the polls twice, in two processes: with the window sums kept between cycles
+(`daemon/store/sum_cache.py`, the daemon's way) and with them summed again every cycle (the
+previous way: the kept sums and the alert states dropped before each cycle).
+
+    python bench/steady.py [--keys 1000] [--polls 24] [--runs 3]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
+import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,14 +32,62 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from scale import rules_yaml
 
-KEYS, MODELS, DAYS = 1_000, 10, 30
+MODELS, DAYS = 10, 30
+END = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)  # the store holds buckets up to here
+FIRST_POLL = datetime(2026, 11, 30, 21, 40, tzinfo=UTC)
+CACHE = Path(__file__).parent / ".cache"
 
 
-def main() -> None:
+def rows_of(keys: int, hour: datetime, change: int = 0) -> list[object]:
+    from daemon.langdock.csv import KeyUsage
+
+    salt = int(hour.timestamp()) // 3600 + change
+    return [
+        KeyUsage(
+            f"key_{k:05d}",
+            f"team-{k % 97}-key-{k}",
+            f"model-{m}",
+            (k + m + salt) % 5 + 1,
+            Decimal((k * MODELS + m + 1 + salt) % 997) / 10_000,
+            prompt_tokens=k + m,
+            completion_tokens=m,
+        )
+        for k in range(keys)
+        for m in range(MODELS)
+    ]
+
+
+def build(keys: int) -> Path:
+    """The month's store for ``keys`` (built once, then reused)."""
+    from daemon.logs import configure_logging
+    from daemon.store import Store
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"steady-{keys}x{MODELS}x{DAYS}d.db"
+    if path.exists():
+        return path
+    configure_logging("json", "warning")
+    started = time.perf_counter()
+    store = Store.open(path.with_suffix(".part"), exclusive=True, tz=None)
+    hour = END - timedelta(days=DAYS)
+    while hour <= END:
+        store.replace_key_usage(hour, hour + timedelta(hours=1), rows_of(keys, hour), hour)  # type: ignore[arg-type]
+        hour += timedelta(hours=1)
+    store.refresh_rollups(END)
+    store.close()
+    path.with_suffix(".part").rename(path)
+    path.with_suffix(".part.lock").unlink(missing_ok=True)
+    print(f"steady: built {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return path
+
+
+def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
+    """One process: the polls, each cycle timed; returns the times and the peak RSS."""
+    import tempfile
+
     from daemon.config import load_config
     from daemon.cycle import CycleResult, evaluate_rules
     from daemon.ingest import PollReport
-    from daemon.langdock.csv import KeyUsage
     from daemon.logs import configure_logging
     from daemon.metrics import render
     from daemon.notify import DeliveryReport
@@ -37,51 +96,104 @@ def main() -> None:
     from daemon.store import Store
 
     configure_logging("json", "warning")
-    now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    path = build(keys)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(
-            "langdock: {api_key: bench}\ntimezone: UTC\nstate: {path: state.db}\n" + rules_yaml()
+            f"langdock: {{api_key: bench}}\ntimezone: UTC\nstate: {{path: '{path}'}}\n"
+            + rules_yaml()
         )
         config = load_config(config_path)
-        store = Store.open(config.state.path, exclusive=True)
-        built = time.perf_counter()
-        hour = now.replace(minute=0) - timedelta(days=DAYS)
-        while hour <= now:
-            rows = [
-                KeyUsage(
-                    f"key_{k:05d}",
-                    f"team-{k % 97}-key-{k}",
-                    f"model-{m}",
-                    (k + m) % 5 + 1,
-                    Decimal((k * MODELS + m + 1) % 997) / 10_000,
-                    prompt_tokens=k + m,
-                    completion_tokens=m,
-                )
-                for k in range(KEYS)
-                for m in range(MODELS)
-            ]
-            store.replace_key_usage(hour, hour + timedelta(hours=1), rows, hour)
-            hour += timedelta(hours=1)
-        store.refresh_rollups(now)  # what the first cycle after each midnight does
-        built = time.perf_counter() - built
+        store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+        store.save_alerts({})  # every run starts from the same state
         daemon = Daemon(config_path, config, store)
-        started = time.perf_counter()
-        engine = evaluate_rules(store, config, now)
-        published = load_published(store, config, engine, now)  # the cycle's last load
-        daemon.publish(
-            CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
-        )
-        lines = len(render(daemon.collector).splitlines())
-        elapsed = time.perf_counter() - started
+        times, lines = [], 0
+        now = FIRST_POLL
+        for poll in range(polls):
+            running = now.replace(minute=0)
+            store.replace_key_usage(
+                running,
+                running + timedelta(hours=1),
+                rows_of(keys, running, poll),
+                now,  # type: ignore[arg-type]
+            )
+            if now.minute == 30:  # settle_after 90m: the hour that ended 90 minutes ago
+                settled = running - timedelta(hours=2)
+                store.replace_key_usage(
+                    settled,
+                    settled + timedelta(hours=1),
+                    rows_of(keys, settled, 1),
+                    now,  # type: ignore[arg-type]
+                )
+            store.refresh_rollups(now)
+            if not kept:
+                store._sums.clear()  # the previous way: everything summed again
+                store._alerts_known = None
+            started = time.perf_counter()
+            engine = evaluate_rules(store, config, now)
+            published = load_published(store, config, engine, now)
+            daemon.publish(
+                CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
+            )
+            lines = len(render(daemon.collector).splitlines())
+            times.append(time.perf_counter() - started)
+            now += timedelta(minutes=5)
         store.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"times": times, "peak_mb": peak, "lines": lines}
+
+
+def span(values: list[float], digits: int = 2) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=1_000)
+    parser.add_argument("--polls", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--play", choices=["kept", "summed"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.play:
+        print(json.dumps(play(args.keys, args.polls, args.play == "kept")))
+        return
+    build(args.keys)
+    results: dict[str, list[dict[str, object]]] = {"kept": [], "summed": []}
+    for _ in range(args.runs):
+        for mode in results:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--keys",
+                    str(args.keys),
+                    "--polls",
+                    str(args.polls),
+                    "--play",
+                    mode,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[mode].append(json.loads(out.strip().splitlines()[-1]))
+    stored = args.keys * MODELS * 24 * DAYS
     print(
-        f"steady: {KEYS:,} keys x {MODELS} models x {DAYS} days ({KEYS * MODELS * 24 * DAYS:,}"
-        f" rows, stored in {built:.0f} s), 200 rules, {lines:,} metric lines"
+        f"steady: {args.keys:,} keys x {MODELS} models x {DAYS} days ({stored:,} rows),"
+        f" 200 rules, {args.polls} polls 5 min apart from 21:40 (two hours turn, two settle"
+        f" rewrites), {results['kept'][0]['lines']:,} metric lines; ranges of {args.runs} runs"
     )
-    print(f"{'steady: evaluate + metrics':<34} {elapsed:>10.2f} s")
-    print(f"{'steady: peak RSS':<34} {peak:>10.1f} MB")
+    for mode, label in (("kept", "sums kept (the daemon)"), ("summed", "summed again (before)")):
+        runs = results[mode]
+        first = [float(r["times"][0]) for r in runs]  # type: ignore[index]
+        steady = [r["times"][1:] for r in runs]  # type: ignore[index]
+        medians = [statistics.median(t) for t in steady]  # type: ignore[arg-type]
+        worst = [max(t) for t in steady]  # type: ignore[type-var]
+        peaks = [float(r["peak_mb"]) for r in runs]  # type: ignore[arg-type]
+        print(
+            f"steady: {label:<24} cycle median {span(medians)} s, slowest {span(worst)} s,"
+            f" first after start {span(first)} s, peak RSS {span(peaks, 0)} MB"
+        )
 
 
 if __name__ == "__main__":

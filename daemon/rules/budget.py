@@ -158,7 +158,7 @@ def evaluate_budget(
     else:
         hot = set(window.at_least(lowest.scaleb(scale)))
         if stateful:
-            hot |= {i for i, m in enumerate(members) if m.member.id in stateful}
+            hot |= window.indexes_of(stateful)
         candidates = sorted(hot)
     forecast_severity = (
         rule.severity_for(max(rule.thresholds))

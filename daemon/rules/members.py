@@ -4,7 +4,7 @@ and denominator), its contributors on demand, and one window's members ranked by
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -49,12 +49,20 @@ class MemberUsage:
 class WindowTotals:
     """Members and their totals over one window, with the ranking computed once."""
 
-    __slots__ = ("_ascending", "_ranking", "members", "raws")
+    __slots__ = ("_ascending", "_index", "_ranking", "members", "raws")
 
     def __init__(self, members: list[MemberUsage], raws: list[Raw]) -> None:
         self.members, self.raws = members, raws
         self._ranking: list[int] | None = None
         self._ascending: list[Raw] | None = None
+        self._index: dict[str, int] | None = None
+
+    def indexes_of(self, member_ids: Iterable[str]) -> set[int]:
+        """Indexes of the members with these ids (the ones present)."""
+        if self._index is None:
+            self._index = {usage.member.id: i for i, usage in enumerate(self.members)}
+        index = self._index
+        return {index[m] for m in member_ids if m in index}
 
     def ranking(self) -> list[int]:
         """Member indexes, the biggest total first (ties by id)."""
