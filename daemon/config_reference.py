@@ -100,6 +100,8 @@ WHAT: dict[str, str] = {
     "web.read_token": "When set, reading the page needs this token (or the admin token);"
     " `/metrics` and `/healthz` stay open.",
     "web.read_token_file": "…or a file holding it.",
+    "web.allowed_hosts": "Host names the page answers to; default: loopback names on a"
+    ' loopback listener, else any ("*"). Add the name a reverse proxy or tunnel uses.',
     "slack.webhook_url": "An incoming webhook (use `${VAR}`)…",
     "slack.webhook_url_file": "…or a file holding it.",
     "slack.token": "…or a bot token (chat:write; channels:history and channels:read let an"

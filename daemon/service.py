@@ -129,6 +129,7 @@ class Daemon(SelfReport):
         self.retired: list[LangdockClient] = []  # clients replaced by a reload, to close
         self.cycles = itertools.count(1)
         self.server: WebServer | None = None
+        self.site: Site | None = None
         self.latest: CycleResult | None = None  # the last cycle that evaluated (the page)
         # a cycle asked for while one runs (a reload, the backfill's end): run when it ends
         self.cycle_again = False
@@ -138,15 +139,15 @@ class Daemon(SelfReport):
 
     async def start(self) -> None:
         metrics = self.config.metrics
-        site = Site(
+        self.site = Site(
             config=lambda: self.config,
-            store=self.store,
             latest=lambda: self.latest,
             stats=lambda: self.stats,
             health=self.health,
             clock=utc_now,
         )
-        app = make_app(site, Auth(self._web_tokens), self.collector)
+        hosts = self.config.web.hosts(metrics.host)
+        app = make_app(self.site, Auth(self._web_tokens), self.collector, hosts)
         self.server = await WebServer(app, metrics.host, metrics.port).start()
         log.info(
             "daemon_started",
@@ -209,6 +210,8 @@ class Daemon(SelfReport):
         await self.background.aclose()
         if self.server is not None:
             await self.server.stop()
+        if self.site is not None:
+            self.site.close()
         progress = self.progress
         self.store.close()
         log.info(

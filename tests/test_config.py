@@ -186,3 +186,22 @@ def test_a_secret_that_cannot_be_an_http_header_is_refused(
     (tmp_path / "key").write_text("sk-good-123456\n")
     ok = write(tmp_path, "langdock: {api_key_file: key}\n")
     assert load_config(ok, {}).api_key() == "sk-good-123456"
+
+
+def test_web_tokens_are_checked_and_never_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    base = "langdock: {api_key: sk-x}\n"
+    for web, why in (
+        ("web: {admin_token: short}", "shorter than 16"),
+        ("web: {admin_token: 'has spaces in it 0123'}", "without spaces"),
+        ("web: {read_token: 123456789012345678901234}", "web.read_token"),
+    ):
+        path.write_text(base + web + "\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        text = "\n".join(caught.value.lines)
+        assert why in text and "123456789012345678901234" not in text and "has spaces" not in text
+    path.write_text(base + "web:\nmetrics: {listen: '0.0.0.0:9464'}\n")  # `web:` left empty
+    config = load_config(path)
+    assert config.web.admin_token is None and config.web.hosts(config.metrics.host) == ("*",)
+    assert "localhost" in config.web.hosts("127.0.0.1")

@@ -44,7 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "stopped",
                 signal=stop.received,
                 command=args.command,
-                note="stopped before the end; what was already stored is kept",
+                note="stopped before the end; "
+                + (
+                    "the demo's throw-away store is removed"
+                    if args.command == "demo"
+                    else "what was already stored is kept"
+                ),
             )
             if stop.received == "SIGTERM" or args.command == "demo":
                 return EXIT_OK  # a requested stop, as `run` exits on SIGTERM

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 # a key whose value is never echoed back in an error line
-_SECRET_KEYS = {"api_key", "webhook_url", "token"}
+_SECRET_KEYS = {"api_key", "webhook_url", "token", "admin_token", "read_token"}
 
 
 class ConfigError(Exception):

@@ -90,7 +90,14 @@ def _inline_secret_warnings(path: Path, raw: dict[str, Any]) -> list[str]:
     if not readable:
         return []
     warnings = []
-    for section, key in (("langdock", "api_key"), ("slack", "webhook_url"), ("slack", "token")):
+    inline = (
+        ("langdock", "api_key"),
+        ("slack", "webhook_url"),
+        ("slack", "token"),
+        ("web", "admin_token"),
+        ("web", "read_token"),
+    )
+    for section, key in inline:
         block = raw.get(section)
         value = block.get(key) if isinstance(block, dict) else None
         if isinstance(value, str) and value and not _VAR.fullmatch(value.strip()):

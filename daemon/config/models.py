@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -176,12 +176,33 @@ class WebConfig(_Strict):
     read_token: SecretStr | None = None
     read_token_file: Path | None = None
 
+    # the host names the page answers to; on a loopback listener only loopback names, so a
+    # DNS-rebinding page cannot read it ("*": any)
+    allowed_hosts: list[str] | None = None
+
     @field_validator("admin_token", "read_token")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        if len(text) < 16:
             raise ValueError("is shorter than 16 characters: make one with `openssl rand -hex 32`")
+        if not all("!" <= char <= "~" for char in text):
+            raise ValueError(
+                "must be printable ASCII without spaces (it travels in an HTTP header):"
+                " make one with `openssl rand -hex 32`"
+            )
         return value
+
+    def hosts(self, listen_host: str) -> tuple[str, ...]:
+        """The Host names served: `allowed_hosts`, else loopback names on a loopback
+        listener, else any."""
+        if self.allowed_hosts is not None:
+            return tuple(h.lower() for h in self.allowed_hosts)
+        if listen_host in ("127.0.0.1", "localhost", "::1") or listen_host.startswith("127."):
+            return ("localhost", "127.0.0.1", "::1", "[::1]", listen_host)
+        return ("*",)
 
 
 class SlackConfig(_Strict):
@@ -257,6 +278,12 @@ class Config(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     slack: SlackConfig | None = None
     web: WebConfig = WebConfig()
+
+    @field_validator("web", mode="before")
+    @classmethod
+    def _web_may_be_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # `web:` with nothing under it
+
     rule_files: list[str] = []
     rules: list[Rule] = []
     digests: list[DigestConfig] = []

@@ -3,16 +3,18 @@ sign-in, silences (create, expire), and `/metrics` and `/healthz`.
 
 Reads are open unless ``web.read_token`` is set; writes need ``web.admin_token`` (see
 `daemon.web.auth`). Every value is escaped by the templates (autoescape), charts are SVG made
-here, and the pages load nothing from outside (a content security policy says so too).
+here, and the pages load nothing from outside (`daemon.web.guard` sets the headers). Page
+queries run on the pages' own thread and connection (`Site.read`), never on the event loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import structlog
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -20,22 +22,22 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from daemon.formatting import format_amount, format_metric, format_score
 from daemon.metrics import SnapshotCollector, render
 from daemon.money import format_percent
-from daemon.rules.durations import parse_duration
-from daemon.web.auth import COOKIE, SESSION_SECONDS, Auth
+from daemon.rules.durations import format_duration
+from daemon.store import Store
+from daemon.web.auth import COOKIE, SESSION_SECONDS, Auth, same_origin
+from daemon.web.forms import FormError, read_form, silence_form
+from daemon.web.guard import Guard
 from daemon.web.pages import Site, budget_detail, header, overview, rule_page
+from daemon.web.view import shown_text
 
 HERE = Path(__file__).parent
-CSP = (
-    "default-src 'none'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self';"
-    " form-action 'self';"
-    " frame-ancestors 'none'; base-uri 'none'"
-)
 Handler = Callable[[Request], Awaitable[Response]]
-MAX_SILENCE = timedelta(days=90)
+log = structlog.get_logger("langdock_budget.web")
 
 
 def _templates() -> Environment:
@@ -50,6 +52,9 @@ def _templates() -> Environment:
         metric=format_metric,
         score=format_score,
         percent=format_percent,
+        duration=format_duration,
+        shown=shown_text,
+        path=lambda text: quote(str(text), safe=""),  # a "/" in an id stays in its segment
     )
     env.filters["local"] = lambda instant, tz, fmt="%Y-%m-%d %H:%M": (
         "-" if instant is None else instant.astimezone(tz).strftime(fmt)
@@ -57,7 +62,12 @@ def _templates() -> Environment:
     return env
 
 
-def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
+def make_app(
+    site: Site,
+    auth: Auth,
+    collector: SnapshotCollector,
+    allowed_hosts: tuple[str, ...] = ("*",),
+) -> ASGIApp:
     env = _templates()
 
     def page(
@@ -71,7 +81,7 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
             csrf=auth.csrf(request),
             path=request.url.path,
         )
-        return HTMLResponse(body, status, headers={"Content-Security-Policy": CSP})
+        return HTMLResponse(body, status)
 
     def reader(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -85,21 +95,23 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
         return page(request, "refused.html", {"error": why}, status)
 
     async def index(request: Request) -> Response:
-        context = overview(site)
+        context = await site.read(lambda store: overview(site, store))
         context["prefill"] = {
-            "rule": request.query_params.get("rule", ""),
-            "member": request.query_params.get("member", ""),
+            "rule": request.query_params.get("rule", "")[:200],
+            "member": request.query_params.get("member", "")[:200],
         }
         return page(request, "index.html", context)
 
     async def rule(request: Request) -> Response:
-        context = rule_page(site, request.path_params["rule"])
+        name = request.path_params["rule"]
+        context = await site.read(lambda store: rule_page(site, store, name))
         if context is None:
             return refused(request, "no such rule", 404)
         return page(request, "rule.html", context)
 
     async def member(request: Request) -> Response:
-        context = budget_detail(site, request.path_params["rule"], request.path_params["scope"])
+        name, scope = request.path_params["rule"], request.path_params["scope"]
+        context = await site.read(lambda store: budget_detail(site, store, name, scope))
         if context is None:
             return refused(request, "no such budget member (yet): see the overview", 404)
         return page(request, "member.html", context)
@@ -107,8 +119,14 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return page(request, "login.html", {"error": None})
-        form = await request.form()
-        role = auth.role_of_token(str(form.get("token", "")))
+        if not same_origin(request):
+            return refused(request, "refused: the form was sent from another site")
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return refused(request, str(exc), exc.status)
+        role = auth.role_of_token(form.get("token", ""))
+        log.info("page_sign_in", ok=role is not None, role=role, client=_client(request))
         if role is None:
             return page(request, "login.html", {"error": "that token is not configured"}, 401)
         response = RedirectResponse("/", 303)
@@ -123,49 +141,65 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
         return response
 
     async def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return refused(request, "refused: the form was sent from another site")
         response = RedirectResponse("/", 303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
         return response
 
-    async def add_silence(request: Request) -> Response:
-        form = await request.form()
-        why = auth.write_refusal(request, str(form.get("csrf", "")) or None)
-        if why is not None:
-            return refused(request, why)
-        config = site.config()
-        fields = {
-            k: str(form.get(k, "")).strip() for k in ("rule", "member", "for", "comment", "by")
-        }
-        if fields["rule"] not in {r.name for r in config.rules}:
-            return refused(request, "no such rule: pick one from the list", 400)
+    async def write(request: Request) -> tuple[dict[str, str], Response | None]:
+        """The form of a write, or the response that refuses it."""
         try:
-            duration = parse_duration(fields["for"])
-        except ValueError as exc:
-            return refused(request, f"duration: {exc}", 400)
-        if not timedelta(0) < duration <= MAX_SILENCE:
-            return refused(request, "duration: between 1 minute and 90 days, e.g. 2h", 400)
-        if not fields["comment"] or not fields["by"]:
-            return refused(
-                request, "say who you are and why (both are shown with the silence)", 400
-            )
+            form = await read_form(request)
+        except FormError as exc:
+            return {}, refused(request, str(exc), exc.status)
+        why = auth.write_refusal(request, form.get("csrf") or None)
+        return form, None if why is None else refused(request, why)
+
+    async def add_silence(request: Request) -> Response:
+        fields, refusal = await write(request)
+        if refusal is not None:
+            return refusal
+        try:
+            wanted = silence_form(fields, {r.name for r in site.config().rules})
+        except FormError as exc:
+            return refused(request, str(exc), exc.status)
         now = site.clock()
-        site.store.add_silence(
-            fields["rule"],
-            fields["member"] or None,
-            now,
-            now + duration,
-            fields["comment"][:500],
-            fields["by"][:100],
+
+        def store_it(store: Store) -> int:
+            return store.add_silence(
+                wanted.rule,
+                wanted.member,
+                now,
+                now + wanted.duration,
+                wanted.comment,
+                wanted.by,
+            )
+
+        silence_id = await site.read(store_it)
+        log.info(
+            "silence_created",
+            id=silence_id,
+            rule=wanted.rule,
+            member=wanted.member,
+            until=(now + wanted.duration).isoformat(),
+            by=wanted.by,
+            via="bearer" if request.headers.get("authorization") else "session",
+            client=_client(request),
         )
         return RedirectResponse("/#silences", 303)
 
     async def expire_silence(request: Request) -> Response:
-        form = await request.form()
-        why = auth.write_refusal(request, str(form.get("csrf", "")) or None)
-        if why is not None:
-            return refused(request, why)
-        if not site.store.expire_silence(int(request.path_params["id"]), site.clock()):
+        _, refusal = await write(request)
+        if refusal is not None:
+            return refusal
+        silence_id = int(request.path_params["id"])
+        now = site.clock()
+        if not 0 < silence_id < 2**63 or not await site.read(
+            lambda store: store.expire_silence(silence_id, now)
+        ):
             return refused(request, "no such active silence", 404)
+        log.info("silence_expired", id=silence_id, client=_client(request))
         return RedirectResponse("/#silences", 303)
 
     async def metrics(request: Request) -> Response:
@@ -174,6 +208,9 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
     async def healthz(request: Request) -> Response:
         ok, detail = site.health()
         return JSONResponse({"status": "ok" if ok else "stale", **detail}, 200 if ok else 503)
+
+    async def favicon(request: Request) -> Response:
+        return RedirectResponse("/static/favicon.svg", 301)
 
     routes = [
         Route("/", reader(index)),
@@ -185,6 +222,11 @@ def make_app(site: Site, auth: Auth, collector: SnapshotCollector) -> Starlette:
         Route("/silences/{id:int}/expire", expire_silence, methods=["POST"]),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Guard(Starlette(routes=routes), allowed_hosts)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None

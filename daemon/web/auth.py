@@ -111,8 +111,9 @@ class Auth:
             return "writes from the page are off: set web.admin_token (or admin_token_file)"
         if not same_origin(request):
             return "refused: the form was sent from another site"
-        if request.headers.get("authorization"):
-            if self.role(request) == "admin":
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():  # a script: no cookie, no mark
+            if self.role_of_token(token.strip()) == "admin":
                 return None
             return "refused: the bearer token is not web.admin_token"
         if self.role(request) != "admin":
@@ -124,9 +125,12 @@ class Auth:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether the request's ``Origin`` (or ``Referer``) is this host; a request with
-    neither (a script, curl) passes."""
+    """Whether the request's ``Origin`` (or ``Referer``) is this host (as the client named
+    it, or as a reverse proxy forwarded it in ``X-Forwarded-Host``); a request with neither
+    (a script, curl) passes. A page on another site cannot set ``X-Forwarded-Host`` without
+    a CORS preflight, which this server never grants."""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         return source != "null"
-    return urlsplit(source).netloc == request.headers.get("host", "")
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    return urlsplit(source).netloc in hosts - {""}

@@ -4,17 +4,20 @@ charts). Handlers in `daemon.web.app` render these contexts with the templates."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon import __version__
 from daemon.config import Config
 from daemon.cycle import CycleResult
 from daemon.metric_series import scope_id
 from daemon.metrics import Stats
+from daemon.notify import silence_matcher
 from daemon.rules.budget import BudgetTable, budget_metric
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.schema import BudgetRule
@@ -25,26 +28,64 @@ from daemon.store import Store
 from daemon.web.charts import Point, cumulative_chart, hourly_chart
 from daemon.web.view import anomaly_bands, bar, budget_bars
 
+T = TypeVar("T")
 HOURLY_DAYS = 3  # the detail page's hourly chart: the last three days
 
 
 @dataclass
 class Site:
     """What the pages read; the daemon hands in getters so a reload or a new cycle shows at
-    once."""
+    once.
+
+    Pages never use the daemon's own store connection: their queries (and silences written
+    from the page) run on one worker thread with a connection of its own (`read`), so a slow
+    query or a locked database never holds the event loop, the cycle or `/metrics`.
+    """
 
     config: Callable[[], Config]
-    store: Store
     latest: Callable[[], CycleResult | None]  # the last cycle that evaluated the rules
     stats: Callable[[], Stats]
     health: Callable[[], tuple[bool, dict[str, object]]]
     clock: Callable[[], datetime]
+    _worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="pages")
+    )
+    _store: Store | None = None  # the worker thread's connection
+    _closed: bool = False
+
+    async def read(self, job: Callable[[Store], T]) -> T:
+        """``job`` with the pages' store, on the pages' thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._run, job)
+
+    def _run(self, job: Callable[[Store], T]) -> T:
+        if self._store is None:
+            config = self.config()
+            self._store = Store.open(config.state.path, tz=config.tz)
+        return job(self._store)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        if self._closed:
+            return
+        self._closed = True
+        self._worker.submit(shut).result()
+        self._worker.shutdown()
 
 
-def _alert_sets(result: CycleResult) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-    firing = {(s.key.rule, s.key.member) for s in result.engine.firing}
-    shown = result.published
-    silenced = {(k.rule, k.member) for k in shown.silenced} if shown is not None else set()
+def _alert_sets(
+    result: CycleResult, store: Store, now: datetime
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(rule, member) of the firing alerts, and of those a silence covers *now* (one made a
+    moment ago on the page included)."""
+    firing_states = result.engine.firing
+    names = result.published.key_names if result.published is not None else {}
+    matcher = silence_matcher(store.silences(now), names, now)
+    firing = {(s.key.rule, s.key.member) for s in firing_states}
+    silenced = {(s.key.rule, s.key.member) for s in firing_states if matcher.state(s)}
     return firing, silenced
 
 
@@ -65,22 +106,31 @@ def header(site: Site) -> dict[str, Any]:
     }
 
 
-def overview(site: Site) -> dict[str, Any]:
-    config, store, result = site.config(), site.store, site.latest()
+MAX_ALERT_ROWS = 100  # the overview's firing alerts, the worst first (then "N more")
+MAX_SILENCE_ROWS = 200
+
+
+def overview(site: Site, store: Store) -> dict[str, Any]:
+    config, result = site.config(), site.latest()
     now = site.clock()
     context: dict[str, Any] = {"bars": [], "hidden": {}, "bands": [], "alerts": []}
+    context["alerts_hidden"] = 0
     if result is not None:
-        firing, silenced = _alert_sets(result)
+        firing, silenced = _alert_sets(result, store, now)
         warming = result.readiness.warming if result.readiness is not None else {}
         context["bars"], context["hidden"] = budget_bars(
             result.engine.budget_tables, _thresholds(config), warming, firing, silenced
         )
         context["bands"] = anomaly_bands(result.engine.anomalies(), firing, limit=10)
-        context["alerts"] = alerts(result, store, silenced)
-    context["silences"] = store.silences(now)
+        rows = alerts(result, store, silenced)
+        context["alerts"] = rows[:MAX_ALERT_ROWS]
+        context["alerts_hidden"] = len(rows) - len(context["alerts"])
+    silences = store.silences(now)
+    context["silences"] = silences[:MAX_SILENCE_ROWS]
+    context["silences_hidden"] = len(silences) - len(context["silences"])
     context["outbox"] = store.outbox_waiting()
     context["dead_letters"] = store.outbox_dead_letters()
-    context["exports"] = exports(site)
+    context["exports"] = exports(site, store)
     context["rules"] = [rule.name for rule in config.rules]
     return context
 
@@ -131,9 +181,8 @@ def _member_label(member: str, names: Mapping[str, str]) -> str:
     return f"{names[member]} ({member})" if member in names else member
 
 
-def exports(site: Site) -> list[dict[str, Any]]:
+def exports(site: Site, store: Store) -> list[dict[str, Any]]:
     stats = site.stats()
-    store = site.store
     rows = []
     for export in ("api-keys", "models"):
         last = store.last_success(export)
@@ -142,7 +191,7 @@ def exports(site: Site) -> list[dict[str, Any]]:
     return rows
 
 
-def rule_page(site: Site, name: str) -> dict[str, Any] | None:
+def rule_page(site: Site, store: Store, name: str) -> dict[str, Any] | None:
     """Every member of one rule (up to 500): budget bars or anomaly bands."""
     config, result = site.config(), site.latest()
     rule = next((r for r in config.rules if r.name == name), None)
@@ -151,7 +200,7 @@ def rule_page(site: Site, name: str) -> dict[str, Any] | None:
     context: dict[str, Any] = {"rule": rule, "bars": [], "bands": [], "hidden": {}}
     if result is None:
         return context
-    firing, silenced = _alert_sets(result)
+    firing, silenced = _alert_sets(result, store, site.clock())
     warming = result.readiness.warming if result.readiness is not None else {}
     tables = [t for t in result.engine.budget_tables if t.rule == name]
     context["bars"], context["hidden"] = budget_bars(
@@ -159,14 +208,15 @@ def rule_page(site: Site, name: str) -> dict[str, Any] | None:
     )
     anomalies = [e for e in result.engine.anomalies() if e.rule == name]
     context["bands"] = anomaly_bands(anomalies, firing, limit=500)
+    context["hidden"][name] = context["hidden"].get(name, 0) + max(0, len(anomalies) - 500)
     context["warming"] = warming.get(name)
     return context
 
 
-def budget_detail(site: Site, name: str, scope: str) -> dict[str, Any] | None:
+def budget_detail(site: Site, store: Store, name: str, scope: str) -> dict[str, Any] | None:
     """One budget member: its bar, the window's cumulative curve with forecast and limit,
     and the last days' hourly spend."""
-    config, store, result = site.config(), site.store, site.latest()
+    config, result = site.config(), site.latest()
     rule = next((r for r in config.rules if r.name == name), None)
     if result is None or not isinstance(rule, BudgetRule):
         return None
@@ -176,7 +226,7 @@ def budget_detail(site: Site, name: str, scope: str) -> dict[str, Any] | None:
     if table is None or index is None:
         return None
     evaluation = table[index]
-    firing, silenced = _alert_sets(result)
+    firing, silenced = _alert_sets(result, store, site.clock())
     warming = result.readiness.warming if result.readiness is not None else {}
     shown = bar(evaluation, rule.thresholds, warming.get(name), firing, silenced)
     tz = config.tz
@@ -213,7 +263,6 @@ def member_points(
     scale = NANOS if metric == "cost_usd" else 0
     points: list[Point] = []
     for selection in filters.values():
-        grouped = store.member_points(selection, start, end)
-        for bucket, raw in grouped.get(member_id, {}).items():
+        for bucket, raw in store.member_series(selection, member_id, start, end):
             points.append((datetime.fromtimestamp(bucket, UTC), Decimal(raw).scaleb(-scale)))
     return sorted(points)

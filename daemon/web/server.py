@@ -20,11 +20,21 @@ GRACE_SECONDS = 5
 
 class _Server(uvicorn.Server):
     """The daemon owns SIGTERM, SIGINT and SIGHUP (daemon/cli/signals.py): uvicorn must not
-    take them over while it serves."""
+    take them over while it serves. Nor does it wake ten times a second to look for a stop
+    (its main loop's tick, which also refreshes a Date header we don't send): an idle daemon
+    sleeps until a request, a job or `stop`."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopped = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the default headers, once
+        await self.stopped.wait()
 
 
 class WebServer:
@@ -47,6 +57,7 @@ class WebServer:
             lifespan="off",
             timeout_graceful_shutdown=GRACE_SECONDS,
             server_header=False,
+            date_header=False,
         )
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = _Server(config)
@@ -64,6 +75,7 @@ class WebServer:
 
     async def stop(self) -> None:
         self._server.should_exit = True
+        self._server.stopped.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -69,7 +69,6 @@ def _site(tmp_path: Path, web: str = "") -> tuple[Site, Store]:
     )
     site = Site(
         config=lambda: config,
-        store=store,
         latest=lambda: result,
         stats=Stats,
         health=lambda: (True, {"state": "ready"}),
@@ -88,6 +87,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Store]
     site, store = _site(tmp_path)
     async with _client(make_app(site, Auth.fixed(ADMIN), SnapshotCollector())) as client:
         yield client, store
+    site.close()
     store.close()
 
 
@@ -136,6 +136,7 @@ async def test_no_secret_on_any_page(tmp_path: Path) -> None:
             text = (await client.get(path)).text
             for secret in (ADMIN, READ, API_KEY):
                 assert secret not in text, f"{path} shows a secret"
+    site.close()
     store.close()
 
 
@@ -216,6 +217,7 @@ async def test_without_an_admin_token_the_page_is_read_only(tmp_path: Path) -> N
         assert "set <code>web.admin_token</code>" in page
         answer = await client.post("/silences", data=SILENCE, headers={"Authorization": "Bearer x"})
         assert answer.status_code == 403 and "web.admin_token" in answer.text
+    site.close()
     store.close()
 
 
@@ -235,6 +237,7 @@ async def test_the_read_token_guards_reading_but_not_metrics(tmp_path: Path) -> 
             "/silences", data=SILENCE, headers={"Authorization": f"Bearer {READ}"}
         )
         assert refused.status_code == 403
+    site.close()
     store.close()
 
 
@@ -246,4 +249,66 @@ async def test_healthz_is_503_while_stale(tmp_path: Path) -> None:
         assert answer.status_code == 503 and answer.json()["status"] == "stale"
         assert "langdock_budget_daemon_build_info" in (await client.get("/metrics")).text
         assert (await client.get("/static/style.css")).status_code == 200
+    site.close()
     store.close()
+
+
+async def test_oversized_or_multipart_forms_are_refused_before_they_are_read(
+    admin: tuple[httpx.AsyncClient, Store],
+) -> None:
+    client, store = admin
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    huge = await client.post(
+        "/silences",
+        content=b"a=" + b"x" * 20_000,
+        headers={**bearer, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert huge.status_code == 413
+    multipart = await client.post("/login", files={"token": ("t", b"x" * 1000)})
+    assert multipart.status_code == 415
+    assert store.silences(NOW) == []
+
+
+async def test_a_cookie_write_needs_its_mark_whatever_authorization_says(
+    admin: tuple[httpx.AsyncClient, Store],
+) -> None:
+    client, store = admin
+    await _sign_in(client)
+    for header in ("Basic Zm9vOmJhcg==", "Bearer", "Token x"):
+        answer = await client.post("/silences", data=SILENCE, headers={"Authorization": header})
+        assert answer.status_code == 403, header
+    assert store.silences(NOW) == []
+
+
+async def test_every_answer_carries_the_security_headers_and_errors_stay_plain(
+    tmp_path: Path,
+) -> None:
+    site, store = _site(tmp_path)
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app = make_app(site, Auth.fixed(ADMIN), SnapshotCollector(), ("localhost", "127.0.0.1"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9464") as client:
+        for path in ("/", "/nope", "/static/style.css", "/metrics"):
+            answer = await client.get(path)
+            assert answer.headers["x-content-type-options"] == "nosniff", path
+            assert "default-src 'none'" in answer.headers["content-security-policy"], path
+        assert (await client.get("/", headers={"Host": "evil.example"})).status_code == 400
+        too_big = await client.post(
+            "/silences/99999999999999999999999/expire", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert too_big.status_code == 404
+        site.latest = broken  # type: ignore[assignment,method-assign]
+        failed = await client.get("/")
+        assert failed.status_code == 500 and "Traceback" not in failed.text
+    site.close()
+    store.close()
+
+
+def test_names_show_bounded_and_without_bidi_tricks() -> None:
+    from daemon.web.view import shown_text
+
+    assert shown_text("prod-\u202eevil\u202c-web") == "prod-\ufffdevil\ufffd-web"
+    assert len(shown_text("n" * 5000)) == 120
