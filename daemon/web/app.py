@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import structlog
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,12 +34,19 @@ from daemon.web.guard import Guard
 from daemon.web.pages import Site, budget_detail, header, overview, rule_page
 from daemon.web.view import shown_text
 
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 HERE = Path(__file__).parent
 Handler = Callable[[Request], Awaitable[Response]]
 log = structlog.get_logger("langdock_budget.web")
 
 
 def _templates() -> Environment:
+    """The templates, made on the first page anybody opens: an idle daemon whose page is
+    never looked at does not hold jinja2 (docs/PERFORMANCE.md, idle)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(["html"], default=True),
@@ -68,18 +74,24 @@ def make_app(
     collector: SnapshotCollector,
     allowed_hosts: tuple[str, ...] = ("*",),
 ) -> ASGIApp:
-    env = _templates()
+    templates: list[Environment] = []
 
     def page(
         request: Request, template: str, context: dict[str, Any], status: int = 200
     ) -> Response:
-        body = env.get_template(template).render(
-            **header(site),
-            **context,
-            role=auth.role(request),
-            writes=auth.writes_enabled,
-            csrf=auth.csrf(request),
-            path=request.url.path,
+        if not templates:
+            templates.append(_templates())
+        body = (
+            templates[0]
+            .get_template(template)
+            .render(
+                **header(site),
+                **context,
+                role=auth.role(request),
+                writes=auth.writes_enabled,
+                csrf=auth.csrf(request),
+                path=request.url.path,
+            )
         )
         return HTMLResponse(body, status)
 
