@@ -31,6 +31,7 @@ class KeyModelTotal:
     tokens: int
 
 
+KEPT_PAIRS = 20_000  # (key, model) pairs whose cost windows are kept between cycles
 PairSums = dict[tuple[str, str], tuple[int, Raw]]  # (key id, model) → rows, nano-dollars
 _MEMBER_COLUMN = {"api_key": "api_key_id", "model": "model", None: "'*'"}  # by → column
 
@@ -262,12 +263,31 @@ class UsageTotals(DailySums):
         fresh_from: datetime,
     ) -> tuple[list[str], dict[str, list[tuple[str | None, str, Decimal]]]]:
         """`top_keys` (by month spend, among the keys seen since ``within``) and their
-        `window_costs`, from per key and model sums kept between cycles."""
-        columns = "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest"
+        `window_costs`, from per key and model sums kept between cycles.
+
+        Kept only up to `KEPT_PAIRS` (key, model) pairs: beyond, a cycle sums them in SQL
+        (`top_keys`, `window_costs`), which holds far less memory than 100,000 pairs x four
+        windows (docs/PERFORMANCE.md, "Steady state")."""
         month_start, month_end = ranges["month"]
+        keys, models = self._conn.execute(
+            "SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM models)"
+        ).fetchone()
+        if keys * max(models, 1) > KEPT_PAIRS:
+            top = self.top_keys(month_start, month_end, within, top_n)
+            return top, self.window_costs(ranges, keep=top)
+        columns = "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest"
         spans = {**ranges, " seen": (min(month_start, within), month_end)}
+        # windows with the same range share one kept entry (the "seen" range is often one)
+        first: dict[tuple[datetime, datetime], str] = {}
+        for name, span in spans.items():
+            first.setdefault(span, name)
         found = self._kept_window_sums(
-            columns, 2, [], [], [(("costs", n), s, e) for n, (s, e) in spans.items()], fresh_from
+            columns,
+            2,
+            [],
+            [],
+            [(("costs", first[(s, e)]), s, e) for s, e in spans.values()],
+            fresh_from,
         )
         sums = dict(zip(spans, found, strict=True))
         pairs = {name: cast(PairSums, sums[name]) for name in spans}
