@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -146,6 +147,10 @@ def main() -> None:
         f" {elapsed / 2:.2f}"
     )
     print(f"{'scale: peak RSS':<34} {peak:>10.1f} MB     target <= 150 MB   ratio {peak / 150:.2f}")
+    # wall time is only comparable on an otherwise idle machine: wall well above CPU, or a load
+    # past the cores, means the cycle waited for other processes
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"{'scale: load average (1 min)':<34} {load:>10.2f}        on {cores} cores")
 
 
 if __name__ == "__main__":

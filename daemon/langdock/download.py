@@ -90,7 +90,7 @@ async def download_file(
     download is abandoned and the export retried. The parse runs in a worker thread, so a
     large file does not stop the event loop (the scheduler, the metrics snapshot)."""
     where = safe_url(url)
-    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+    with _Spool(_SPOOL_BYTES) as spool:
         try:
             async with asyncio.timeout(deadline):
                 await _fetch(http, url, where, spool, max_bytes)
@@ -104,9 +104,8 @@ async def download_file(
                 retry=True,
                 storage=True,
             ) from None
-        spool.seek(0)
         tally = Tally()
-        rows = await asyncio.to_thread(_parse, spool, kind, parse, tally, where, secret)
+        rows = await asyncio.to_thread(_parse, spool.rewound(), kind, parse, tally, where, secret)
     if record_count is not None and tally.records < record_count:
         raise DownloadError(
             "truncated",
@@ -125,8 +124,39 @@ async def download_file(
     return ExportFile(rows, tally)
 
 
+class _Spool:
+    """The downloaded bytes: in memory up to ``limit``, past it in an anonymous temporary
+    file. Unlike `tempfile.SpooledTemporaryFile` it hands the parse the file object itself
+    (`rewound`), not a Python wrapper whose ``closed`` the text layer asks for every line
+    (5 ms of a 100,000-line file)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.file: IO[bytes] = io.BytesIO()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit and isinstance(self.file, io.BytesIO):
+            disk = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+            disk.write(self.file.getvalue())
+            self.file.close()
+            self.file = disk
+        self.file.write(chunk)
+
+    def rewound(self) -> IO[bytes]:
+        self.file.seek(0)
+        return self.file
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
 async def _fetch(
-    http: httpx.AsyncClient, url: str, where: str, spool: IO[bytes], max_bytes: int
+    http: httpx.AsyncClient, url: str, where: str, spool: _Spool, max_bytes: int
 ) -> None:
     """The body behind ``url`` into ``spool``, at most ``max_bytes`` of it."""
     storage_fix = (

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.langdock.csv import (
@@ -318,6 +318,7 @@ key_rows = st.lists(
 )
 
 
+@settings(deadline=None)  # two SQLite stores an example: past 200 ms on a busy machine
 @given(key_rows)
 def test_the_store_keeps_the_same_of_folded_and_unfolded_rows(rows: list[KeyUsage]) -> None:
     """What the client now hands the store (one row per key and model) stores exactly what
