@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,33 +18,11 @@ import pytest
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
+from tests.processes import Notifications, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-e2e-0f9e8d7c6b5a"
 RULE = "- {{name: tiny, kind: budget, each: api_key, window: 24h, limit_usd: {limit}}}\n"
-
-
-class Notifications:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(60)
-        self.seen: list[str] = []
-
-    def wait_for(self, needle: str) -> str:
-        """Block until a datagram containing ``needle`` arrives (socket timeout: 60 s)."""
-        while True:
-            message = self.sock.recv(4096).decode()
-            self.seen.append(message)
-            if needle in message:
-                return message
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

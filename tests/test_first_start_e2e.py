@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from daemon.langdock.sim_workspace import DEFAULT_MODELS, SimKey
 from daemon.langdock.simulator import Simulator
 from daemon.rules.windows import bucket_end, bucket_start, window_period
 from daemon.store import join_nanos
+from tests.processes import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,12 +68,6 @@ RULES = (
     )
     + f"  - {{name: {ANOMALY}, kind: anomaly, metric: cost_usd, window: 1h, baseline: 7d}}\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
+from tests.processes import Notifications, free_port
 from tests.servers import binary
 
 T = TypeVar("T")
@@ -123,12 +123,6 @@ def interpolate(expr: str, values: dict[str, str]) -> str:
 # ------------------------------------------------------------------ the servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait(what: str, probe: Callable[[], T | None], logs: Callable[[], str]) -> T:
     """Call ``probe`` until it returns something (not None); fail after `DEADLINE`."""
     deadline = time.monotonic() + DEADLINE
@@ -141,28 +135,6 @@ def wait(what: str, probe: Callable[[], T | None], logs: Callable[[], str]) -> T
 def tail(path: Path, lines: int = 30) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return f"{path.name} (tail):\n" + "\n".join(text.splitlines()[-lines:])
-
-
-class Notifications:
-    """The daemon's systemd notifications (READY, STATUS after every cycle) on a socket."""
-
-    def __init__(self, path: Path, logs: Callable[[], str]) -> None:
-        self.path, self.logs = path, logs
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(DEADLINE)
-
-    def wait_for(self, needle: str) -> None:
-        while True:
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                pytest.fail(f"no {needle!r} within {DEADLINE:.0f} s\n{self.logs()}")
-            if needle in message:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def unix_time(rfc3339: str) -> float:
@@ -343,7 +315,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             check=True,
             capture_output=True,
         )
-        notify = Notifications(tmp / "notify.sock", logs)
+        notify = Notifications(tmp / "notify.sock", DEADLINE, logs)
         closing.append(notify.close)
         with daemon_log.open("ab") as err:
             procs.append(

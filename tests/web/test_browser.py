@@ -28,7 +28,6 @@ import base64
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from daemon.langdock.sim_workspace import DEFAULT_KEYS, SimKey
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
+from tests.processes import Notifications, free_port
 from tests.servers import binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,36 +88,6 @@ CHROMIUM_FLAGS = (
 # ------------------------------------------------------------------ the daemon and the fakes
 
 
-class Notifications:
-    """The daemon's sd_notify datagrams on a test NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(60)
-        self.seen: list[str] = []
-
-    def wait_for(self, needle: str) -> str:
-        """The first datagram from now on that contains ``needle`` (at most 60 s apart)."""
-        while True:
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                raise AssertionError(
-                    f"the daemon sent no {needle!r} within 60 s; last seen: {self.seen[-5:]}"
-                ) from None
-            self.seen.append(message)
-            if needle in message:
-                return message
-
-    def next_cycle(self) -> str:
-        """The STATUS of the next cycle to end; it must have gone well."""
-        status = self.wait_for("STATUS=cycle ")
-        assert ": ok: " in status, f"the cycle did not go well: {status!r}"
-        return status
-
-
 @dataclass
 class Daemon:
     proc: subprocess.Popen[bytes]
@@ -150,19 +120,13 @@ def _log_on_failure(log: Path) -> Iterator[None]:
         raise AssertionError(f"{exc}\nthe daemon's last log lines ({log}):\n{tail}") from None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("web-e2e")
     sim = Simulator(api_key=SECRET, keys=KEYS)
     sim.start()
     slack = FakeSlack().start()
-    port = _free_port()
+    port = free_port()
     rules = tmp / "rules" / "budgets.yaml"
     rules.parent.mkdir()
     rules.write_text(RULES.format(later="100000"))
