@@ -1,5 +1,6 @@
-"""Reading the per-call CSV (the web UI's Settings > API > Export) into a polars frame of its
-cells, and saying what is wrong where a row or the file can't be read.
+"""Reading the per-call CSV (the web UI's Settings > API > Export) into polars frames of its
+cells, a few megabytes of the file at a time, and saying what is wrong where a row or the file
+can't be read.
 
 polars is loaded here, by `load_polars`, only when a file is read: the daemon and the other
 commands never pay for it.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import sys
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
-
-from daemon.langdock.csv import normalize_header
+from typing import Any, BinaryIO
 
 Source = Path | bytes  # a file, or its contents
 _COLUMNS = {
@@ -27,10 +30,16 @@ _COLUMNS = {
     "input_price": ("input_token_price_(usd/1m_tokens)", "input_token_price", "input_price"),
     "output_price": ("output_token_price_(usd/1m_tokens)", "output_token_price", "output_price"),
 }
+_ALLOCATOR = "_RJEM_MALLOC_CONF"  # polars' jemalloc reads its options from this
+# about 25,000 calls a chunk: a few ms of polars work each, so the per-chunk overhead stays
+# small, while a piece, its frame and the groups so far stay well under half of pandas' peak
+# for the same file (bench/import_bench.py: 4 MB chunks peaked about 15 MB higher, 1 MB ones
+# no lower and slower)
+CHUNK_BYTES = 2 << 20
 _REQUIRED = ("date", "key_id", "model", "input", "output", "input_price", "output_price")
 # "2026-11-20 10:15:00", "2026-11-20T10:15:00.123Z": UTC wall time, cut at the minute by
-# polars; anything else (offsets, odd spacing) is parsed row by row in Python
-_PLAIN_UTC = r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?Z?$"
+# polars; anything else (offsets, odd spacing) is parsed in Python, once per distinct text
+PLAIN_UTC = r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?Z?$"
 
 
 class ImportFileError(ValueError):
@@ -38,14 +47,27 @@ class ImportFileError(ValueError):
 
 
 def load_polars() -> Any:
-    """polars, loaded here only: the daemon and the other commands never pay for it."""
+    """polars, loaded here only: the daemon and the other commands never pay for it.
+
+    Loaded first here, its allocator (jemalloc) gets one arena for all of polars' threads
+    instead of one per thread (unless ``_RJEM_MALLOC_CONF`` is set already): memory a thread
+    frees is then reused by the others rather than kept apart, about 20 MB less at the peak of
+    a million-row import and no slower (bench/import_bench.py)."""
+    first = "polars" not in sys.modules
+    if first and _ALLOCATOR not in os.environ:
+        os.environ[_ALLOCATOR] = "narenas:1"
+    else:
+        first = False
     try:
         import polars
     except ImportError:
         raise ImportFileError(
             "polars, the CSV engine of `import` and a dependency of langdock-budget, is not"
-            " installed: reinstall langdock-budget, or pip install 'polars>=1.20'"
+            " installed: reinstall langdock-budget, or pip install 'polars>=2.0'"
         ) from None
+    finally:
+        if first:  # read once, as the library loads; not passed on to other programs
+            del os.environ[_ALLOCATOR]
     return polars
 
 
@@ -66,6 +88,12 @@ def read_header(source: Source) -> list[str]:
     if not header:
         raise ImportFileError("per-call CSV: the file is empty")
     return header
+
+
+def normalize_header(name: str) -> str:
+    """As `daemon.langdock.csv.normalize_header` (tested): not imported from there, as that
+    package loads the HTTP client, which reading a file does not need."""
+    return name.strip().lstrip("\ufeff").strip().lower().replace(" ", "_").replace("-", "_")
 
 
 def _header_map(header: list[str]) -> dict[str, int]:
@@ -195,70 +223,122 @@ def _bad_quote_cell(line: str) -> int:
     return index
 
 
-def read_frame(source: Source) -> tuple[Any, dict[str, str]]:
-    """The file's calls, one row per record: its ``line`` number, the cells as text, and the
-    columns derived from them (``minute`` for a plain UTC date, ``key``, ``model``, ``name``,
-    ``input_tokens``, ``output_tokens``, ``blank``); with each column's label as the file's
-    header spells it."""
-    pl = load_polars()
+@dataclass(frozen=True)
+class Layout:
+    """Which of the file's columns the import reads: their indices (in file order), the names
+    used here for them, and each one's label as the file's header spells it."""
+
+    header: list[str]
+    indices: list[int]
+    names: list[str]
+    labels: dict[str, str]
+
+
+def read_layout(source: Source) -> Layout:
     header = read_header(source)
     wanted = _header_map(header)
     labels = {name: header[index].strip().lstrip("\ufeff") for name, index in wanted.items()}
-    order = sorted(wanted, key=wanted.__getitem__)
-    try:
-        raw = pl.read_csv(
-            source,
-            has_header=False,
-            skip_rows=1,
-            columns=[wanted[name] for name in order],
-            infer_schema=False,
-            truncate_ragged_lines=True,
-            encoding="utf8",
-        )
-    except Exception as exc:  # polars' own error types: not UTF-8, broken quoting, ...
-        where = locate_unreadable(source, header)
-        if where is not None:
-            raise ImportFileError(f"per-call CSV: unreadable: {where}") from None
-        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ImportFileError(f"per-call CSV: unreadable ({first_line})") from None
-    raw = raw.rename(dict(zip(raw.columns, order, strict=True)))  # selected, in file order
-    if "key_name" not in wanted:
-        raw = raw.with_columns(key_name=pl.lit(None, dtype=pl.String))
-    # Cells are stripped where a stray space would change the meaning (names, counts);
-    # dates that are not plain go to the careful path, prices are checked per distinct text.
-    key, model = pl.col("key_id").str.strip_chars(), pl.col("model").str.strip_chars()
-    frame = (
-        raw.lazy()
-        .with_row_index("line", offset=2)
-        .with_columns(
-            minute=pl.when(pl.col("date").str.contains(_PLAIN_UTC)).then(
-                pl.col("date").str.slice(0, 16)
-            ),
-            key=key,
-            model=model,
-            name=pl.col("key_name").str.strip_chars(),
-            input_tokens=_tokens(pl, pl.col("input")),
-            output_tokens=_tokens(pl, pl.col("output")),
-            # a blank record (every cell empty) is skipped, as the csv module would
-            blank=pl.all_horizontal(
-                [
-                    pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "")
-                    for name in order
-                    if name not in ("key_id", "model")
-                ]
-                + [key.is_null() | (key == ""), model.is_null() | (model == "")]
-            ),
-        )
-        .collect()
-    )
-    return frame, labels
+    names = sorted(wanted, key=wanted.__getitem__)
+    return Layout(header, [wanted[name] for name in names], names, labels)
 
 
-def _tokens(pl: Any, raw: Any) -> Any:
-    """A token count: an empty cell counts as 0, anything not an integer as missing (bad)."""
-    text = raw.str.strip_chars()
-    return (
-        pl.when(text == "")
-        .then(pl.lit(0, dtype=pl.Int64))
-        .otherwise(text.cast(pl.Int64, strict=False))
-    )
+def read_chunks(source: Source, layout: Layout, chunk_bytes: int = 0) -> Generator[Any, None, None]:
+    """The file's calls, some thousands of records at a time (about ``chunk_bytes`` of the
+    file, `CHUNK_BYTES` by default): polars frames of the selected cells as text, with each
+    record's ``line`` number (``key_name`` null when the file has no such column).
+
+    Each piece of the file is parsed as the whole file would be: after the header line, and
+    from the second piece on after the first record too (polars takes the width of a record
+    from the first one; that record is dropped again), so ragged rows, blank lines and line
+    numbers come out as they would in one read, while only a piece is in memory at a time."""
+    pl = load_polars()
+    line = 2  # of the next record; the header is line 1
+    with _open(source) as handle:
+        head = handle.readline()
+        prefix = head
+        for number, parts in enumerate(_pieces(handle, chunk_bytes or CHUNK_BYTES)):
+            data = b"".join([prefix, *parts])
+            del parts
+            try:
+                raw = pl.read_csv(
+                    data,
+                    has_header=False,
+                    skip_rows=1,
+                    columns=layout.indices,
+                    infer_schema=False,
+                    truncate_ragged_lines=True,
+                    encoding="utf8",
+                )
+            except Exception as exc:  # polars' own error types: not UTF-8, broken quoting, ...
+                raise _unreadable(source, layout.header, exc) from None
+            if number:
+                raw = raw.slice(1)  # the first record, there for its width only
+            else:
+                prefix = head + data[len(head) : len(head) + _record_end(data, len(head))]
+            del data
+            raw.columns = layout.names  # selected, in file order
+            if "key_name" not in layout.names:
+                raw = raw.with_columns(key_name=pl.lit(None, dtype=pl.String))
+            raw = raw.with_row_index("line", offset=line)
+            line += raw.height
+            yield raw
+
+
+def _open(source: Source) -> BinaryIO:
+    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+
+
+def _pieces(handle: BinaryIO, size: int) -> Iterator[list[bytes | memoryview]]:
+    """The rest of the file in pieces of about ``size`` bytes (as lists of parts to join),
+    each ending where a record does: at a newline outside quotes (after an even number of
+    double quotes, as quoted cells hold theirs doubled). A piece with none grows until one
+    comes; a file polars would not read fails on the piece that holds the bad record. At least
+    one piece, maybe empty: the header alone is parsed (and refused) as a whole file would be."""
+    pending, pending_quotes, given = b"", 0, False
+    while block := handle.read(size):
+        quoted = b'"' in block  # (most exports quote nothing: then nothing to count)
+        total = pending_quotes + (block.count(b'"') if quoted else 0)
+        newline, before = _last_record_end(block, total, quoted)
+        if newline < 0:
+            pending, pending_quotes = pending + block, total
+            continue
+        piece: list[list[bytes | memoryview]] = [[pending, memoryview(block)[: newline + 1]]]
+        pending, pending_quotes, given = block[newline + 1 :], total - before, True
+        del block  # the caller's join is its last use: freed then, not after parsing
+        yield piece.pop()
+    if pending or not given:
+        yield [pending]
+
+
+def _last_record_end(block: bytes, quotes: int, quoted: bool) -> tuple[int, int]:
+    """The last newline in ``block`` outside quotes, given the number of double quotes up to
+    its end (``quoted``: whether the block has any), and the number before that newline;
+    (-1, quotes) when there is none."""
+    if not quoted:
+        return (-1 if quotes % 2 else block.rfind(b"\n")), quotes
+    end = len(block)
+    while (newline := block.rfind(b"\n", 0, end)) >= 0:
+        quotes -= block.count(b'"', newline + 1, end)
+        if not quotes % 2:
+            return newline, quotes
+        end = newline
+    return -1, quotes
+
+
+def _record_end(data: bytes, start: int) -> int:
+    """How many bytes of ``data`` from ``start`` the record that starts there takes."""
+    quotes, at = 0, start
+    while (newline := data.find(b"\n", at)) >= 0:
+        quotes += data.count(b'"', at, newline)
+        if not quotes % 2:
+            return newline + 1 - start
+        at = newline + 1
+    return len(data) - start
+
+
+def _unreadable(source: Source, header: list[str], exc: Exception) -> ImportFileError:
+    where = locate_unreadable(source, header)
+    if where is not None:
+        return ImportFileError(f"per-call CSV: unreadable: {where}")
+    first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return ImportFileError(f"per-call CSV: unreadable ({first_line})")

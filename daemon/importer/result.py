@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from daemon.rules.windows import calendar_period
+
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # scaleb without rounding
 
 
 @dataclass
@@ -22,9 +24,13 @@ class ImportResult:
     first: datetime | None = None
     last: datetime | None = None
     names: dict[str, str] = field(default_factory=dict)
-    # a polars DataFrame, one row per (bucket start in unix seconds, key, model): calls,
-    # input and output tokens, and the cost in units of 10**-scale USD (an exact integer)
+    # a polars DataFrame, one row per (bucket, key, model): the bucket's start as a UTC
+    # quarter hour (unix seconds / 900), the key and model as indices into ``keys`` and
+    # ``models``; calls, input and output tokens, and the cost in units of 10**-scale USD (an
+    # exact integer; its decimal digits as text past 128 bits)
     groups: Any = None
+    keys: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
     scale: int = 6
 
     @property
@@ -37,8 +43,39 @@ class ImportResult:
             return
         columns = ("bucket", "key", "model", "calls", "input", "output", "units")
         lists = [self.groups.get_column(name).to_list() for name in columns]
-        for start, key, model, calls, inp, out, units in zip(*lists, strict=True):
-            yield start, key, model, calls, inp, out, Decimal(units).scaleb(-self.scale)
+        keys, models, scale = self.keys, self.models, -self.scale
+        for quarter, key, model, calls, inp, out, units in zip(*lists, strict=True):
+            cost = Decimal(units).scaleb(scale, _EXACT)
+            yield quarter * 900, keys[key], models[model], calls, inp, out, cost
+
+    def by_bucket(self) -> Iterator[tuple[int, list[tuple[str, str, int, int, int, Decimal]]]]:
+        """(bucket start, [(key, model, calls, input, output, cost in USD), ...]) per bucket,
+        oldest first: one bucket's rows in Python at a time, not all the groups'."""
+        if self.groups is None:
+            return
+        order = self.groups.get_column("bucket").arg_sort()  # not a sorted copy of the groups
+        runs = self.groups.get_column("bucket").gather(order).rle().struct.unnest()
+        offset = 0
+        for length, quarter in runs.iter_rows():
+            part = self.groups[order.slice(offset, length)]
+            offset += length
+            columns = ("key", "model", "calls", "input", "output", "units")
+            lists = [part.get_column(name).to_list() for name in columns]
+            keys, models, scale = self.keys, self.models, -self.scale
+            yield (
+                quarter * 900,
+                [
+                    (
+                        keys[key],
+                        models[model],
+                        calls,
+                        inp,
+                        out,
+                        Decimal(units).scaleb(scale, _EXACT),
+                    )
+                    for key, model, calls, inp, out, units in zip(*lists, strict=True)
+                ],
+            )
 
     @property
     def buckets(self) -> dict[tuple[datetime, str, str], tuple[Decimal, int, int, int]]:

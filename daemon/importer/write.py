@@ -17,9 +17,13 @@ def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime
     """Write the imported buckets that the API has not filled yet; return how many."""
     fetched = store.segments("api-keys", datetime(1970, 1, 1, tzinfo=UTC))  # oldest first
     starts = [segment.start for segment in fetched]
-    by_bucket: dict[int, list[KeyUsage]] = {}
-    for start, key_id, model, calls, inp, out, cost in result.group_rows():
-        by_bucket.setdefault(start, []).append(
+    written = 0
+    for start_ts, groups in result.by_bucket():  # one bucket's rows at a time
+        begins = datetime.fromtimestamp(start_ts, UTC)
+        at = bisect_right(starts, begins) - 1
+        if at >= 0 and begins < fetched[at].end:
+            continue  # the API's numbers for this hour (or the range holding it) win
+        rows = [
             KeyUsage(
                 key_id,
                 result.names.get(key_id, key_id),
@@ -29,13 +33,8 @@ def store_import(store: Store, result: ImportResult, tz: ZoneInfo, now: datetime
                 prompt_tokens=inp,
                 completion_tokens=out,
             )
-        )
-    written = 0
-    for start_ts, rows in sorted(by_bucket.items()):
-        begins = datetime.fromtimestamp(start_ts, UTC)
-        at = bisect_right(starts, begins) - 1
-        if at >= 0 and begins < fetched[at].end:
-            continue  # the API's numbers for this hour (or the range holding it) win
+            for key_id, model, calls, inp, out, cost in groups
+        ]
         store.replace_key_usage(begins, bucket_end(begins, tz), rows, now, export="import")
         written += 1
     return written
