@@ -3,10 +3,11 @@
 
 `read` reads the file with polars (in Rust), a few megabytes at a time, so that only the
 groups stay in memory, not the file's cells; `group` maps each chunk's distinct quarter hours
-onto the local-hour bucket grid and its distinct prices onto exact integer multipliers, and
-groups the calls by (bucket, key, model), so a group's cost ``input x input_price / 1e6 +
-output x output_price / 1e6`` is an exact integer sum (in 64 or 128 bits, or Python's
-integers past that) scaled once at the end; `result` holds what came out. Bad rows are reported
+onto the local-hour bucket grid and its distinct prices onto exact integer multipliers (the
+lookups in `cells`, the arithmetic in `money`), and groups the calls by (bucket, key, model),
+so a group's cost ``input x input_price / 1e6 + output x output_price / 1e6`` is an exact
+integer sum (in 64 or 128 bits, or Python's integers past that) scaled once at the end;
+`result` holds what came out. Bad rows are reported
 with their line number and skipped (or, with ``strict``, stop the import).
 
 `write` stores the imported buckets only where the API has not been fetched yet: the poller

@@ -1,6 +1,6 @@
 """Reading the per-call CSV (the web UI's Settings > API > Export) into polars frames of its
-cells, a few megabytes of the file at a time, and saying what is wrong where a row or the file
-can't be read.
+cells, a few megabytes of the file at a time (`read_ahead`: on another thread, while the chunk
+before is grouped), and saying what is wrong where a row or the file can't be read.
 
 polars is loaded here, by `load_polars`, only when a file is read: the daemon and the other
 commands never pay for it.
@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import queue
 import sys
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -282,6 +284,49 @@ def read_chunks(source: Source, layout: Layout, chunk_bytes: int = 0) -> Generat
             raw = raw.with_row_index("line", offset=line)
             line += raw.height
             yield raw
+
+
+def read_ahead(chunks: Generator[Any, None, None], prepare: Callable[[Any], Any]) -> Iterator[Any]:
+    """``chunks``, each read and prepared (by another thread) while the one before is added:
+    polars works with the interpreter lock released, so on a machine with a core to spare the
+    reading is hidden behind the adding. At most one chunk waits: two in memory at once."""
+    ready: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    turn = threading.Semaphore(1)  # released when the reader may read the next chunk
+    done = threading.Event()  # the caller stopped early: the reader closes the file
+
+    def read() -> None:
+        try:
+            while turn.acquire() and not done.is_set():
+                chunk = next(chunks, _END)
+                ready.put(chunk if chunk is _END else prepare(chunk))
+                if chunk is _END:
+                    return
+        except BaseException as exc:  # an unreadable file: raised in the caller's thread
+            ready.put(_Failed(exc))
+        finally:
+            chunks.close()
+
+    reader = threading.Thread(target=read, name="import-reader", daemon=True)
+    reader.start()
+    try:
+        while (chunk := ready.get()) is not _END:
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            turn.release()
+            yield chunk
+            del chunk
+    finally:
+        done.set()
+        turn.release()
+        reader.join()
+
+
+_END = object()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 def _open(source: Source) -> BinaryIO:
