@@ -107,7 +107,7 @@ def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
         store = Store.open(config.state.path, exclusive=True, tz=config.tz)
         store.save_alerts({})  # every run starts from the same state
         daemon = Daemon(config_path, config, store)
-        times, lines = [], 0
+        times, cpu, lines = [], [], 0
         now = FIRST_POLL
         for poll in range(polls):
             running = now.replace(minute=0)
@@ -129,7 +129,7 @@ def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
             if not kept:
                 store._sums.clear()  # the previous way: everything summed again
                 store._alerts_known = None
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             engine = evaluate_rules(store, config, now)
             published = load_published(store, config, engine, now)
             daemon.publish(
@@ -137,10 +137,11 @@ def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
             )
             lines = len(render(daemon.collector).splitlines())
             times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
             now += timedelta(minutes=5)
         store.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"times": times, "peak_mb": peak, "lines": lines}
+    return {"times": times, "cpu": cpu, "peak_mb": peak, "lines": lines}
 
 
 def span(values: list[float], digits: int = 2) -> str:
@@ -189,9 +190,11 @@ def main() -> None:
         steady = [r["times"][1:] for r in runs]  # type: ignore[index]
         medians = [statistics.median(t) for t in steady]  # type: ignore[arg-type]
         worst = [max(t) for t in steady]  # type: ignore[type-var]
+        cpu = [statistics.median(r.get("cpu", [0.0, 0.0])[1:]) for r in runs]  # type: ignore[attr-defined]
         peaks = [float(r["peak_mb"]) for r in runs]  # type: ignore[arg-type]
         print(
-            f"steady: {label:<24} cycle median {span(medians)} s, slowest {span(worst)} s,"
+            f"steady: {label:<24} cycle median {span(medians)} s ({span(cpu)} s CPU),"
+            f" slowest {span(worst)} s,"
             f" first after start {span(first)} s, peak RSS {span(peaks, 0)} MB"
         )
 

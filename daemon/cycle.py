@@ -112,6 +112,12 @@ class CycleResult:
         return self.poll.ok and self.delivery.ok and self.store_error is None
 
 
+# A window over this many stored hours or fewer is summed from the members' hourly series, one
+# series per member shared by all such windows of a selection (a first cycle's 10,000 keys:
+# one series each, not one per window); longer ones from sums kept between cycles.
+FEW_BUCKETS = 48
+
+
 def history_needed(rules: Sequence[AnyRule], now: datetime, tz: ZoneInfo) -> datetime:
     """The oldest instant any rule looks at (window, baseline, forecast profile)."""
     return min((need.start for need in usage_wanted(rules, now, tz)), default=now)
@@ -130,12 +136,15 @@ def load_usage(
     filters = selection_filters(((n.rule, n.metric) for n in needs), key_names, store.models())
     series: dict[Selection, datetime] = {}
     windows: dict[Selection, list[tuple[datetime, datetime]]] = {}
+    stored: dict[tuple[datetime, datetime], int] = {}  # hours stored per window (few windows)
     for need in needs:
         selection = selection_of(need.rule, need.metric)
         if selection not in filters:
             continue  # errors and latency: from the models export
         span = (need.start, need.end)
-        if need.series:
+        if span not in stored:
+            stored[span] = store.stored_buckets(*span)
+        if need.series or stored[span] <= FEW_BUCKETS:
             series[selection] = min(need.start, series.get(selection, need.start))
         elif span not in windows.setdefault(selection, []):
             windows[selection].append(span)
