@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from daemon.config import load_config
+from daemon.config import Config, load_config
 from daemon.cycle import CycleResult, evaluate_rules
 from daemon.ingest import PollReport
 from daemon.langdock.csv import KeyUsage
@@ -29,6 +29,17 @@ from daemon.service import Daemon
 from daemon.snapshot import build_snapshot
 from daemon.store import OutboxItem, Store
 from tests.conftest import fill_history
+
+NOW_METRICS = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+
+
+def metrics_store(tmp_path: Path, rules: str) -> tuple[Config, Store]:
+    """A UTC config with ``rules`` (and whatever else the text adds) and its empty store."""
+    (tmp_path / "config.yaml").write_text(
+        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n" + rules
+    )
+    config = load_config(tmp_path / "config.yaml", {})
+    return config, Store.open(config.state.path, tz=config.tz)
 
 
 def costs(*keys: str) -> tuple[CostSeries, ...]:
@@ -90,13 +101,10 @@ def test_counters_and_required_names() -> None:
 def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) -> None:
     """A 60,000-character key name: every label that carries it is bounded, ids are exact."""
     huge = "n" * 60_000
-    (tmp_path / "config.yaml").write_text(
-        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
-        "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n"
+    config, store = metrics_store(
+        tmp_path, "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n"
     )
-    config = load_config(tmp_path / "config.yaml", {})
-    store = Store.open(config.state.path, tz=config.tz)
-    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    now = NOW_METRICS
     start = now.replace(minute=0)
     store.replace_key_usage(
         start, start + timedelta(hours=1), [KeyUsage("key_big", huge, "m", 1, Decimal(5))], now
@@ -118,14 +126,12 @@ def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) 
 def test_the_snapshot_is_built_from_the_cycles_result_alone(tmp_path: Path) -> None:
     """The cycle loads what `/metrics` shows (costs of the top keys, names, silences, the
     outbox); building the snapshot afterwards reads nothing, the store may be gone."""
-    (tmp_path / "config.yaml").write_text(
-        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
+    config, store = metrics_store(
+        tmp_path,
         "metrics: {top_keys: 1}\n"
-        "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n"
+        "rules: [{name: keys, kind: budget, each: api_key, window: day, limit_usd: 1}]\n",
     )
-    config = load_config(tmp_path / "config.yaml", {})
-    store = Store.open(config.state.path, tz=config.tz)
-    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    now = NOW_METRICS
     start = now.replace(minute=0)
     rows = [KeyUsage("k1", "web", "m", 1, Decimal(5)), KeyUsage("k2", "batch", "m", 1, Decimal(2))]
     store.replace_key_usage(start, start + timedelta(hours=1), rows, now)
@@ -171,13 +177,10 @@ def test_between_cycles_only_the_outbox_and_counters_move(tmp_path: Path) -> Non
 def test_each_family_carries_its_own_unit(tmp_path: Path) -> None:
     """A request budget is published as `_requests`, never as `_usd`; an anomaly on response
     time in seconds, with its expected value and score."""
-    (tmp_path / "config.yaml").write_text(
-        "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n"
-        "rules: [{name: calls, kind: budget, window: day, limit_requests: 10}]\n"
+    config, store = metrics_store(
+        tmp_path, "rules: [{name: calls, kind: budget, window: day, limit_requests: 10}]\n"
     )
-    config = load_config(tmp_path / "config.yaml", {})
-    store = Store.open(config.state.path, tz=config.tz)
-    now = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    now = NOW_METRICS
     start = now.replace(minute=0)
     store.replace_key_usage(
         start, start + timedelta(hours=1), [KeyUsage("k1", "web", "m", 4, Decimal(5))], now
