@@ -331,4 +331,5 @@ async def run_cycle(
         delivery = await deliver(store, sender, now, sleep=sleep)
     # last, so the outbox gauges count what delivery left
     shown = load_published(store, config, engine, at) if metrics else None
+    store.sweep_kept_sums()  # once a cycle: what no rule reads any more is forgotten
     return CycleResult(report, engine, delivery, ready, published=shown)

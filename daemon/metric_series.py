@@ -75,11 +75,6 @@ def bounded(text: str, limit: int = LABEL_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def key_label(name: str, key_id: str) -> str:
-    """``name (id)`` with the name bounded and the id exact (for people, not for series)."""
-    return f"{bounded(name)} ({key_id})"
-
-
 def scope_id(member: Member | str) -> str:
     """The stable ``scope`` label of a member (or of a member id): ``workspace``, the API key
     id or the model name."""

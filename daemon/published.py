@@ -65,7 +65,6 @@ def load_published(store: Store, config: Config, engine: EngineResult, now: date
     oldest = min(start for start, _ in ranges.values())
     fresh_from = bucket_start(now, config.tz)
     _, costs = store.cost_windows(ranges, oldest, top_n, fresh_from)
-    store.sweep_kept_sums()  # once a cycle: what no rule reads any more is forgotten
     names = store.api_key_names()
     silenced = silence_matcher(store.silences(now), names, now)
     return Published(

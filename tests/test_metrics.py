@@ -20,7 +20,7 @@ from daemon.metrics import (
     render,
 )
 from daemon.notify import DeliveryReport
-from daemon.published import load_published
+from daemon.published import Published, load_published
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.engine import EngineResult
 from daemon.rules.types import Member
@@ -40,6 +40,14 @@ def metrics_store(tmp_path: Path, rules: str) -> tuple[Config, Store]:
     )
     config = load_config(tmp_path / "config.yaml", {})
     return config, Store.open(config.state.path, tz=config.tz)
+
+
+def published_text(engine: EngineResult, published: Published, now: datetime) -> str:
+    """`/metrics` after a cycle that evaluated ``engine`` and loaded ``published``."""
+    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
+    collector = SnapshotCollector()
+    collector.snapshot = build_snapshot(result, Stats(), None)
+    return render(collector)
 
 
 def costs(*keys: str) -> tuple[CostSeries, ...]:
@@ -112,10 +120,7 @@ def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) 
     fill_history(store, config, now)
     engine = evaluate_rules(store, config, now)
     published = load_published(store, config, engine, now)
-    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
-    collector = SnapshotCollector()
-    collector.snapshot = build_snapshot(result, Stats(), None)
-    text = render(collector)
+    text = published_text(engine, published, now)
     assert len(text) < 10_000 and huge not in text
     cut = "n" * (LABEL_MAX - 1) + "\u2026"
     assert f'langdock_api_key_info{{api_key_id="key_big",api_key_name="{cut}"}} 1.0' in text
@@ -141,10 +146,7 @@ def test_the_snapshot_is_built_from_the_cycles_result_alone(tmp_path: Path) -> N
     published = load_published(store, config, engine, now)
     store.close()
     assert [key.member for key in published.silenced] == ["k2"]  # matched by the key's name
-    result = CycleResult(PollReport(started=now), engine, DeliveryReport(), published=published)
-    collector = SnapshotCollector()
-    collector.snapshot = build_snapshot(result, Stats(), None)
-    text = render(collector)
+    text = published_text(engine, published, now)
     assert 'langdock_alert_silenced{rule="keys",scope="k2"} 1.0' in text
     assert 'langdock_cost_usd{api_key_id="k1",model="m",window="today"} 5.0' in text
     assert 'langdock_cost_usd{api_key_id="other",model="m",window="7d"} 2.0' in text

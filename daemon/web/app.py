@@ -10,6 +10,7 @@ queries run on the pages' own thread and connection (`Site.read`), never on the 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -42,6 +43,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 log = structlog.get_logger("langdock_budget.web")
 
 
+@cache
 def _templates() -> Environment:
     """The templates, made on the first page anybody opens: an idle daemon whose page is
     never looked at does not hold jinja2 (docs/PERFORMANCE.md, idle)."""
@@ -74,15 +76,11 @@ def make_app(
     collector: SnapshotCollector,
     allowed_hosts: tuple[str, ...] = ("*",),
 ) -> ASGIApp:
-    templates: list[Environment] = []
-
     def page(
         request: Request, template: str, context: dict[str, Any], status: int = 200
     ) -> Response:
-        if not templates:
-            templates.append(_templates())
         body = (
-            templates[0]
+            _templates()
             .get_template(template)
             .render(
                 **header(site),

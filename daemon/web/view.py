@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from daemon.metric_series import scope_id
+from daemon.metric_series import LABEL_MAX, bounded, scope_id
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, BudgetTable
 from daemon.rules.windows import is_calendar
 
 _DAY = 86_400
-SHOWN_CHARS = 120
+SHOWN_CHARS = LABEL_MAX  # as in metric labels
 # bidirectional overrides and isolates: "prod-\u202eevil" must not read as "prod-live"
 _BIDI = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], "\ufffd")
 
@@ -30,8 +30,7 @@ _BIDI = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], "\ufffd"
 def shown_text(text: object, limit: int = SHOWN_CHARS) -> str:
     """A name from Langdock (or a user) as the page shows it: bidi controls made visible,
     at most ``limit`` characters (the ids are shown beside it whole)."""
-    value = str(text).translate(_BIDI)
-    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+    return bounded(str(text).translate(_BIDI), limit)
 
 
 SCALE_CAP = 2.0  # a bar's axis runs to at most twice the limit
