@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,7 +55,7 @@ from daemon.rules.selection import (
 from daemon.rules.series import Raw, Series, ts
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start
-from daemon.store import OutboxItem, Store
+from daemon.store import DB_ERRORS, OutboxItem, Store
 
 log = structlog.get_logger("langdock_budget.cycle")
 
@@ -316,12 +315,12 @@ async def run_cycle(
         engine = evaluate_rules(
             store, config, at, persist=not dry_run, console=console, ready=ready
         )
-    except sqlite3.Error as exc:  # disk full, locked: alert state can't be saved this cycle
+    except DB_ERRORS as exc:  # disk full, locked: alert state can't be saved this cycle
         message, fix = store_failure(exc)
         log.error("store_write_failed", error=message, fix=fix or "the next cycle tries again")
         shown = None
         if metrics:
-            with contextlib.suppress(sqlite3.Error):  # unreadable too: the last series stay
+            with contextlib.suppress(*DB_ERRORS):  # unreadable too: the last series stay
                 shown = load_published(store, config, EngineResult(), at)
         return CycleResult(
             report, EngineResult(), DeliveryReport(), store_error=message, published=shown

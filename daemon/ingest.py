@@ -21,7 +21,7 @@ from daemon.langdock.pacing import Pacer
 from daemon.logs import redact
 from daemon.rules.windows import Period
 from daemon.sdnotify import notify
-from daemon.store import Store
+from daemon.store import DB_ERRORS, BackendError, Store
 
 Progress = Callable[[int, int], None]
 log = structlog.get_logger("langdock_budget.ingest")
@@ -191,8 +191,10 @@ _STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), wha
 def store_failure(exc: Exception) -> tuple[str, str | None]:
     """What storing a bucket failed on (what SQLite said, or the exception), and what to do
     when no bucket can be stored (disk full, locked, read-only, damaged), else None."""
-    if isinstance(exc.__context__, sqlite3.Error):  # e.g. a ROLLBACK of what SQLite undid
+    if isinstance(exc.__context__, DB_ERRORS):  # e.g. a ROLLBACK of what SQLite undid
         exc = exc.__context__
+    if isinstance(exc, BackendError):  # PostgreSQL: a lost connection is tried again
+        return f"PostgreSQL said: {exc}", "check that the server in state.url is reachable"
     if not isinstance(exc, sqlite3.Error):
         return f"storing the bucket failed: {type(exc).__name__}: {exc}", None
     name = "_".join((getattr(exc, "sqlite_errorname", None) or "").split("_")[:2])

@@ -11,7 +11,6 @@ minute. Nothing ends it but `stop`. Progress is logged at most once a minute.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -25,7 +24,7 @@ from daemon.cycle import refine_pace
 from daemon.ingest import fetch_into, load_segments, store_failure
 from daemon.langdock import AuthError, LangdockClient, LangdockError, TransientError
 from daemon.logs import redact
-from daemon.store import Store
+from daemon.store import DB_ERRORS, Store
 
 log = structlog.get_logger("langdock_budget.refine")
 RETRY_PAUSE = 60.0  # seconds after Langdock or the store failed for every range
@@ -143,7 +142,7 @@ class Refiner:
             if isinstance(exc, AuthError):
                 await self.woken.wait()  # the cycle reports it too; try again after one
             return "pause" if isinstance(exc, TransientError | AuthError) else "skip"
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self.failures += 1
             message, fix = store_failure(exc)
             log.error("store_write_failed", error=message, fix=fix or "tried again later")
@@ -161,7 +160,7 @@ class Refiner:
             self.store.record_failure(
                 fetch.export, fetch.start, fetch.end, self._now(), reason, message
             )
-        except sqlite3.Error as exc:  # a broken store must not hide the fetch error
+        except DB_ERRORS as exc:  # a broken store must not hide the fetch error
             log.error("store_write_failed", error=str(exc))
 
     async def _pause(self) -> None:

@@ -192,6 +192,7 @@ _SECRET_FILES = (
     ("slack", "token_file", "token"),
     ("web", "admin_token_file", "admin_token"),
     ("web", "read_token_file", "read_token"),
+    ("state", "password_file", "password"),
 )
 
 

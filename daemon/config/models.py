@@ -143,6 +143,45 @@ class PollConfig(_Strict):
 
 class StateConfig(_Strict):
     path: Path = Path("/var/lib/langdock-budget/state.db")
+    # PostgreSQL instead of the SQLite file: replicas share it, one leads (docs/OPERATIONS.md)
+    url: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    lease_ttl: Duration = timedelta(seconds=15)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                "state.url must be postgresql://user@host:5432/database (for SQLite, set"
+                " state.path instead)"
+            )
+        if ":" in rest.partition("@")[0] and "@" in rest:
+            raise ValueError(
+                "state.url holds a password: put it in state.password (e.g. ${PGPASSWORD})"
+                " or state.password_file, never in the URL"
+            )
+        if "password=" in rest.lower():
+            raise ValueError(
+                "state.url holds a password parameter: use state.password or"
+                " state.password_file instead"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _lease(self) -> StateConfig:
+        if not timedelta(seconds=3) <= self.lease_ttl <= timedelta(minutes=2):
+            raise ValueError(
+                "state.lease_ttl must be between 3s and 2m: a follower takes over within about"
+                " 1.3 x lease_ttl of the leader's death (15s by default)"
+            )
+        if self.password is not None and self.url is None:
+            raise ValueError("state.password is set but state.url is not: set state.url")
+        return self
 
 
 class MetricsConfig(_Strict):

@@ -13,7 +13,7 @@ states and their outbox messages are saved together); a facade would forward ~70
 from __future__ import annotations
 
 from daemon.store.alerts import Alerts
-from daemon.store.db import StoreError, join_nanos, split_nanos
+from daemon.store.db import DB_ERRORS, BackendError, StoreError, join_nanos, split_nanos
 from daemon.store.fetches import FetchRecord
 from daemon.store.outbox import Outbox, OutboxItem
 from daemon.store.schema import SCHEMA_VERSION
@@ -22,7 +22,9 @@ from daemon.store.totals import KeyModelTotal, UsageTotals
 from daemon.store.usage import UsageWrites
 
 __all__ = [
+    "DB_ERRORS",
     "SCHEMA_VERSION",
+    "BackendError",
     "FetchRecord",
     "KeyModelTotal",
     "OutboxItem",

@@ -14,18 +14,23 @@ from daemon.store.outbox import OutboxItem, insert_outbox
 class Alerts(StoreBase):
     """The alert states, saved with the messages about them.
 
-    The process that holds the store's lock (`Store.open(exclusive=True)`) is its only writer
-    of alert state, so it keeps the last states it loaded or saved in memory: a cycle does not
-    read 20,000 states back, and a save writes only the states that changed.
+    The process that holds the store's lock (`Store.open(exclusive=True)`), or the lease on
+    PostgreSQL (`StoreBase.lead`), is its only writer of alert state, so it keeps the last
+    states it loaded or saved in memory: a cycle does not read 20,000 states back, and a save
+    writes only the states that changed.
     """
 
     _alerts_known: dict[str, AlertState] | None = None
+
+    def forget_kept(self) -> None:
+        super().forget_kept()
+        self._alerts_known = None
 
     def load_alerts(self) -> dict[str, AlertState]:
         if self._alerts_known is not None:
             return dict(self._alerts_known)
         states = self._read_alerts()
-        if self._lock_fd is not None:
+        if self.writer:
             self._alerts_known = dict(states)
         return states
 
@@ -73,7 +78,7 @@ class Alerts(StoreBase):
                     for at, kind, s in events
                 ),
             )
-        if self._lock_fd is not None:  # committed: these are the stored states now
+        if self.writer:  # committed: these are the stored states now
             self._alerts_known = dict(states)
 
     def _write_alerts(self, states: dict[str, AlertState]) -> None:

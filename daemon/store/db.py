@@ -14,18 +14,30 @@ import fcntl
 import functools
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
 from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION, USAGE_TABLES
 from daemon.store.sum_cache import SumCache
 
+if TYPE_CHECKING:
+    from daemon.store.pg import PgConnection
+
 
 class StoreError(Exception):
     """The store cannot be opened or written; the message says what to do."""
+
+
+class BackendError(Exception):
+    """An error of a database server (`daemon.store.pg.PgError`), as one line."""
+
+
+# what a failing database raises, whichever backend: callers that must keep running catch it
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, BackendError)
 
 
 class _DecimalSum:
@@ -99,11 +111,65 @@ class StoreBase:
     """One SQLite database file and its connection, which every part of `Store` shares; all
     methods are synchronous and short."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None = None) -> None:
-        self._conn = conn
+    def __init__(
+        self, conn: sqlite3.Connection | PgConnection, path: Path, lock_fd: int | None = None
+    ) -> None:
+        self._conn: Any = conn  # `sqlite3.Connection`, or `PgConnection` that acts like one
         self.path = path
+        self.where = str(path)  # for messages: the file, or the server without its password
         self._lock_fd = lock_fd
+        # the only writer of alert state and usage (SQLite: the lock's holder; PostgreSQL: the
+        # leader, `lead`) keeps what it wrote in memory between cycles
+        self.writer = lock_fd is not None
         self._sums = SumCache()  # window sums kept between cycles (`daemon.store.sum_cache`)
+        self._kept_meta: dict[str, str | None] = {}  # the writer's meta values, as stored
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if isinstance(self._conn, sqlite3.Connection) else "postgresql"
+
+    @classmethod
+    def open_url(
+        cls,
+        url: str,
+        password: str | None = None,
+        *,
+        writer: bool = False,
+        tz: ZoneInfo | None = None,
+    ) -> Self:
+        """Open the store in PostgreSQL (`daemon.store.pg`), migrating its schema. Which
+        replica writes is decided by the lease (`daemon.leadership`); ``writer`` is for the
+        commands that hold it (`lead`)."""
+        from daemon.store.pg import PgConnection, redact
+
+        where = redact(url)
+        conn = PgConnection.connect(url, password)
+        store = cls(conn, Path("."), None)
+        store.where = where
+        try:
+            found = conn.migrate(SCHEMA_VERSION)
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {where} has schema {found}, newer than this version knows"
+                    f" ({SCHEMA_VERSION}); upgrade langdock-budget or point state.url elsewhere"
+                )
+            store.writer = writer
+            store._use_zone(tz, rebuild=writer)
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def lead(self, writer: bool) -> None:
+        """Become (or stop being) the store's only writer: what was kept in memory about the
+        stored state is dropped either way, since another replica may have written."""
+        self.writer = writer
+        self.forget_kept()
+
+    def forget_kept(self) -> None:
+        """Drop what is kept in memory between cycles (read it from the store again)."""
+        self._sums.clear()
+        self._kept_meta.clear()
 
     @classmethod
     def open(cls, path: Path, *, exclusive: bool = False, tz: ZoneInfo | None = None) -> Self:
@@ -166,14 +232,23 @@ class StoreBase:
                 self._conn.execute(f"PRAGMA user_version={target}")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
+        return _Transaction(self._conn, self._kept_meta.clear)
 
     def _meta(self, key: str) -> str | None:
+        """A meta value; the writer keeps what it read or wrote (a window reads
+        "rolled_until" several times a cycle: one round trip each on PostgreSQL)."""
+        if key in self._kept_meta:
+            return self._kept_meta[key]
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        value = None if row is None else str(row[0])
+        if self.writer:
+            self._kept_meta[key] = value
+        return value
 
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        if self.writer:
+            self._kept_meta[key] = value  # dropped again if the transaction fails
 
     def _use_zone(self, tz: ZoneInfo | None, *, rebuild: bool) -> None:
         """Keep the daily sums (`rollups`) in ``tz`` (None: the zone they are kept in, or
@@ -200,6 +275,8 @@ class StoreBase:
         self._conn.execute("VACUUM")
 
     def size_bytes(self) -> int:
+        if not isinstance(self._conn, sqlite3.Connection):
+            return int(self._conn.size_bytes())
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
@@ -208,17 +285,25 @@ class StoreBase:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Any, on_fail: Callable[[], None]) -> None:
         self._conn = conn
+        self._on_fail = on_fail
 
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._conn.execute("COMMIT")
-        elif self._conn.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
-            self._conn.execute("ROLLBACK")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._on_fail()
+                raise
+            return
+        self._on_fail()
+        if self._conn.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
+            with contextlib.suppress(*DB_ERRORS):  # a lost server: the transaction is gone
+                self._conn.execute("ROLLBACK")
 
 
 def _lock(path: Path) -> int:

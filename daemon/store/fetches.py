@@ -103,9 +103,9 @@ class Fetches(StoreBase):
         reason: str | None,
         message: str | None,
     ) -> None:
-        cur = self._conn.execute(
+        row = self._conn.execute(
             "INSERT INTO fetch_log (export, range_start, range_end, at, ok, rows, reason, message)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 export,
                 s,
@@ -116,11 +116,9 @@ class Fetches(StoreBase):
                 reason,
                 None if message is None else redact(message),
             ),
-        )
-        if cur.lastrowid is not None and cur.lastrowid % 500 == 0:
-            self._conn.execute(
-                "DELETE FROM fetch_log WHERE id <= ?", (cur.lastrowid - _FETCH_LOG_KEEP,)
-            )
+        ).fetchone()
+        if row[0] % 500 == 0:
+            self._conn.execute("DELETE FROM fetch_log WHERE id <= ?", (row[0] - _FETCH_LOG_KEEP,))
 
     def last_fetches(self, limit: int = 20) -> list[FetchRecord]:
         rows = self._conn.execute(

@@ -81,7 +81,7 @@ class DailySums(StoreBase):
         sources = [self._sources(start, end) for start, end in windows]
         parts = [
             f"SELECT 0 AS kind, bucket_start AS t,"
-            f" {columns.format(tokens=_HOURLY_TOKENS, rows=1)} FROM key_usage WHERE 0"
+            f" {columns.format(tokens=_HOURLY_TOKENS, rows=1)} FROM key_usage WHERE 1 = 0"
         ]
         values: list[object] = []
         for table, time, tokens, rows in (
@@ -99,7 +99,9 @@ class DailySums(StoreBase):
         picks: list[tuple[str, list[object]]] = []
         for srcs in sources:
             terms = [f"(kind = {int(t != 'key_usage')} AND t >= ? AND t < ?)" for t, *_ in srcs]
-            picks.append((" OR ".join(terms) or "0", [v for *_, lo, hi in srcs for v in (lo, hi)]))
+            picks.append(
+                (" OR ".join(terms) or "1 = 0", [v for *_, lo, hi in srcs for v in (lo, hi)])
+            )
         return " UNION ALL ".join(parts), values, picks
 
 

@@ -45,13 +45,12 @@ class Silences(StoreBase):
         created_by: str | None = None,
     ) -> int:
         with self._transaction():
-            cur = self._conn.execute(
+            row = self._conn.execute(
                 "INSERT INTO silences (rule, member, starts, ends, reason, created_at, created_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (rule, member, _ts(starts), _ts(ends), reason, _ts(starts), created_by),
-            )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+            ).fetchone()
+        return int(row[0])
 
     def silences(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
         rows = self._conn.execute(
@@ -68,4 +67,4 @@ class Silences(StoreBase):
                 "UPDATE silences SET ends = ? WHERE id = ? AND ends > ?",
                 (_ts(now), silence_id, _ts(now)),
             )
-        return cur.rowcount == 1
+        return bool(cur.rowcount == 1)

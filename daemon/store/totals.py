@@ -48,7 +48,7 @@ class UsageTotals(DailySums):
                        dec_sum(u.cost_rest) FILTER (WHERE u.cost_rest IS NOT NULL), {token_sum}
                 FROM key_usage u LEFT JOIN api_keys k ON k.api_key_id = u.api_key_id
                 WHERE u.bucket_start >= ? AND u.bucket_start < ?
-                GROUP BY u.api_key_id, u.model""",
+                GROUP BY u.api_key_id, k.name, u.model""",
             (_ts(start), _ts(end)),
         )
         return [
@@ -158,9 +158,9 @@ class UsageTotals(DailySums):
         )
         sums, params = _window_sums(picks)
         totals: list[dict[str, Raw]] = [{} for _ in windows]
+        where = "WHERE " + " AND ".join(kept) if kept else ""
         for row in self._conn.execute(
-            f"""SELECT member, {sums} FROM ({inner}) {"WHERE " + " AND ".join(kept) if kept else ""}
-                GROUP BY member""",
+            f"SELECT member, {sums} FROM ({inner}) AS picked {where} GROUP BY member",
             [*params, *values, *kept_params],
         ):
             for index, total, extra in _picked(row, 1, len(windows)):
@@ -193,7 +193,7 @@ class UsageTotals(DailySums):
         params = [p for _, pick_params in picks for p in pick_params * 3]
         found: list[Sums] = [{} for _ in live]
         for row in self._conn.execute(
-            f"SELECT {names}, {select} FROM ({inner}) {where} GROUP BY {names}",
+            f"SELECT {names}, {select} FROM ({inner}) AS picked {where} GROUP BY {names}",
             [*params, *values, *kept_params],
         ):
             group = row[0] if groups == 1 else tuple(row[:groups])
@@ -317,7 +317,7 @@ class UsageTotals(DailySums):
         )
         rows = self._conn.execute(
             f"""SELECT api_key_id, coalesce(sum(CASE WHEN {spent} THEN cost_nanos END), 0)
-                FROM ({inner}) WHERE {seen} GROUP BY api_key_id
+                FROM ({inner}) AS picked WHERE {seen} GROUP BY api_key_id
                 ORDER BY 2 DESC, api_key_id LIMIT ?""",
             [*spent_params, *values, *seen_params, limit],
         )
@@ -345,7 +345,8 @@ class UsageTotals(DailySums):
         params += sum_params
         result: dict[str, list[tuple[str | None, str, Decimal]]] = {name: [] for name in names}
         for row in self._conn.execute(
-            f"SELECT {key_column} AS kept, model, {sums} FROM ({inner}) GROUP BY kept, model",
+            f"SELECT {key_column} AS kept, model, {sums}"
+            f" FROM ({inner}) AS picked GROUP BY kept, model",
             [*params, *values],
         ):
             for index, nanos, rest in _picked(row, 2, len(names)):

@@ -150,10 +150,10 @@ class UsageWrites(DailySums, Fetches):
             f"""INSERT INTO {table} (bucket_start, bucket_end, {", ".join(columns)})
             VALUES ({s}, {e}{", ?" * len(columns)})
             ON CONFLICT (bucket_start, api_key_id, model) DO UPDATE SET
-                requests = requests + excluded.requests,
-                cost_nanos = cost_nanos + excluded.cost_nanos,
-                cost_rest = dec_add(cost_rest, excluded.cost_rest),
-                {", ".join(f"{n} = dec_add({n}, excluded.{n})" for n in TOKEN_FIELDS)}""",
+                requests = {table}.requests + excluded.requests,
+                cost_nanos = {table}.cost_nanos + excluded.cost_nanos,
+                cost_rest = dec_add({table}.cost_rest, excluded.cost_rest),
+                {", ".join(f"{n} = dec_add({table}.{n}, excluded.{n})" for n in TOKEN_FIELDS)}""",
             (
                 (
                     row[0],

@@ -4,13 +4,12 @@ table must always equal what a full rewrite would hold."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.rules.lifecycle import AlertKey, AlertState
-from daemon.store import Store
+from tests.store.conftest import Stores, examples
 
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
 
@@ -29,21 +28,22 @@ def as_states(spec: dict[str, tuple[str, int]]) -> dict[str, AlertState]:
     return made
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(states, min_size=1, max_size=6))
-def test_saving_only_the_changes_keeps_the_table_exact(
-    tmp_path_factory: object, saves: list[dict[str, tuple[str, int]]]
-) -> None:
-    path = Path(str(tmp_path_factory.mktemp("alerts"))) / "state.db"  # type: ignore[attr-defined]
-    writer = Store.open(path, exclusive=True)
-    try:
-        for spec in saves:
-            wanted = as_states(spec)
-            assert writer.load_alerts() is not writer.load_alerts()  # copies, never the cache
-            writer.save_alerts(wanted)
-            reader = Store.open(path)  # what another process reads back from the table
-            assert reader.load_alerts() == wanted
-            reader.close()
-            assert writer.load_alerts() == wanted
-    finally:
-        writer.close()
+def test_saving_only_the_changes_keeps_the_table_exact(stores: Stores) -> None:
+    def check(saves: list[dict[str, tuple[str, int]]]) -> None:
+        path = stores.new()
+        writer = stores.open(path, exclusive=True)
+        try:
+            for spec in saves:
+                wanted = as_states(spec)
+                assert writer.load_alerts() is not writer.load_alerts()  # copies, never the cache
+                writer.save_alerts(wanted)
+                reader = stores.open(path)  # what another process reads back from the table
+                assert reader.load_alerts() == wanted
+                reader.close()
+                assert writer.load_alerts() == wanted
+        finally:
+            writer.close()
+
+    examples(stores, sqlite=60, postgresql=12)(
+        given(st.lists(states, min_size=1, max_size=6))(check)
+    )()

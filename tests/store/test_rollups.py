@@ -2,47 +2,30 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.rules.selection import SelectionFilter
 from daemon.rules.windows import buckets
-from daemon.store import Store
+from tests.store.conftest import Stores, examples
 from tests.store.helpers import T0, usage
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, 24 * 9 - 1),  # hour of a nine-day span across a DST change
-            st.sampled_from(["k1", "k2", "k3"]),
-            st.sampled_from(["m1", "m2"]),
-            st.decimals(min_value=0, max_value=100, places=11),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
-    st.lists(st.integers(0, 24 * 9 + 24), min_size=1, max_size=4),  # when sums are refreshed
-    st.sampled_from(["Europe/Berlin", "Asia/Kolkata", "UTC"]),
-    st.lists(st.tuples(st.integers(0, 24 * 9), st.integers(1, 24 * 9)), min_size=1, max_size=4),
-)
-def test_window_totals_from_daily_sums_equal_the_hourly_sums(
-    writes: list[tuple[int, str, str, Decimal]],
-    refreshes: list[int],
-    zone: str,
-    windows: list[tuple[int, int]],
-) -> None:
-    tz = ZoneInfo(zone)
-    base = datetime(2026, 10, 21, tzinfo=UTC)  # Berlin leaves summer time on the 25th
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store.open(Path(tmp) / "s.db", exclusive=True, tz=tz)
+def test_window_totals_from_daily_sums_equal_the_hourly_sums(stores: Stores) -> None:
+    def check(
+        writes: list[tuple[int, str, str, Decimal]],
+        refreshes: list[int],
+        zone: str,
+        windows: list[tuple[int, int]],
+    ) -> None:
+        tz = ZoneInfo(zone)
+        base = datetime(2026, 10, 21, tzinfo=UTC)  # Berlin leaves summer time on the 25th
+        where = stores.new()
+        store = stores.open(where, exclusive=True, tz=tz)
         grid = list(buckets(base, base + timedelta(days=10), tz))
         steps = sorted(refreshes)
         for i, (hour, key, model, cost) in enumerate(writes):
@@ -81,8 +64,30 @@ def test_window_totals_from_daily_sums_equal_the_hourly_sums(
         # another zone on the same hour grid: the daily sums are rebuilt in it, totals stay
         # the same (a zone whose hours start elsewhere refetches: tests/store/test_db.py)
         same_grid = "Asia/Colombo" if zone == "Asia/Kolkata" else "America/New_York"
-        other = Store.open(Path(tmp) / "s.db", exclusive=True, tz=ZoneInfo(same_grid))
+        other = stores.open(where, exclusive=True, tz=ZoneInfo(same_grid))
         other.refresh_rollups(base + timedelta(days=11))
         again = other.window_costs(ranges)
         assert {w: {(k, m): c for k, m, c in rows} for w, rows in again.items()} == expected
         other.close()
+
+    examples(stores, sqlite=25, postgresql=8)(
+        given(
+            st.lists(
+                st.tuples(
+                    st.integers(0, 24 * 9 - 1),  # hour of a nine-day span across a DST change
+                    st.sampled_from(["k1", "k2", "k3"]),
+                    st.sampled_from(["m1", "m2"]),
+                    st.decimals(min_value=0, max_value=100, places=11),
+                ),
+                min_size=1,
+                max_size=60,
+            ),
+            st.lists(
+                st.integers(0, 24 * 9 + 24), min_size=1, max_size=4
+            ),  # when sums are refreshed
+            st.sampled_from(["Europe/Berlin", "Asia/Kolkata", "UTC"]),
+            st.lists(
+                st.tuples(st.integers(0, 24 * 9), st.integers(1, 24 * 9)), min_size=1, max_size=4
+            ),
+        )(check)
+    )()

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.langdock.csv import KeyUsage
 from daemon.rules.selection import SelectionFilter
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
-from daemon.store import Store
+from tests.store.conftest import Stores, examples
 
 TZ = ZoneInfo("Europe/Berlin")
 START = datetime(2026, 10, 23, 20, tzinfo=UTC)  # the DST change and a month's end ahead
@@ -65,51 +64,52 @@ def windows(now: datetime) -> dict[str, tuple[datetime, datetime]]:
     }
 
 
-@settings(max_examples=40, deadline=None)
-@given(history=cells, coarse=st.booleans(), polls=steps)
-def test_kept_sums_equal_fresh_sums(
-    tmp_path_factory: object,
-    history: list[tuple[str, str, int, Decimal]],
-    coarse: bool,
-    polls: list[tuple[int, list[tuple[str, str, int, Decimal]], object, bool]],
-) -> None:
-    path = Path(str(tmp_path_factory.mktemp("sums"))) / "state.db"  # type: ignore[attr-defined]
-    store = Store.open(path, exclusive=True, tz=TZ)
-    try:
-        now = START
-        # ten days before the start: hour by hour, or the oldest day as one coarse range
-        first = bucket_start(START - 10 * 24 * H, TZ)
-        if coarse:
-            day = calendar_period("day", first, TZ)
-            store.replace_key_usage(day.start, day.end, rows(history), START)
-            hour = day.end
-        else:
-            hour = first
-        while hour < bucket_start(START, TZ):
-            store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)
-            hour = bucket_end(hour, TZ)
-        for minutes, current, late, summed in polls:
-            now += timedelta(minutes=5 * minutes)
-            running = bucket_start(now, TZ)
-            store.replace_key_usage(running, bucket_end(running, TZ), rows(current), now)
-            if late is not None:
-                back, late_rows = late  # type: ignore[misc]
-                old = bucket_start(now - back * H, TZ)
-                store.replace_key_usage(old, bucket_end(old, TZ), rows(late_rows), now)
-            if summed:
-                store.refresh_rollups(now)
-            spans = windows(now)
-            for selection in SELECTIONS:
-                kept = store.member_totals(selection, list(spans.values()), running)
-                fresh = store.member_totals(selection, list(spans.values()))
-                assert kept == fresh, (selection, now)
-            oldest = min(s for s, _ in spans.values())
-            top, costs = store.cost_windows(spans, oldest, 2, running)
-            assert top == store.top_keys(*spans["month"], oldest, 2)
-            reference = store.window_costs(spans, keep=top)
-            assert {n: sorted(r, key=str) for n, r in costs.items()} == {
-                n: sorted(r, key=str) for n, r in reference.items()
-            }
-            store.sweep_kept_sums()
-    finally:
-        store.close()
+def test_kept_sums_equal_fresh_sums(stores: Stores) -> None:
+    def check(
+        history: list[tuple[str, str, int, Decimal]],
+        coarse: bool,
+        polls: list[tuple[int, list[tuple[str, str, int, Decimal]], object, bool]],
+    ) -> None:
+        store = stores.open(stores.new(), exclusive=True, tz=TZ)
+        try:
+            now = START
+            # ten days before the start: hour by hour, or the oldest day as one coarse range
+            first = bucket_start(START - 10 * 24 * H, TZ)
+            if coarse:
+                day = calendar_period("day", first, TZ)
+                store.replace_key_usage(day.start, day.end, rows(history), START)
+                hour = day.end
+            else:
+                hour = first
+            while hour < bucket_start(START, TZ):
+                store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)
+                hour = bucket_end(hour, TZ)
+            for minutes, current, late, summed in polls:
+                now += timedelta(minutes=5 * minutes)
+                running = bucket_start(now, TZ)
+                store.replace_key_usage(running, bucket_end(running, TZ), rows(current), now)
+                if late is not None:
+                    back, late_rows = late  # type: ignore[misc]
+                    old = bucket_start(now - back * H, TZ)
+                    store.replace_key_usage(old, bucket_end(old, TZ), rows(late_rows), now)
+                if summed:
+                    store.refresh_rollups(now)
+                spans = windows(now)
+                for selection in SELECTIONS:
+                    kept = store.member_totals(selection, list(spans.values()), running)
+                    fresh = store.member_totals(selection, list(spans.values()))
+                    assert kept == fresh, (selection, now)
+                oldest = min(s for s, _ in spans.values())
+                top, costs = store.cost_windows(spans, oldest, 2, running)
+                assert top == store.top_keys(*spans["month"], oldest, 2)
+                reference = store.window_costs(spans, keep=top)
+                assert {n: sorted(r, key=str) for n, r in costs.items()} == {
+                    n: sorted(r, key=str) for n, r in reference.items()
+                }
+                store.sweep_kept_sums()
+        finally:
+            store.close()
+
+    examples(stores, sqlite=40, postgresql=8)(
+        given(history=cells, coarse=st.booleans(), polls=steps)(check)
+    )()

@@ -1,0 +1,230 @@
+"""The PostgreSQL backend: a connection that speaks to the store's parts as SQLite's does.
+
+`PgConnection` offers the few `sqlite3.Connection` methods the store's parts use (`execute`,
+`executemany`, `in_transaction`, `close`), translating each statement once
+(`daemon.store.dialect`). Parameters are bound client-side (`psycopg.ClientCursor`), as
+literals, so a value means what it means in SQLite whatever the statement's context.
+Integers come back as `int` (a ``sum`` of BIGINT is NUMERIC in PostgreSQL), exact decimals as
+text, as from SQLite. Every psycopg error leaves as `PgError` (see `daemon.store.db`),
+with the password never in its message.
+
+The schema version lives in ``schema_version``; migrations run under an advisory lock, so
+two replicas starting together migrate once (docs/OPERATIONS.md, "Two replicas").
+psycopg is imported here only: an SQLite daemon never loads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import ClientCursor
+from psycopg.adapt import Dumper, Loader
+from psycopg.pq import TransactionStatus
+
+from daemon.store.db import BackendError, _DecimalSum
+from daemon.store.dialect import Tables, ddl_to_postgres, freeze_tables, to_postgres
+from daemon.store.schema import _MIGRATIONS
+
+MIGRATION_LOCK = 7_351_208_114  # pg_advisory_xact_lock key: one migration at a time
+
+# what SQLite computes with its own functions (`daemon.store.db`), in SQL
+FUNCTIONS = [
+    """CREATE OR REPLACE FUNCTION dec_add(a BIGINT, b BIGINT) RETURNS BIGINT
+       LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a
+       ELSE a + b END $$""",
+    """CREATE OR REPLACE FUNCTION dec_add(a TEXT, b TEXT) RETURNS TEXT
+       LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a
+       ELSE (a::numeric + b::numeric)::text END $$""",
+    """CREATE OR REPLACE FUNCTION dec_sum_step(s NUMERIC, v TEXT) RETURNS NUMERIC
+       LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN v IS NULL THEN s
+       ELSE coalesce(s, 0) + v::numeric END $$""",
+    """CREATE OR REPLACE FUNCTION dec_sum_final(s NUMERIC) RETURNS TEXT
+       LANGUAGE sql IMMUTABLE AS $$ SELECT s::text $$""",
+    """DO $$ BEGIN
+         CREATE AGGREGATE dec_sum(TEXT) (SFUNC = dec_sum_step, STYPE = NUMERIC,
+                                         FINALFUNC = dec_sum_final);
+       EXCEPTION WHEN duplicate_function THEN NULL; END $$""",
+]
+
+
+class PgError(BackendError):
+    """A PostgreSQL error, as one line without secrets."""
+
+
+class _IntNumericLoader(Loader):
+    """NUMERIC as `int` when whole (sums of BIGINT), else `Decimal`."""
+
+    def load(self, data: Any) -> int | Decimal:
+        text = bytes(data).decode()
+        return Decimal(text) if "." in text or "e" in text.lower() else int(text)
+
+
+class _BoolAsIntDumper(Dumper):
+    """`bool` as 0/1: the store's flags are integers, as in SQLite."""
+
+    oid = psycopg.postgres.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+_PASSWORD = re.compile(r"(password=)\S+|(://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+
+
+def redact(message: str) -> str:
+    """An error message without any password a connection string may have put in it."""
+    return _PASSWORD.sub(lambda m: f"{m[1] or m[2]}***" + ("@" if m[2] else ""), message)
+
+
+def error_text(exc: BaseException) -> str:
+    return redact(" ".join(str(exc).split()))
+
+
+class _Cursor:
+    """What a statement gave back: rows (iterable), ``rowcount``, ``lastrowid`` None."""
+
+    lastrowid = None
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._rows)
+
+
+class PgConnection:
+    """One PostgreSQL connection, used like the store's `sqlite3.Connection`."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._conn = connect()
+        self._tables: Tables = ()
+
+    @classmethod
+    def connect(cls, url: str, password: str | None, *, timeout: float = 10.0) -> PgConnection:
+        """Connect with keepalives and a socket timeout, so a lost server is an error within
+        seconds instead of a hang."""
+        extra: dict[str, Any] = {
+            "connect_timeout": max(1, int(timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(timeout * 1000),
+            "application_name": "langdock-budget",
+        }
+        if password is not None:
+            extra["password"] = password
+
+        def connect() -> psycopg.Connection[Any]:
+            try:
+                conn = psycopg.connect(url, autocommit=True, cursor_factory=ClientCursor, **extra)
+            except psycopg.Error as exc:
+                raise PgError(error_text(exc)) from None
+            conn.adapters.register_loader("numeric", _IntNumericLoader)
+            conn.adapters.register_dumper(bool, _BoolAsIntDumper)
+            return conn
+
+        return cls(connect)
+
+    def _ready(self) -> psycopg.Connection[Any]:
+        """The connection, opened again if the server dropped it (a restart, a failover, a
+        terminated backend): the statement that failed failed; the next one reconnects."""
+        if self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
+    # --------------------------------------------------------------- sqlite3-like API
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
+        statement = to_postgres(sql, self._tables)
+        if statement == "ROLLBACK" and self.broken:
+            return _Cursor([], 0)  # the server ended the transaction with the connection
+        try:
+            with self._ready().cursor() as cur:
+                cur.execute(statement, params if params is not None else ())
+                rows = cur.fetchall() if cur.description is not None else []
+                return _Cursor(rows, cur.rowcount)
+        except psycopg.Error as exc:
+            raise PgError(error_text(exc)) from None
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> _Cursor:
+        statement = to_postgres(sql, self._tables)
+        batch = list(params)
+        if not batch:
+            return _Cursor([], 0)
+        try:
+            with self._ready().cursor() as cur:
+                cur.executemany(statement, batch)
+                return _Cursor([], cur.rowcount)
+        except psycopg.Error as exc:
+            raise PgError(error_text(exc)) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return not self.broken and self._conn.info.transaction_status != TransactionStatus.IDLE
+
+    @property
+    def broken(self) -> bool:
+        return self._conn.closed or self._conn.broken
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # --------------------------------------------------------------- schema
+
+    def migrate(self, newest: int) -> int:
+        """Bring the schema to ``newest``; return the version found (newer: nothing done)."""
+        conn = self._ready()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)")
+                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+                found = int(row[0]) if row and row[0] is not None else 0
+                if found < newest:
+                    for statement in FUNCTIONS:
+                        conn.execute(statement)
+                    for target in range(found + 1, newest + 1):
+                        for statement in ddl_to_postgres(_MIGRATIONS[target]):
+                            conn.execute(statement)
+                    conn.execute("DELETE FROM schema_version")
+                    conn.execute("INSERT INTO schema_version VALUES (%s)", (newest,))
+        except psycopg.Error as exc:
+            raise PgError(error_text(exc)) from None
+        self._tables = schema_tables(newest)
+        return found
+
+    def size_bytes(self) -> int:
+        row = self.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+
+
+@functools.cache
+def schema_tables(version: int) -> Tables:
+    """Each table's columns and primary key at ``version``: read from the same migrations
+    run in an in-memory SQLite database (no catalog queries on every connection)."""
+    conn = sqlite3.connect(":memory:")
+    conn.create_aggregate("dec_sum", 1, _DecimalSum)  # type: ignore[arg-type]
+    for target in range(1, version + 1):
+        conn.executescript(_MIGRATIONS[target])
+    tables: dict[str, tuple[list[str], list[str]]] = {}
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        info = conn.execute(f"PRAGMA table_info({name})").fetchall()
+        key = [column for _, column, _, _, _, pk in sorted(info, key=lambda c: c[5]) if pk]
+        tables[name] = ([column for _, column, *_ in info], key)
+    conn.close()
+    return freeze_tables(tables)
