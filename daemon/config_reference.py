@@ -91,6 +91,13 @@ WHAT: dict[str, str] = {
     " late data.",
     "poll.cycle_timeout": "A cycle still running after this is abandoned (what it stored stays).",
     "state.path": "The SQLite store, relative to the config file; one writer at a time.",
+    "state.url": "PostgreSQL instead of SQLite (postgresql://user@host:5432/db, no password):"
+    " replicas share it and one leads (docs/OPERATIONS.md, Two replicas).",
+    "state.password": "The PostgreSQL password (e.g. ${PGPASSWORD}); or libpq's own"
+    " PGPASSWORD / ~/.pgpass.",
+    "state.password_file": "A file holding the PostgreSQL password.",
+    "state.lease_ttl": "How long the leader's lease lasts unrenewed; a follower takes over"
+    " within about 1.3x this after the leader dies.",
     "metrics.listen": "host:port for the status page, `/metrics` and `/healthz`.",
     "metrics.top_keys": "Per-key cost series for the top N keys by month spend; the rest is"
     ' `api_key_id="other"`.',
@@ -110,6 +117,8 @@ WHAT: dict[str, str] = {
     "slack.channel": "The bot's channel (with `token`).",
     "slack.api_url": "Slack's Web API base (tests point it at a fake).",
     "slack.repeat_interval": "Re-notify a still-firing alert this often; 0 = never.",
+    "slack.recheck_after": "After a send whose answer never came: wait this long, then look"
+    " for it in Slack (bot token) or send it again (webhook).",
     "slack.send_resolved": "Say when an alert clears.",
     "digests[].period": "The last complete local day or ISO week.",
     "digests[].at": "HH:MM local time (in `timezone`).",

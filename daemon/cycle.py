@@ -32,6 +32,7 @@ from daemon.coverage import (
 from daemon.ingest import PollReport, Progress, load_segments, poll, store_failure
 from daemon.langdock import LangdockClient
 from daemon.notify import (
+    SETTLE,
     DeliveryReport,
     Sender,
     Sleep,
@@ -281,12 +282,19 @@ async def run_cycle(
     on_stored: Callable[[], None] | None = None,
     sleep: Sleep = asyncio.sleep,
     metrics: bool = False,
+    lead: bool = True,
 ) -> CycleResult:
     """Poll, evaluate, queue notifications and deliver the outbox (nothing sent on dry runs);
     with ``metrics`` (the daemon) also load what `/metrics` shows (`daemon.published`).
 
     The poll fills what the budget and report windows need first (coarsely where it can,
-    see `daemon.coverage`); finer history is the background refiner's (`run` only)."""
+    see `daemon.coverage`); finer history is the background refiner's (`run` only).
+
+    Without ``lead`` (a replica that does not hold the lease, `daemon.leadership`) nothing
+    is fetched, written or sent: the rules are evaluated on what the leader stored, for
+    `/metrics` and the status page."""
+    if not lead:
+        return _follow(config, store, now(), metrics=metrics)
     tz, backfill = config.tz, config.poll.backfill
     started = now()
     store.start_watching(started, backfill)
@@ -327,8 +335,32 @@ async def run_cycle(
         )
     delivery = DeliveryReport()
     if sender is not None and not dry_run:
-        delivery = await deliver(store, sender, now, sleep=sleep)
+        delivery = await deliver(store, sender, now, sleep=sleep, settle=settle_of(config))
     # last, so the outbox gauges count what delivery left
     shown = load_published(store, config, engine, at) if metrics else None
     store.sweep_kept_sums()  # once a cycle: what no rule reads any more is forgotten
     return CycleResult(report, engine, delivery, ready, published=shown)
+
+
+def settle_of(config: Config) -> timedelta:
+    """`slack.recheck_after`: how long an uncertain send settles before it is looked for."""
+    return config.slack.recheck_after if config.slack is not None else SETTLE
+
+
+def _follow(config: Config, store: Store, at: datetime, *, metrics: bool) -> CycleResult:
+    """A follower's cycle: what the leader stored, evaluated read-only (nothing kept from the
+    last cycle: the leader wrote since). The exports' last successes are the leader's."""
+    store.forget_kept()
+    report = PollReport(at)
+    try:
+        for export in ("api-keys", "models"):
+            last = store.last_success(export)
+            if last is not None:
+                report.export_ok_at[export] = last
+        ready = readiness(store, config, at)
+        engine = evaluate_rules(store, config, at, persist=False, ready=ready)
+        shown = load_published(store, config, engine, at) if metrics else None
+    except DB_ERRORS as exc:
+        log.error("store_read_failed", error=str(exc), fix="the next cycle tries again")
+        return CycleResult(report, EngineResult(), DeliveryReport(), store_error=str(exc))
+    return CycleResult(report, engine, DeliveryReport(), ready, published=shown)

@@ -48,6 +48,7 @@ class Stats:
     last_evaluation: float = 0.0
     last_fetch_success: float = 0.0  # any bucket stored: the daemon is making progress
     cycle_timeouts: int = 0
+    leader: int = 1  # replicas on PostgreSQL: 1 while this one holds the lease
     rows_rejected: dict[tuple[str, str], int] = field(  # export, reason
         default_factory=lambda: {(e, r): 0 for e in EXPORTS for r in REJECT_REASONS}
     )
@@ -187,6 +188,11 @@ class SnapshotCollector(Collector):
             "langdock_poll_duration_seconds", "Duration of the last poll", value=stats.poll_duration
         )
         yield CounterMetricFamily("langdock_polls", "Polls run", value=stats.polls)
+        yield GaugeMetricFamily(
+            "langdock_leader",
+            "1 on the replica that polls and sends (holds the lease; SQLite: always), else 0",
+            value=stats.leader,
+        )
         yield CounterMetricFamily(
             "langdock_cycle_timeouts",
             "Cycles abandoned at poll.cycle_timeout (a stuck fetch)",
@@ -201,7 +207,9 @@ class SnapshotCollector(Collector):
             value=stats.rate_limit_wait_seconds,
         )
         yield GaugeMetricFamily(
-            "langdock_store_size_bytes", "Size of the SQLite store", value=snap.store_bytes
+            "langdock_store_size_bytes",
+            "Size of the store (the SQLite file, or the PostgreSQL database)",
+            value=snap.store_bytes,
         )
         yield GaugeMetricFamily(
             "langdock_last_evaluation_timestamp_seconds",

@@ -41,6 +41,7 @@ class SelfReport:
     progress: BackfillProgress | None
     cycle_ended: float
     latest: CycleResult | None
+    leading: bool
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """200 while the last poll is fresh; the body says "backfilling" or "ready"."""
@@ -54,6 +55,7 @@ class SelfReport:
             state = "backfilling"
         body: dict[str, object] = {
             "state": state,
+            "role": "leader" if self.leading else "follower",
             "last_success_age_s": None if age is None else round(age, 1),
             "max_age_s": window,
         }
@@ -84,6 +86,8 @@ class SelfReport:
         stats.export_duration.update(poll.export_seconds)
         for export, at in poll.export_ok_at.items():
             stats.export_last_success[export] = at.timestamp()
+            # a follower's polls are the leader's: fresh while the leader polls
+            stats.last_fetch_success = max(stats.last_fetch_success, at.timestamp())
         for failure in poll.failures:
             stats.count(stats.export_errors, (failure.export, failure.reason))
         for client in (self.client, self.background):  # rows left out since the last cycle

@@ -33,17 +33,21 @@ from daemon.cycle import (
     history_needed,
     poll_reserve,
     run_cycle,
+    settle_of,
 )
 from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
 from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
 from daemon.langdock.pacing import Pacer
+from daemon.leadership import Lease
 from daemon.logs import redactor
 from daemon.metrics import SnapshotCollector, Stats
 from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
 from daemon.refine import Refiner
+from daemon.replica import Replica
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.self_report import SelfReport
+from daemon.state import follower_store, lease_for
 from daemon.store import Store
 from daemon.web.app import make_app
 from daemon.web.auth import Auth
@@ -78,7 +82,7 @@ def make_sender(config: Config) -> Sender | None:
     return SlackSender(config) if config.slack is not None else None
 
 
-class Daemon(SelfReport):
+class Daemon(SelfReport, Replica):
     """The running service: config, store, clients, metrics and the scheduler."""
 
     def __init__(
@@ -89,10 +93,14 @@ class Daemon(SelfReport):
         *,
         sender: Sender | None = None,
         on_cycle: Callable[[CycleResult], None] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """``sender`` replaces Slack (the demo prints messages); ``on_cycle`` sees each
-        cycle's result (the demo prints its tables)."""
+        cycle's result (the demo prints its tables); ``lease``: replicas on PostgreSQL
+        (`daemon.leadership`), this one leads only while it holds it."""
         self.config_path = config_path
+        self.lease = lease
+        self.leading = lease is None  # SQLite: the file lock made this process the writer
         self.config = config
         self.store = store
         self.pacer = Pacer(config.langdock.max_requests_per_minute)
@@ -112,7 +120,8 @@ class Daemon(SelfReport):
         self.progress: BackfillProgress | None = None
         self.refiner.on_progress = self._progressed
         self.refiner.on_complete = self._cycle_now
-        self.stats = Stats()
+        self.stats = Stats(leader=int(self.leading))
+        self.lease_task: asyncio.Task[None] | None = None
         self.collector = SnapshotCollector()
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
@@ -164,15 +173,23 @@ class Daemon(SelfReport):
             next_run_time=datetime.now(UTC),
         )
         self.scheduler.add_job(
-            self.outbox_job, "interval", id="outbox", seconds=OUTBOX_EVERY.total_seconds()
+            self.outbox_job,
+            "interval",
+            id="outbox",
+            # a message waiting for an uncertain send to settle goes as soon as it has
+            seconds=min(OUTBOX_EVERY, settle_of(self.config)).total_seconds(),
         )
         self.scheduler.add_job(self.compact_job, "cron", id="compact", hour=3, minute=17)
         self._schedule_digests()
         interval = watchdog_interval()
         if interval:
             self.scheduler.add_job(self._watchdog, "interval", id="watchdog", seconds=interval)
+        if self.lease is not None:
+            await self._renew_lease()  # one replica alone leads from its first cycle
+            self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
         self.scheduler.start()
-        self.refine_task = asyncio.get_running_loop().create_task(self.refiner.run())
+        if self.lease is None:
+            self._start_refiner()
         notify("READY=1\nSTATUS=started; first poll running")
 
     @property
@@ -187,10 +204,11 @@ class Daemon(SelfReport):
         notify("STOPPING=1")
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self.refine_task is not None:
-            self.refine_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # stop, whatever
-                await self.refine_task
+        if self.lease_task is not None:
+            self.lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.lease_task
+        await self._stop_refiner()
         if self.cycle_task is not None and not self.cycle_task.done():
             self.cycle_task.cancel()  # a long first poll: what is stored stays, the rest resumes
         try:
@@ -203,9 +221,13 @@ class Daemon(SelfReport):
             )
         else:
             try:
-                await self._deliver()  # one last attempt for queued messages
+                if self.leading:
+                    await self._deliver()  # one last attempt for queued messages
             finally:
                 self.lock.release()
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)  # a follower takes over at once
+            self.lease.close()
         await self.client.aclose()
         await self.background.aclose()
         if self.server is not None:
@@ -242,11 +264,12 @@ class Daemon(SelfReport):
                         self.store,
                         self.client,
                         utc_now,
-                        sender=self.sender,
+                        sender=self._leader_sender(),
                         console=self.console,
                         on_stored=self._stored,
                         progress=ProgressLog(self.pacer),
                         metrics=True,
+                        lead=self.leading,
                     ),
                     deadline,
                 )
@@ -284,7 +307,7 @@ class Daemon(SelfReport):
             self.followup = asyncio.get_running_loop().create_task(self.cycle_job())
 
     async def outbox_job(self) -> None:
-        if self.stopping.is_set() or self.lock.locked():
+        if self.stopping.is_set() or self.lock.locked() or not self.leading:
             return
         async with self.lock:
             if self.store.outbox_pending_count():
@@ -292,6 +315,8 @@ class Daemon(SelfReport):
                 self._refresh_outbox()
 
     async def compact_job(self) -> None:
+        if not self.leading:
+            return
         async with self.lock:
             now = utc_now()
             keep_from = min(
@@ -323,7 +348,7 @@ class Daemon(SelfReport):
 
     async def digest_job(self, period: PeriodName) -> None:
         route = route_for(None, self.config)
-        if route is None or self.stopping.is_set():
+        if route is None or self.stopping.is_set() or not self.leading:
             return
         async with self.lock:
             now = utc_now()
@@ -335,9 +360,10 @@ class Daemon(SelfReport):
             log.info("digest_sent", period=period)
 
     async def _deliver(self) -> DeliveryReport:
-        if self.sender is None:
+        sender = self._leader_sender()
+        if sender is None:
             return DeliveryReport()
-        report = await deliver(self.store, self.sender, utc_now)
+        report = await deliver(self.store, sender, utc_now, settle=settle_of(self.config))
         self._count_delivery(report)
         return report
 
@@ -413,8 +439,12 @@ async def run_daemon(config_path: Path) -> int:
     redactor.set_secrets(config.secrets())
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
-    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
-    daemon = Daemon(config_path, config, store)
+    lease = None
+    if config.state.url is None:
+        store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+    else:
+        store, lease = follower_store(config), lease_for(config)
+    daemon = Daemon(config_path, config, store, lease=lease)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()
 

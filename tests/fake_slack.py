@@ -11,8 +11,10 @@ dropped (``drop``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,11 +37,17 @@ class Answer:
     handle: bool = False  # do what Slack would (post it), then answer as scripted (if a body)
     hang: bool = False  # answer only after `release` (the client has timed out by then)
     drop: bool = False  # close the connection without an answer
+    first: bool = False  # with hang and handle: post at once, answer only after `release`
 
     @classmethod
     def late(cls) -> Answer:
         """Slack posts the message after the client gave up waiting (when released)."""
         return cls(hang=True, handle=True)
+
+    @classmethod
+    def slow(cls) -> Answer:
+        """Slack posts the message at once and answers only when released."""
+        return cls(hang=True, handle=True, first=True)
 
     @classmethod
     def lost(cls) -> Answer:
@@ -71,6 +79,7 @@ class FakeSlack:
         self.scopes = set(SCOPES)
         self.received: list[Received] = []
         self.script: deque[Answer] = deque()
+        self.script_for: dict[str, deque[Answer]] = {}  # per Web API method, before `script`
         self.channels: dict[str, str] = {"#llm-costs": "C0123"}  # name -> id
         self.messages: dict[str, list[dict[str, Any]]] = {}  # channel id -> messages
         self._ts = first_ts
@@ -121,6 +130,17 @@ class FakeSlack:
         self._released = threading.Event()
 
     # what tests look at
+    def wait_until(self, test: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Until ``test()`` holds (checked whenever a request arrives), at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not test():  # never under the lock: ``test`` may read through the methods
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._idle:
+                self._idle.wait(min(left, 0.5))
+        return True
+
     def posts(self) -> list[Received]:
         """Messages that were accepted (webhook 200, chat.postMessage or chat.update ok)."""
         with self._lock:
@@ -153,20 +173,31 @@ class FakeSlack:
             except json.JSONDecodeError:
                 body["raw"] = raw
         record = Received(url.path, headers, body)
-        with self._lock:
+        with self._idle:
             self.received.append(record)
-            answer = self.script.popleft() if self.script else None
+            scripted = self.script_for.get(record.method)
+            if scripted:
+                answer: Answer | None = scripted.popleft()
+            else:
+                answer = self.script.popleft() if self.script else None
+            self._idle.notify_all()
         if answer is not None and answer.hang:
             with self._lock:
                 self._held += 1
+            handled = self._answer(record, url.path) if answer.first else None
+            with self._idle:
+                self._idle.notify_all()
             try:
                 self._released.wait()
-                if answer.handle:
+                if answer.handle and handled is None:
                     self._answer(record, url.path)
             finally:
                 with self._idle:
                     self._held -= 1
                     self._idle.notify_all()
+            if handled is not None:
+                with contextlib.suppress(OSError):  # the client may be gone
+                    self._write(handler, handled)
             handler.close_connection = True
             return
         if answer is not None and answer.drop:
@@ -178,6 +209,8 @@ class FakeSlack:
             handled = self._answer(record, url.path)
             answer = handled if answer is None or not answer.body else answer
         self._write(handler, answer)
+        with self._idle:
+            self._idle.notify_all()
 
     def _answer(self, record: Received, path: str) -> Answer:
         answer = self._default(path, record.headers, record.body)

@@ -5,6 +5,7 @@ events, never for time."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,10 +28,16 @@ class Notifications:
         self.sock.settimeout(timeout)
         self.seen: list[str] = []
 
-    def wait_for(self, needle: str) -> str:
+    def wait_for(self, needle: str, within: float | None = None) -> str:
         """The first datagram from now on that contains ``needle`` (at most ``timeout``
-        seconds apart)."""
+        seconds apart; with ``within``, at most that long in all)."""
+        deadline = None if within is None else time.monotonic() + within
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the daemon sent no {needle!r} within {within:.0f} s;"
+                    f" last seen: {self.seen[-5:]}\n{self.logs()}"
+                )
             try:
                 message = self.sock.recv(4096).decode()
             except TimeoutError:

@@ -10,7 +10,7 @@ from daemon.config import Config
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule, NewMemberRule
 from daemon.rules.selection import expand_members
-from daemon.store import Store
+from daemon.state import open_store, store_exists
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -38,9 +38,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def describe_members(config: Config) -> str:
     """Each rule expanded over the keys and models in the store (read only; no network)."""
-    if not config.state.path.exists():
+    if not store_exists(config):
         return "members: no store yet, so rules are not expanded (run `once` first)"
-    store = Store.open(config.state.path, tz=config.tz)
+    store = open_store(config)
     try:
         key_names, models = store.api_key_names(), store.models()
     finally:

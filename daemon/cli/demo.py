@@ -23,7 +23,7 @@ from daemon.langdock.simulator import Simulator
 from daemon.notify import ConsoleSender
 from daemon.rules.durations import parse_duration
 from daemon.service import Daemon
-from daemon.store import Store
+from daemon.state import open_store
 
 DEMO_KEY = "demo-not-a-secret"
 # the demo page's admin token: printed in the banner, good for this throw-away run only
@@ -163,7 +163,7 @@ async def run_demo(args: argparse.Namespace) -> bool:
             )
         )
         config = load_config(path)
-        store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+        store = open_store(config, exclusive=True)
         cycles = 0
 
         def show(result: CycleResult) -> None:

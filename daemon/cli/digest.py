@@ -8,7 +8,7 @@ from typing import Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.notify import SlackSender, deliver, render_readable, route_for
-from daemon.store import Store
+from daemon.state import open_store, store_exists, store_name
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -34,10 +34,10 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from daemon.digest import build_digest, digest_message, queue_digest
 
     config = load(args)
-    if not config.state.path.exists():
-        print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
+    if not store_exists(config):
+        print(f"no store at {store_name(config)} yet: run `langdock-budget once` first")
         return EXIT_FAILED
-    store = Store.open(config.state.path, exclusive=not args.dry_run, tz=config.tz)
+    store = open_store(config, exclusive=not args.dry_run)
     try:
         now = utc_now()
         message = digest_message(build_digest(store, config, now, args.period), config.tz)

@@ -18,7 +18,7 @@ from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, loa
 from daemon.config import Config
 from daemon.money import format_usd
 from daemon.service import make_client
-from daemon.store import Store
+from daemon.state import open_store
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -57,7 +57,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (importer.ImportFileError, UnicodeDecodeError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+    store = open_store(config, exclusive=True)
     try:
         written = importer.store_import(store, result, config.tz, utc_now())
     finally:

@@ -19,6 +19,7 @@ from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.notify import Sender, SlackSender
 from daemon.service import make_client
+from daemon.state import open_store
 from daemon.store import Store
 
 
@@ -41,7 +42,7 @@ def add_parser(sub: Any, command: AddCommand) -> None:
 
 def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
-    store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+    store = open_store(config, exclusive=True)
     try:
         result = asyncio.run(_once(config, store, dry_run=args.dry_run))
         print(render_cycle(store, config, result, utc_now()))

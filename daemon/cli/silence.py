@@ -11,7 +11,7 @@ from typing import Any
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.cli.rules_table import render_silences
 from daemon.rules.durations import parse_duration
-from daemon.store import Store
+from daemon.state import open_store
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -76,7 +76,7 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
         print(f"error: --for: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     now = utc_now()
-    store = Store.open(config.state.path, tz=config.tz)
+    store = open_store(config)
     try:
         silence_id = store.add_silence(
             args.rule, args.member, now, now + duration, args.reason, args.by
@@ -125,7 +125,7 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print("no silences (no store yet)")
         return EXIT_OK
-    store = Store.open(config.state.path, tz=config.tz)
+    store = open_store(config)
     try:
         print(render_silences(store.silences(utc_now(), include_expired=args.all), config.tz))
     finally:
@@ -135,7 +135,7 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
 
 def cmd_silence_expire(args: argparse.Namespace) -> int:
     config = load(args)
-    store = Store.open(config.state.path, tz=config.tz)
+    store = open_store(config)
     try:
         ended = store.expire_silence(args.id, utc_now())
     finally:

@@ -12,7 +12,7 @@ from daemon.cli.spend import render_report, spend_report
 from daemon.cycle import evaluate_rules, readiness, refine_pace
 from daemon.logs import redact
 from daemon.notify import silence_matcher
-from daemon.store import Store
+from daemon.state import open_store, store_exists, store_name
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -29,10 +29,10 @@ def add_parser(sub: Any, command: AddCommand) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load(args)
-    if not config.state.path.exists():
-        print(f"no store at {config.state.path} yet: run `langdock-budget once` first")
+    if not store_exists(config):
+        print(f"no store at {store_name(config)} yet: run `langdock-budget once` first")
         return EXIT_OK
-    store = Store.open(config.state.path, tz=config.tz)
+    store = open_store(config)
     try:
         now = utc_now()
         print(render_report(spend_report(store, now, config.tz)))

@@ -253,6 +253,9 @@ class SlackConfig(_Strict):
     api_url: str = "https://slack.com/api/"
     repeat_interval: Duration = timedelta(hours=4)
     send_resolved: bool = True
+    # a send whose answer never came: how long before it is looked for in Slack (bot routes)
+    # or sent again (webhooks); a new leader waits as long for the old leader's last send
+    recheck_after: Duration = timedelta(seconds=60)
 
     @field_validator("token")
     @classmethod

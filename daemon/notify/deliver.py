@@ -88,6 +88,7 @@ async def deliver(
     *,
     sleep: Sleep = asyncio.sleep,
     tries: int = TRIES_PER_ATTEMPT,
+    settle: timedelta = SETTLE,
 ) -> DeliveryReport:
     """Send what the outbox holds, oldest first; a route that keeps failing waits a cycle,
     and a route whose oldest message Slack asked to wait for waits as long as asked.
@@ -117,7 +118,12 @@ async def deliver(
             held[item.route] = "waiting"
             report.waiting += 1
             continue
-        result = await _attempts(store, sender, item, now, sleep, tries)
+        result = await _attempts(store, sender, item, now, sleep, tries, settle)
+        if result.elsewhere:
+            report.deferred += 1
+            held[item.route] = "deferred"
+            log.warning("notification_taken_elsewhere", route=item.route, kind=item.kind)
+            continue
         if result.ok:
             store.outbox_sent(item.id)
             _remember(store, item, result)
@@ -138,7 +144,7 @@ async def deliver(
             failed_at = now()
             wait = timedelta(seconds=result.retry_after or 0)
             if result.in_flight:
-                wait = max(wait, SETTLE)
+                wait = max(wait, settle)
             error = result.error
             if result.retry_after is not None:
                 error += f" (Retry-After: {result.retry_after:g} s)"
@@ -167,6 +173,7 @@ async def _attempts(
     now: Callable[[], datetime],
     sleep: Sleep,
     tries: int,
+    settle: timedelta,
 ) -> SendResult:
     """Up to ``tries`` sends of one item in this cycle; stops early when Slack asks for a
     wait longer than `MAX_WAIT` or when a send may still be in flight."""
@@ -175,7 +182,8 @@ async def _attempts(
         thread = store.thread_of(item.thread_alert)
     channel = store.route_channel(item.route) if item.route.startswith("bot:") else None
     attempt = Attempt(item.id, item.created_at, check=item.uncertain, channel=channel)
-    store.outbox_sending(item.id, now() + SETTLE)  # what a crash from here on leaves
+    if not store.outbox_sending(item.id, now() + settle):  # what a crash from here on leaves
+        return SendResult(False, error="taken by another replica", elsewhere=True)
     result = SendResult(False)
     for n in range(tries):
         result = await asyncio.to_thread(sender.send, item.route, item.payload, thread, attempt)

@@ -29,6 +29,7 @@ class SendResult:
     maybe_sent: bool = False  # Slack may have posted it: look before posting again
     in_flight: bool = False  # ...and may still be posting it: don't look right away
     found: bool = False  # an earlier attempt had arrived; nothing was posted now
+    elsewhere: bool = False  # not this process's to send (another replica has it): untouched
 
 
 @dataclass(frozen=True)

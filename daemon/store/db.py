@@ -36,6 +36,10 @@ class BackendError(Exception):
     """An error of a database server (`daemon.store.pg.PgError`), as one line."""
 
 
+class NotLeader(BackendError):
+    """A write of a replica whose lease ended (`daemon.leadership`): nothing was written."""
+
+
 # what a failing database raises, whichever backend: callers that must keep running catch it
 DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, BackendError)
 
@@ -123,6 +127,8 @@ class StoreBase:
         self.writer = lock_fd is not None
         self._sums = SumCache()  # window sums kept between cycles (`daemon.store.sum_cache`)
         self._kept_meta: dict[str, str | None] = {}  # the writer's meta values, as stored
+        self._fence: tuple[str, int] | None = None  # PostgreSQL: the leader's term (`lead`)
+        self._closers: list[Callable[[], None]] = []
 
     @property
     def backend(self) -> str:
@@ -160,11 +166,15 @@ class StoreBase:
             raise
         return store
 
-    def lead(self, writer: bool) -> None:
-        """Become (or stop being) the store's only writer: what was kept in memory about the
-        stored state is dropped either way, since another replica may have written."""
-        self.writer = writer
+    def lead(self, term: tuple[str, int] | None) -> None:
+        """Become the store's only writer for a lease's term (holder, epoch), or stop being it
+        (None). What was kept in memory about the stored state is dropped either way: another
+        replica may have written. Every write transaction of the term is fenced by it."""
+        self.writer = term is not None
+        self._fence = term
         self.forget_kept()
+        if term is not None:
+            self._use_zone(self.tz, rebuild=True)  # the zone's daily sums, if another had none
 
     def forget_kept(self) -> None:
         """Drop what is kept in memory between cycles (read it from the store again)."""
@@ -212,7 +222,14 @@ class StoreBase:
             ) from None
         return store
 
+    def on_close(self, action: Callable[[], None]) -> None:
+        """Run ``action`` when the store closes (a command's lease is released)."""
+        self._closers.append(action)
+
     def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for action in closers:
+            action()
         self._conn.close()
         _unlock(self._lock_fd)
         self._lock_fd = None
@@ -232,7 +249,7 @@ class StoreBase:
                 self._conn.execute(f"PRAGMA user_version={target}")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn, self._kept_meta.clear)
+        return _Transaction(self._conn, self._kept_meta.clear, self._fence)
 
     def _meta(self, key: str) -> str | None:
         """A meta value; the writer keeps what it read or wrote (a window reads
@@ -285,12 +302,29 @@ class StoreBase:
 
 
 class _Transaction:
-    def __init__(self, conn: Any, on_fail: Callable[[], None]) -> None:
+    def __init__(
+        self, conn: Any, on_fail: Callable[[], None], fence: tuple[str, int] | None = None
+    ) -> None:
         self._conn = conn
         self._on_fail = on_fail
+        self._fence = fence
 
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
+        if self._fence is None:
+            return
+        from daemon.store.dialect import FENCE
+
+        try:
+            held = self._conn.execute(FENCE, self._fence).fetchone()
+        except BaseException:
+            self.__exit__(BackendError, None, None)
+            raise
+        if held is None:
+            self.__exit__(NotLeader, None, None)
+            raise NotLeader(
+                "this replica's lease ended (another replica leads now); nothing was written"
+            )
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:

@@ -24,6 +24,16 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 
+# the server's clock in milliseconds (the lease's time: `daemon.leadership`)
+NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+
+# the first statement of a leader's write transaction: its term still holds the lease (the
+# row stays locked until the transaction ends, so no one takes the lease in between)
+FENCE = (
+    "SELECT 1 FROM leader_lease WHERE name = 'leader' AND holder = ? AND epoch = ?"
+    f" AND expires_at > {NOW_MS} FOR SHARE"
+)
+
 _REPLACE = re.compile(r"^\s*INSERT OR REPLACE INTO (\w+)", re.IGNORECASE)
 _PAIR = re.compile(r"\b(min|max)\(([^(),]+),([^(),]+)\)", re.IGNORECASE)
 _JSON_EACH = re.compile(r"json_each\(\?\)", re.IGNORECASE)

@@ -135,14 +135,23 @@ class Outbox(StoreBase):
         with self._transaction():
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
-    def outbox_sending(self, item_id: int, settled: datetime) -> None:
+    def outbox_sending(self, item_id: int, settled: datetime) -> bool:
         """A send starts: until it is known to have failed it may have arrived, so after a
-        crash it is looked for in Slack first, once it ``settled``."""
+        crash it is looked for in Slack first, once it ``settled``. False: the message is
+        not this process's to send (sent or taken meanwhile; on PostgreSQL, claimed by a
+        replica's transaction right now: ``FOR UPDATE SKIP LOCKED``)."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.backend == "postgresql" else ""
         with self._transaction():
+            claimed = self._conn.execute(
+                f"SELECT id FROM outbox WHERE id = ? AND status = 'pending'{lock}", (item_id,)
+            ).fetchone()
+            if claimed is None:
+                return False
             self._conn.execute(
                 "UPDATE outbox SET uncertain = 1, next_attempt_at = ? WHERE id = ?",
                 (_ts(settled), item_id),
             )
+        return True
 
     def outbox_retry(
         self,

@@ -7,7 +7,7 @@ once released: a change to the tables is a new one.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # the hourly (or coarse-range) key usage; the staging area has the same columns
 _KEY_USAGE_COLUMNS = """(
@@ -182,6 +182,18 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE key_usage_daily ADD COLUMN rows INTEGER NOT NULL DEFAULT 0;
     DELETE FROM key_usage_daily;
     UPDATE meta SET value = '0' WHERE key = 'rolled_until';
+    """,
+    # the leader lease of replicas sharing a PostgreSQL store (`daemon.leadership`): who holds
+    # it, its term (``epoch``, fencing writes) and until when, in the server's milliseconds;
+    # an SQLite store has the table but never uses it (its file lock is the lease)
+    11: """
+    CREATE TABLE leader_lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        acquired_at INTEGER NOT NULL
+    );
     """,
 }
 # A segment of the api-keys export is one bucket or a coarse range inside one local day

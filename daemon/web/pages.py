@@ -24,6 +24,7 @@ from daemon.rules.schema import BudgetRule
 from daemon.rules.selection import selection_filters
 from daemon.rules.series import NANOS
 from daemon.rules.types import WORKSPACE
+from daemon.state import open_store
 from daemon.store import Store
 from daemon.web.charts import Point, cumulative_chart, hourly_chart
 from daemon.web.view import anomaly_bands, bar, budget_bars
@@ -60,7 +61,7 @@ class Site:
     def _run(self, job: Callable[[Store], T]) -> T:
         if self._store is None:
             config = self.config()
-            self._store = Store.open(config.state.path, tz=config.tz)
+            self._store = open_store(config)
         return job(self._store)
 
     def close(self) -> None:

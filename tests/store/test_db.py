@@ -90,6 +90,7 @@ def test_a_schema_8_store_gains_who_made_each_silence(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:  # back to schema 8, with a silence made back then
         conn.execute("ALTER TABLE silences DROP COLUMN created_by")
         conn.execute("ALTER TABLE key_usage_daily DROP COLUMN rows")  # schema 10
+        conn.execute("DROP TABLE leader_lease")  # schema 11
         conn.execute(
             "INSERT INTO silences (rule, member, starts, ends, reason, created_at)"
             " VALUES ('r', NULL, ?, ?, 'old', ?)",

@@ -20,6 +20,7 @@ def test_a_schema_7_store_keeps_its_refused_rows_as_dead_letters(tmp_path: Path)
         conn.execute("DROP TABLE slack_channels")
         conn.execute("ALTER TABLE silences DROP COLUMN created_by")  # schema 9
         conn.execute("ALTER TABLE key_usage_daily DROP COLUMN rows")  # schema 10
+        conn.execute("DROP TABLE leader_lease")  # schema 11
         conn.execute(
             "INSERT INTO outbox (created_at, route, kind, alert_ids, payload, status,"
             " last_error) VALUES (?, 'webhook:default', 'digest', '[]', '{}', 'rejected', 'x')",

@@ -1,0 +1,92 @@
+"""Opening the configured store: the SQLite file (`state.path`), or PostgreSQL (`state.url`)
+with the lease for what writes (`daemon.leadership`).
+
+`run` opens PostgreSQL as a follower and leads when its lease says so (`daemon.service`).
+The commands that write and send (`once`, `import`, `digest`, `demo`) take the lease for as
+long as they run, renewed by a thread, so they never write beside a running leader: while a
+replica leads, they refuse with who it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from daemon.config import Config
+from daemon.leadership import Lease
+from daemon.store import Store, StoreError
+
+
+def store_password(config: Config) -> str | None:
+    secret = config.state.password
+    return None if secret is None else secret.get_secret_value()
+
+
+def lease_for(config: Config, ttl: timedelta | None = None) -> Lease:
+    """The lease on the configured PostgreSQL server, on a connection of its own."""
+    from daemon.store.pg import PgConnection  # psycopg: only where state.url is set
+
+    url, password = config.state.url, store_password(config)
+    assert url is not None
+    return Lease(lambda: PgConnection.connect(url, password), ttl or config.state.lease_ttl)
+
+
+def open_store(config: Config, *, exclusive: bool = False) -> Store:
+    """The configured store. ``exclusive``: for a command that writes and sends; on
+    PostgreSQL it holds the lease until the store is closed."""
+    if config.state.url is None:
+        return Store.open(config.state.path, exclusive=exclusive, tz=config.tz)
+    store = Store.open_url(config.state.url, store_password(config), tz=config.tz)
+    if exclusive:
+        try:
+            _hold_lease(store, config)
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def follower_store(config: Config) -> Store:
+    """`run` on PostgreSQL: a follower until its lease says otherwise (`daemon.service`)."""
+    assert config.state.url is not None
+    return Store.open_url(config.state.url, store_password(config), tz=config.tz)
+
+
+def _hold_lease(store: Store, config: Config) -> None:
+    lease = lease_for(config)
+    if not lease.renew():
+        holder, left = lease.current_holder()
+        lease.close()
+        who = f"{holder} (lease ends in {left:.0f}s)" if holder and left else "another replica"
+        raise StoreError(
+            f"the store {store.where} is led by {who}: this command would write and send"
+            " beside it; stop the replicas first, or use `status`"
+        )
+    assert lease.term is not None
+    store.lead((lease.term.holder, lease.term.epoch))
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(lease.ttl / 3):
+            lease.renew()
+
+    thread = threading.Thread(target=keep, name="lease", daemon=True)
+    thread.start()
+
+    def release() -> None:
+        stop.set()
+        thread.join(timeout=5)
+        lease.release()
+        lease.close()
+
+    store.on_close(release)
+
+
+def store_exists(config: Config) -> bool:
+    """Whether there is a store to read (a PostgreSQL server always has one)."""
+    return config.state.url is not None or config.state.path.exists()
+
+
+def store_name(config: Config) -> str:
+    """Where the store is, for messages (a URL holds no password: see `StateConfig`)."""
+    return config.state.url or str(config.state.path)

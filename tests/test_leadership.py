@@ -1,0 +1,166 @@
+"""The lease, the fencing of a leader's writes, the outbox claims and `state.url`, against a
+real PostgreSQL (`tests.postgres`). The processes that take over are `tests/test_failover.py`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from daemon.config import ConfigError, load_config
+from daemon.leadership import LeaderOnly, Lease
+from daemon.notify.senders import ConsoleSender
+from daemon.state import open_store
+from daemon.store import OutboxItem, Store, StoreError
+from daemon.store.db import NotLeader
+from daemon.store.pg import PgConnection
+from tests.postgres import PASSWORD, PostgresServer, postgres
+
+__all__ = ["postgres"]  # the session's server, imported for pytest
+
+T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
+TTL = timedelta(seconds=15)
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lease(url: str, holder: str, clock: Ticks | None = None) -> Lease:
+    return Lease(
+        lambda: PgConnection.connect(url, PASSWORD), TTL, holder, monotonic=clock or Ticks()
+    )
+
+
+def expire(server: PostgresServer, url: str) -> None:
+    """The server's clock passes the lease's end (as if its holder died TTL ago)."""
+    schema = url.rsplit("%3D", 1)[1]
+    server.execute(f"UPDATE {schema}.leader_lease SET expires_at = 0")
+
+
+@pytest.fixture
+def url(postgres: PostgresServer) -> str:
+    fresh = postgres.fresh_url()
+    Store.open_url(fresh, PASSWORD).close()  # the tables
+    return fresh
+
+
+def test_one_holder_at_a_time_and_a_new_term_after_expiry(
+    url: str, postgres: PostgresServer
+) -> None:
+    a, b = lease(url, "a"), lease(url, "b")
+    assert a.renew() and a.term is not None and a.term.epoch == 1
+    assert not b.renew() and b.term is None
+    assert a.renew() and a.term.epoch == 1  # renewing keeps the term
+    assert b.current_holder()[0] == "a"
+    expire(postgres, url)
+    assert b.renew() and b.term is not None and b.term.epoch == 2
+    assert not a.renew() and not a.held()
+    b.release()  # a clean stop: the lease is free at once
+    assert a.renew() and a.term is not None and a.term.epoch == 3
+    for held in (a, b):
+        held.close()
+
+
+def test_a_leader_counts_its_lease_shorter_than_the_server_grants(url: str) -> None:
+    clock = Ticks()
+    a = lease(url, "a", clock)
+    assert a.renew()
+    clock.now += TTL.total_seconds() * 0.79  # the server grants 15 s; it trusts 12 s
+    assert a.held()
+    clock.now += TTL.total_seconds() * 0.02
+    assert not a.held()
+    a.close()
+
+
+def test_a_lost_server_is_not_holding_the_lease(url: str) -> None:
+    clock = Ticks()
+    a = lease(url, "a", clock)
+    assert a.renew()
+    a._connect = lambda: PgConnection.connect(url.replace("127.0.0.1", "127.0.0.2"), "x")
+    a._drop_connection()
+    assert a.renew()  # still within its own count
+    clock.now += TTL.total_seconds()
+    assert not a.renew() and not a.held()
+
+
+def test_a_deposed_leaders_writes_are_fenced(url: str, postgres: PostgresServer) -> None:
+    a = lease(url, "a")
+    assert a.renew() and a.term is not None
+    store = Store.open_url(url, PASSWORD)
+    store.lead((a.term.holder, a.term.epoch))
+    store.add_silence("r", None, T0, T0 + TTL, "while leading")
+    expire(postgres, url)
+    b = lease(url, "b")
+    assert b.renew()
+    with pytest.raises(NotLeader, match="lease ended"):
+        store.queue([OutboxItem("bot:#x", "test", [], None, {"text": "late"}, T0)])
+    assert store.outbox_pending_count() == 0  # nothing was written
+    store.lead(None)  # a follower reads on
+    assert len(store.silences(T0)) == 1
+    store.close()
+
+
+def test_an_outbox_row_is_sent_by_one_replica_only(url: str) -> None:
+    one, two = Store.open_url(url, PASSWORD), Store.open_url(url, PASSWORD)
+    one.queue([OutboxItem("bot:#x", "test", [], None, {"text": "hi"}, T0)])
+    (item,) = one.outbox_pending()
+    with psycopg.connect(url, password=PASSWORD) as other:  # a replica's claim, mid-way
+        other.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE", (item.id,))
+        assert not one.outbox_sending(item.id, T0)  # skipped, not waited for
+    assert two.outbox_sending(item.id, T0)
+    two.outbox_sent(item.id)
+    assert not one.outbox_sending(item.id, T0)  # sent: gone
+    one.close()
+    two.close()
+
+
+def test_a_sender_stops_when_its_lease_ends() -> None:
+    held = [True]
+    sender = LeaderOnly(ConsoleSender(), lambda: held[0])
+    assert sender.send("console", {"text": "x"}, None).ok
+    held[0] = False
+    result = sender.send("console", {"text": "x"}, None)
+    assert not result.ok and result.elsewhere
+
+
+def test_commands_that_write_take_the_lease_or_refuse(tmp_path: Path, url: str) -> None:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        f"langdock: {{api_key: sk-x}}\nstate: {{url: '{url}', password_file: pw}}\n"
+    )
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    config = load_config(config_path)
+    first = open_store(config, exclusive=True)
+    with pytest.raises(StoreError, match=r"is led by .*lease ends in"):
+        open_store(config, exclusive=True)
+    assert open_store(config).api_key_names() == {}  # readers need no lease
+    first.close()  # released: the next one leads at once
+    open_store(config, exclusive=True).close()
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        ("{url: 'postgresql://u:secret@db/x'}", "state.url holds a password"),
+        ("{url: 'postgresql://db/x?password=secret'}", "holds a password parameter"),
+        ("{url: 'mysql://db/x'}", "state.url must be postgresql://"),
+        ("{password: abc}", "state.password is set but state.url is not"),
+        ("{url: 'postgresql://db/x', lease_ttl: 1s}", "lease_ttl must be between 3s and 2m"),
+    ],
+)
+def test_bad_state_settings_are_refused(tmp_path: Path, state: str, error: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"langdock: {{api_key: sk-x}}\nstate: {state}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(error in line for line in err.value.lines), err.value.lines
+    assert not any("secret" in line for line in err.value.lines)
