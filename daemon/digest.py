@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
-from daemon.config import Config
+from daemon.config import Config, DigestConfig
 from daemon.cycle import evaluate_rules
 from daemon.formatting import format_amount
 from daemon.money import format_percent, format_usd
@@ -137,5 +137,41 @@ def digest_message(digest: Digest, tz: ZoneInfo) -> SlackMessage:
     return SlackMessage(text, blocks)
 
 
-def queue_digest(store: Store, route: str, message: SlackMessage, now: datetime) -> None:
-    store.queue([OutboxItem(route, "digest", [], None, message.payload(), now)])
+def queue_digest(
+    store: Store, route: str, message: SlackMessage, now: datetime, mark: str | None = None
+) -> bool:
+    """Queue the digest; with ``mark`` only once per mark, whichever process (or replica)
+    asks (the scheduled digests: `digest_mark`). False: it was queued before."""
+    item = OutboxItem(route, "digest", [], None, message.payload(), now)
+    if mark is None:
+        store.queue([item])
+        return True
+    return store.queue_once([item], mark)
+
+
+def digest_mark(period: PeriodName, now: datetime, tz: ZoneInfo) -> str:
+    """The scheduled digest of the period before ``now``'s: queued once (`queue_digest`)."""
+    current = calendar_period(period, now, tz)
+    return f"digest:{period}:{int(current.start.timestamp())}"
+
+
+def missed_digests(
+    digests: Sequence[DigestConfig], now: datetime, tz: ZoneInfo, grace: timedelta
+) -> list[PeriodName]:
+    """The digests whose local time passed within ``grace`` before ``now``: a replica that
+    starts leading right after another died sends them (`queue_digest` keeps it once)."""
+    missed: list[PeriodName] = []
+    local = now.astimezone(tz)
+    for digest in digests:
+        hour, minute = (int(x) for x in digest.at.split(":"))
+        for days_back in (0, 1):
+            day = (local - timedelta(days=days_back)).date()
+            due = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+            weekday_ok = digest.period == "day" or _WEEKDAYS[due.weekday()] == digest.weekday
+            if weekday_ok and due <= now < due + grace:
+                missed.append(digest.period)
+                break
+    return missed
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -47,6 +47,8 @@ class Replica:
 
     def _cycle_now(self) -> None: ...
 
+    def _catch_up_digests(self) -> None: ...
+
     def _leader_sender(self) -> Sender | None:
         """The sender, refusing to send once this replica's own count of its lease ended."""
         if self.sender is None or not self.leading:
@@ -95,6 +97,8 @@ class Replica:
         notify(f"STATUS=leading (lease term {term.epoch})")
         self._start_refiner()
         self._cycle_now()
+        if self.lease is not None:
+            self._catch_up_digests()
 
     async def _follow(self) -> None:
         self.term, self.leading = None, False

@@ -35,7 +35,14 @@ from daemon.cycle import (
     run_cycle,
     settle_of,
 )
-from daemon.digest import PeriodName, build_digest, digest_message, queue_digest
+from daemon.digest import (
+    PeriodName,
+    build_digest,
+    digest_mark,
+    digest_message,
+    missed_digests,
+    queue_digest,
+)
 from daemon.ingest import ProgressLog
 from daemon.langdock import LangdockClient
 from daemon.langdock.pacing import Pacer
@@ -58,6 +65,7 @@ log = structlog.get_logger("langdock_budget.daemon")
 STOP_TIMEOUT = 30.0
 OUTBOX_EVERY = timedelta(minutes=1)
 COMPACT_MARGIN = timedelta(days=2)
+DIGEST_GRACE = timedelta(hours=1)  # a new leader sends a digest due this long ago
 
 
 def utc_now() -> datetime:
@@ -122,6 +130,7 @@ class Daemon(SelfReport, Replica):
         self.refiner.on_complete = self._cycle_now
         self.stats = Stats(leader=int(self.leading))
         self.lease_task: asyncio.Task[None] | None = None
+        self.followups: set[asyncio.Task[None]] = set()
         self.collector = SnapshotCollector()
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
@@ -352,12 +361,23 @@ class Daemon(SelfReport, Replica):
             return
         async with self.lock:
             now = utc_now()
+            mark = digest_mark(period, now, self.config.tz)
             message = digest_message(
                 build_digest(self.store, self.config, now, period), self.config.tz
             )
-            queue_digest(self.store, route, message, now)
+            if not queue_digest(self.store, route, message, now, mark):
+                log.info("digest_already_queued", period=period)
+                return
             await self._deliver()
             log.info("digest_sent", period=period)
+
+    def _catch_up_digests(self) -> None:
+        """Leading from now on: the digests another replica had to send in the last hour
+        but may not have (it died): queued unless it did."""
+        for period in missed_digests(self.config.digests, utc_now(), self.config.tz, DIGEST_GRACE):
+            task = asyncio.get_running_loop().create_task(self.digest_job(period))
+            self.followups.add(task)
+            task.add_done_callback(self.followups.discard)
 
     async def _deliver(self) -> DeliveryReport:
         sender = self._leader_sender()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError, DigestConfig, load_config
+from daemon.digest import missed_digests
 from daemon.leadership import LeaderOnly, Lease
 from daemon.notify.senders import ConsoleSender
 from daemon.state import open_store
@@ -164,3 +166,27 @@ def test_bad_state_settings_are_refused(tmp_path: Path, state: str, error: str) 
         load_config(path)
     assert any(error in line for line in err.value.lines), err.value.lines
     assert not any("secret" in line for line in err.value.lines)
+
+
+def test_a_scheduled_digest_is_queued_once_whichever_replica_runs_it(url: str) -> None:
+    one, two = Store.open_url(url, PASSWORD), Store.open_url(url, PASSWORD)
+    item = OutboxItem("bot:#x", "digest", [], None, {"text": "yesterday"}, T0)
+    assert one.queue_once([item], "digest:day:1763600000")
+    assert not two.queue_once([item], "digest:day:1763600000")
+    assert two.queue_once([item], "digest:day:1763686400")  # the next day's
+    assert one.outbox_pending_count() == 2
+    one.close()
+    two.close()
+
+
+def test_a_new_leader_sends_the_digests_due_in_the_last_hour() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    digests = [DigestConfig(period="day"), DigestConfig(period="week", weekday="mon")]
+    monday = datetime(2026, 11, 23, 9, 30, tzinfo=tz)  # both were due at 09:00
+    hour = timedelta(hours=1)
+    assert missed_digests(digests, monday, tz, hour) == ["day", "week"]
+    assert missed_digests(digests, monday + hour, tz, hour) == []  # too late: left out
+    assert missed_digests(digests, monday - hour, tz, hour) == []  # not due yet
+    assert missed_digests(digests, monday + timedelta(days=1), tz, hour) == ["day"]
+    late = [DigestConfig(period="day", at="23:30")]  # due yesterday, just before midnight
+    assert missed_digests(late, datetime(2026, 11, 24, 0, 10, tzinfo=tz), tz, hour) == ["day"]

@@ -60,6 +60,16 @@ class Outbox(StoreBase):
         with self._transaction():
             insert_outbox(self._conn, items)
 
+    def queue_once(self, items: Sequence[OutboxItem], mark: str) -> bool:
+        """Queue ``items`` unless ``mark`` was queued before (a scheduled digest: once per
+        period, whichever replica runs it). False: it was."""
+        with self._transaction():
+            if self._conn.execute("SELECT 1 FROM meta WHERE key = ?", (mark,)).fetchone():
+                return False
+            insert_outbox(self._conn, items)
+            self._conn.execute("INSERT INTO meta VALUES (?, ?)", (mark, "queued"))
+        return True
+
     def pending_outbox(self, now: datetime) -> list[OutboxItem]:
         """Messages due for (another) attempt, oldest first."""
         return self._outbox("status = 'pending' AND next_attempt_at <= ?", _ts(now))
