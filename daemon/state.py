@@ -90,3 +90,15 @@ def store_exists(config: Config) -> bool:
 def store_name(config: Config) -> str:
     """Where the store is, for messages (a URL holds no password: see `StateConfig`)."""
     return config.state.url or str(config.state.path)
+
+
+def leader_line(config: Config) -> str:
+    """Who leads the replicas, for `status`."""
+    lease = lease_for(config)
+    try:
+        holder, left = lease.current_holder()
+    finally:
+        lease.close()
+    if holder is None or left is None:
+        return "leader: none (no replica holds the lease; one takes it within a few seconds)"
+    return f"leader: {holder} (its lease runs {left:.0f}s more unless renewed)"

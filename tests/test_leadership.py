@@ -3,6 +3,7 @@ real PostgreSQL (`tests.postgres`). The processes that take over are `tests/test
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,7 +15,7 @@ from daemon.config import ConfigError, DigestConfig, load_config
 from daemon.digest import missed_digests
 from daemon.leadership import LeaderOnly, Lease
 from daemon.notify.senders import ConsoleSender
-from daemon.state import open_store
+from daemon.state import leader_line, open_store
 from daemon.store import OutboxItem, Store, StoreError
 from daemon.store.db import NotLeader
 from daemon.store.pg import PgConnection
@@ -141,7 +142,9 @@ def test_commands_that_write_take_the_lease_or_refuse(tmp_path: Path, url: str) 
     )
     (tmp_path / "pw").write_text(PASSWORD + "\n")
     config = load_config(config_path)
+    assert leader_line(config).startswith("leader: none")
     first = open_store(config, exclusive=True)
+    assert re.match(r"leader: .+:\d+/\w+ \(its lease runs \d+s more", leader_line(config))
     with pytest.raises(StoreError, match=r"is led by .*lease ends in"):
         open_store(config, exclusive=True)
     assert open_store(config).api_key_names() == {}  # readers need no lease

@@ -12,7 +12,7 @@ from daemon.cli.spend import render_report, spend_report
 from daemon.cycle import evaluate_rules, readiness, refine_pace
 from daemon.logs import redact
 from daemon.notify import silence_matcher
-from daemon.state import open_store, store_exists, store_name
+from daemon.state import leader_line, open_store, store_exists, store_name
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -73,6 +73,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             latest = redact(failed[0].message or "")
             print(f"recent fetch failures: {len(failed)} (latest: {latest})")
         print(f"backfill: {ready.progress.describe(refine_pace(config))}")
+        if config.state.url is not None:
+            print(leader_line(config))
     finally:
         store.close()
     return EXIT_OK
