@@ -157,10 +157,11 @@ def digest_mark(period: PeriodName, now: datetime, tz: ZoneInfo) -> str:
 
 def missed_digests(
     digests: Sequence[DigestConfig], now: datetime, tz: ZoneInfo, grace: timedelta
-) -> list[PeriodName]:
-    """The digests whose local time passed within ``grace`` before ``now``: a replica that
-    starts leading right after another died sends them (`queue_digest` keeps it once)."""
-    missed: list[PeriodName] = []
+) -> list[tuple[PeriodName, datetime]]:
+    """The digests whose local time passed within ``grace`` before ``now``, with the instant
+    each was due: a replica that starts leading right after another died sends them as of
+    that instant (`queue_digest` keeps each once)."""
+    missed: list[tuple[PeriodName, datetime]] = []
     local = now.astimezone(tz)
     for digest in digests:
         hour, minute = (int(x) for x in digest.at.split(":"))
@@ -169,7 +170,7 @@ def missed_digests(
             due = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
             weekday_ok = digest.period == "day" or _WEEKDAYS[due.weekday()] == digest.weekday
             if weekday_ok and due <= now < due + grace:
-                missed.append(digest.period)
+                missed.append((digest.period, due))
                 break
     return missed
 

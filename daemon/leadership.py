@@ -27,6 +27,7 @@ import contextlib
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,15 +48,16 @@ log = structlog.get_logger("langdock_budget.leadership")
 LEASE = "leader"
 MARGIN = 0.2  # of the TTL: what a leader takes off its own count of the lease (at least 1 s)
 
+_KEPT = f"l.holder = excluded.holder AND l.expires_at > {NOW_MS}"  # a renewal, same term
 _TAKE = f"""
-INSERT INTO leader_lease AS l (name, holder, epoch, expires_at, acquired_at)
-VALUES (?, ?, 1, {NOW_MS} + ?, {NOW_MS})
+INSERT INTO leader_lease AS l (name, holder, epoch, term, expires_at, acquired_at)
+VALUES (?, ?, 1, ? || '#1', {NOW_MS} + ?, {NOW_MS})
 ON CONFLICT (name) DO UPDATE SET
     holder = excluded.holder,
-    epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > {NOW_MS}
-                 THEN l.epoch ELSE l.epoch + 1 END,
-    acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > {NOW_MS}
-                       THEN l.acquired_at ELSE excluded.acquired_at END,
+    epoch = CASE WHEN {_KEPT} THEN l.epoch ELSE l.epoch + 1 END,
+    term = CASE WHEN {_KEPT} THEN l.term
+                ELSE excluded.holder || '#' || (l.epoch + 1)::text END,
+    acquired_at = CASE WHEN {_KEPT} THEN l.acquired_at ELSE excluded.acquired_at END,
     expires_at = excluded.expires_at
 WHERE l.holder = excluded.holder OR l.expires_at <= {NOW_MS}
 RETURNING epoch"""
@@ -104,7 +106,8 @@ class Lease:
         try:
             if self._conn is None:
                 self._conn = self._connect()
-            row = self._conn.execute(_TAKE, (LEASE, self.holder, int(self.ttl * 1000))).fetchone()
+            taking = (LEASE, self.holder, self.holder, int(self.ttl * 1000))
+            row = self._conn.execute(_TAKE, taking).fetchone()
         except Exception as exc:
             self._drop_connection()
             log.warning(
@@ -157,6 +160,46 @@ class Lease:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+
+class LeaseKeeper:
+    """Renews a lease every third of its TTL on a thread of its own, so a busy event loop (a
+    long cycle at 10,000 keys) never delays a renewal; ``on_change`` hears of each change
+    of term (None: not held any more), on that thread."""
+
+    def __init__(
+        self, lease: Lease, on_change: Callable[[Term | None], None], last: Term | None = None
+    ) -> None:
+        self.lease = lease
+        self._on_change = on_change
+        self._last = last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """No renewal after this returns (the caller may release the lease)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def check(self) -> Term | None:
+        """Renew now; the term held after it."""
+        held = self.lease.renew()
+        term = self.lease.term if held else None
+        if term != self._last:
+            self._last = term
+            self._on_change(term)
+        return term
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease.ttl / 3):
+            try:
+                self.check()
+            except Exception as exc:
+                log.error("lease_keeper_failed", error=str(exc))
 
 
 class LeaderOnly:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daemon.leadership import LeaderOnly, Term
+from daemon.leadership import LeaderOnly, LeaseKeeper, Term
 from daemon.notify import Sender
 from daemon.sdnotify import notify
 from daemon.store import DB_ERRORS
@@ -35,6 +35,8 @@ class Replica:
     """Leadership for `daemon.service.Daemon` (its attributes are declared here)."""
 
     lease: Lease | None
+    keeper: LeaseKeeper | None = None
+    followups: set[asyncio.Task[None]]
     leading: bool
     term: Term | None = None
     store: Store
@@ -67,29 +69,49 @@ class Replica:
                 await task
 
     async def _keep_lease(self) -> None:
-        """Renew (or try to take) the lease every third of its TTL until the daemon stops."""
+        """Take the lease if it is free, then keep renewing it on a thread of its own
+        (`LeaseKeeper`); its changes of term come back to the loop (`_term_changed`)."""
         assert self.lease is not None
-        while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.lease.ttl / 3)
-            if not self.stopping.is_set():
-                await self._renew_lease()
-
-    async def _renew_lease(self) -> None:
-        assert self.lease is not None
+        self.store.lead(None)  # fenced until it leads
+        loop = asyncio.get_running_loop()
         held = await asyncio.to_thread(self.lease.renew)
-        term = self.lease.term if held else None
-        if term is not None and term != self.term:
-            await self._lead(term)
-        elif term is None and self.leading:
-            await self._follow()
+        if held and self.lease.term is not None:
+            await self._lead(self.lease.term)
+
+        def changed(term: Term | None) -> None:
+            loop.call_soon_threadsafe(self._term_changed, term)
+
+        self.keeper = LeaseKeeper(self.lease, changed, self.lease.term if held else None)
+        self.keeper.start()
+
+    def _term_changed(self, term: Term | None) -> None:
+        if self.stopping.is_set():
+            return
+        job = self._lead(term) if term is not None else self._follow()
+        task = asyncio.get_running_loop().create_task(job)
+        self.followups.add(task)
+        task.add_done_callback(self.followups.discard)
+
+    async def _stop_keeping(self) -> None:
+        """No renewal after this; the lease is given up, so a follower takes over at once."""
+        if self.keeper is not None:
+            await asyncio.to_thread(self.keeper.stop)
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)
+            self.lease.close()
 
     async def _lead(self, term: Term) -> None:
         try:
             self.store.lead((term.holder, term.epoch))
-        except DB_ERRORS as exc:  # the lease is ours but the store is not reachable: not yet
-            log.error("lead_failed", error=str(exc), fix="the next renewal tries again")
+        except DB_ERRORS as exc:  # the lease is ours but the store is not reachable
+            log.error(
+                "lead_failed",
+                error=str(exc),
+                fix="the lease is given up so another replica can lead; this one tries again",
+            )
             self.store.lead(None)
+            if self.lease is not None:
+                await asyncio.to_thread(self.lease.release)
             return
         self.term, self.leading = term, True
         self._set_leader_gauge()

@@ -12,7 +12,6 @@ protocol (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 import time
@@ -55,7 +54,7 @@ from daemon.replica import Replica
 from daemon.sdnotify import notify, watchdog_interval
 from daemon.self_report import SelfReport
 from daemon.state import follower_store, lease_for
-from daemon.store import Store
+from daemon.store import DB_ERRORS, Store
 from daemon.web.app import make_app
 from daemon.web.auth import Auth
 from daemon.web.pages import Site
@@ -129,7 +128,6 @@ class Daemon(SelfReport, Replica):
         self.refiner.on_progress = self._progressed
         self.refiner.on_complete = self._cycle_now
         self.stats = Stats(leader=int(self.leading))
-        self.lease_task: asyncio.Task[None] | None = None
         self.followups: set[asyncio.Task[None]] = set()
         self.collector = SnapshotCollector()
         self.lock = asyncio.Lock()
@@ -194,8 +192,7 @@ class Daemon(SelfReport, Replica):
         if interval:
             self.scheduler.add_job(self._watchdog, "interval", id="watchdog", seconds=interval)
         if self.lease is not None:
-            await self._renew_lease()  # one replica alone leads from its first cycle
-            self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+            await self._keep_lease()  # one replica alone leads from its first cycle
         self.scheduler.start()
         if self.lease is None:
             self._start_refiner()
@@ -213,10 +210,6 @@ class Daemon(SelfReport, Replica):
         notify("STOPPING=1")
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self.lease_task is not None:
-            self.lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.lease_task
         await self._stop_refiner()
         if self.cycle_task is not None and not self.cycle_task.done():
             self.cycle_task.cancel()  # a long first poll: what is stored stays, the rest resumes
@@ -232,11 +225,11 @@ class Daemon(SelfReport, Replica):
             try:
                 if self.leading:
                     await self._deliver()  # one last attempt for queued messages
+            except DB_ERRORS as exc:
+                log.error("stop_delivery_failed", error=str(exc), fix="sent after the restart")
             finally:
                 self.lock.release()
-        if self.lease is not None:
-            await asyncio.to_thread(self.lease.release)  # a follower takes over at once
-            self.lease.close()
+        await self._stop_keeping()
         await self.client.aclose()
         await self.background.aclose()
         if self.server is not None:
@@ -327,6 +320,8 @@ class Daemon(SelfReport, Replica):
         if not self.leading:
             return
         async with self.lock:
+            if not self.leading:
+                return
             now = utc_now()
             keep_from = min(
                 now - self.config.poll.backfill,
@@ -355,12 +350,15 @@ class Daemon(SelfReport, Replica):
                 timezone=self.config.tz,
             )
 
-    async def digest_job(self, period: PeriodName) -> None:
+    async def digest_job(self, period: PeriodName, due: datetime | None = None) -> None:
+        """The digest of ``period``, as of when it was ``due`` (a late one: `missed_digests`)."""
         route = route_for(None, self.config)
         if route is None or self.stopping.is_set() or not self.leading:
             return
         async with self.lock:
-            now = utc_now()
+            if not self.leading:
+                return
+            now = due or utc_now()
             mark = digest_mark(period, now, self.config.tz)
             message = digest_message(
                 build_digest(self.store, self.config, now, period), self.config.tz
@@ -374,8 +372,9 @@ class Daemon(SelfReport, Replica):
     def _catch_up_digests(self) -> None:
         """Leading from now on: the digests another replica had to send in the last hour
         but may not have (it died): queued unless it did."""
-        for period in missed_digests(self.config.digests, utc_now(), self.config.tz, DIGEST_GRACE):
-            task = asyncio.get_running_loop().create_task(self.digest_job(period))
+        missed = missed_digests(self.config.digests, utc_now(), self.config.tz, DIGEST_GRACE)
+        for period, due in missed:
+            task = asyncio.get_running_loop().create_task(self.digest_job(period, due))
             self.followups.add(task)
             task.add_done_callback(self.followups.discard)
 

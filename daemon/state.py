@@ -9,11 +9,11 @@ replica leads, they refuse with who it is.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 from daemon.config import Config
-from daemon.leadership import Lease
+from daemon.leadership import LeaderOnly, Lease, LeaseKeeper, Term
+from daemon.notify.senders import Sender
 from daemon.store import Store, StoreError
 
 
@@ -28,7 +28,12 @@ def lease_for(config: Config, ttl: timedelta | None = None) -> Lease:
 
     url, password = config.state.url, store_password(config)
     assert url is not None
-    return Lease(lambda: PgConnection.connect(url, password), ttl or config.state.lease_ttl)
+    span = ttl or config.state.lease_ttl
+    third = int(span.total_seconds() * 1000 / 3)
+    # a renewal that would wait (a takeover held off by the leader's open transaction) gives
+    # up within a third of the TTL and tries again at the next renewal
+    settings = {"lock_timeout": f"{third}ms", "statement_timeout": f"{third}ms"}
+    return Lease(lambda: PgConnection.connect(url, password, settings=settings), span)
 
 
 def open_store(config: Config, *, exclusive: bool = False) -> Store:
@@ -36,7 +41,10 @@ def open_store(config: Config, *, exclusive: bool = False) -> Store:
     PostgreSQL it holds the lease until the store is closed."""
     if config.state.url is None:
         return Store.open(config.state.path, exclusive=exclusive, tz=config.tz)
-    store = Store.open_url(config.state.url, store_password(config), tz=config.tz)
+    # only what writes upgrades the shared schema: a reader (`status`, the page) never does
+    store = Store.open_url(
+        config.state.url, store_password(config), tz=config.tz, upgrade=exclusive
+    )
     if exclusive:
         try:
             _hold_lease(store, config)
@@ -64,18 +72,17 @@ def _hold_lease(store: Store, config: Config) -> None:
         )
     assert lease.term is not None
     store.lead((lease.term.holder, lease.term.epoch))
-    stop = threading.Event()
+    store.held = lease.held  # what sends for the command checks first (`LeaderOnly`)
 
-    def keep() -> None:
-        while not stop.wait(lease.ttl / 3):
-            lease.renew()
+    def follow(term: Term | None) -> None:
+        # a new term after a lapse, or none: the command's writes are fenced by it
+        store.lead(None if term is None else (term.holder, term.epoch))
 
-    thread = threading.Thread(target=keep, name="lease", daemon=True)
-    thread.start()
+    keeper = LeaseKeeper(lease, follow, lease.term)
+    keeper.start()
 
     def release() -> None:
-        stop.set()
-        thread.join(timeout=5)
+        keeper.stop()
         lease.release()
         lease.close()
 
@@ -102,3 +109,8 @@ def leader_line(config: Config) -> str:
     if holder is None or left is None:
         return "leader: none (no replica holds the lease; one takes it within a few seconds)"
     return f"leader: {holder} (its lease runs {left:.0f}s more unless renewed)"
+
+
+def command_sender(store: Store, sender: Sender) -> Sender:
+    """A command's sender: on PostgreSQL it sends only while the command's lease holds."""
+    return sender if store.held is None else LeaderOnly(sender, store.held)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from daemon.config import ConfigError, DigestConfig, load_config
-from daemon.digest import missed_digests
+from daemon.digest import digest_mark, missed_digests
 from daemon.leadership import LeaderOnly, Lease
 from daemon.notify.senders import ConsoleSender
 from daemon.state import leader_line, open_store
@@ -38,8 +38,13 @@ class Ticks:
 
 
 def lease(url: str, holder: str, clock: Ticks | None = None) -> Lease:
+    # as `daemon.state.lease_for`: a renewal never waits long on a lock
+    settings = {"lock_timeout": "500ms", "statement_timeout": "2s"}
     return Lease(
-        lambda: PgConnection.connect(url, PASSWORD), TTL, holder, monotonic=clock or Ticks()
+        lambda: PgConnection.connect(url, PASSWORD, settings=settings),
+        TTL,
+        holder,
+        monotonic=clock or Ticks(),
     )
 
 
@@ -107,8 +112,27 @@ def test_a_deposed_leaders_writes_are_fenced(url: str, postgres: PostgresServer)
     with pytest.raises(NotLeader, match="lease ended"):
         store.queue([OutboxItem("bot:#x", "test", [], None, {"text": "late"}, T0)])
     assert store.outbox_pending_count() == 0  # nothing was written
-    store.lead(None)  # a follower reads on
+    store.lead(None)  # a follower reads on, and writes nothing either
     assert len(store.silences(T0)) == 1
+    with pytest.raises(NotLeader):
+        store.add_silence("r", None, T0, T0 + TTL, "as a follower")
+    store.close()
+
+
+def test_a_leaders_open_transaction_holds_off_a_takeover_but_not_its_renewal(
+    url: str, postgres: PostgresServer
+) -> None:
+    a, b = lease(url, "a"), lease(url, "b")
+    assert a.renew() and a.term is not None
+    store = Store.open_url(url, PASSWORD)
+    store.lead((a.term.holder, a.term.epoch))
+    writing = store._transaction()
+    writing.__enter__()  # fenced: the lease row is key-share locked until it ends
+    assert a.renew()  # a renewal changes no key: not held off
+    expire(postgres, url)
+    assert not b.renew()  # a takeover waits for the write to end (here: gives up at once)
+    writing.__exit__(None, None, None)
+    assert b.renew() and b.term is not None and b.term.epoch == 2
     store.close()
 
 
@@ -118,10 +142,15 @@ def test_an_outbox_row_is_sent_by_one_replica_only(url: str) -> None:
     (item,) = one.outbox_pending()
     with psycopg.connect(url, password=PASSWORD) as other:  # a replica's claim, mid-way
         other.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE", (item.id,))
-        assert not one.outbox_sending(item.id, T0)  # skipped, not waited for
-    assert two.outbox_sending(item.id, T0)
+        assert one.outbox_sending(item.id, T0) is None  # skipped, not waited for
+    claim = two.outbox_sending(item.id, T0 + TTL, due=T0)
+    assert claim is not None and not claim.uncertain
+    # another term's try meanwhile: not due any more, and now uncertain
+    assert one.outbox_sending(item.id, T0 + TTL, due=T0) is None
+    again = one.outbox_sending(item.id, T0 + 2 * TTL, due=T0 + TTL)
+    assert again is not None and again.uncertain  # look in Slack first
     two.outbox_sent(item.id)
-    assert not one.outbox_sending(item.id, T0)  # sent: gone
+    assert one.outbox_sending(item.id, T0) is None  # sent: gone
     one.close()
     two.close()
 
@@ -187,9 +216,16 @@ def test_a_new_leader_sends_the_digests_due_in_the_last_hour() -> None:
     digests = [DigestConfig(period="day"), DigestConfig(period="week", weekday="mon")]
     monday = datetime(2026, 11, 23, 9, 30, tzinfo=tz)  # both were due at 09:00
     hour = timedelta(hours=1)
-    assert missed_digests(digests, monday, tz, hour) == ["day", "week"]
+    due = monday.replace(minute=0)
+    assert missed_digests(digests, monday, tz, hour) == [("day", due), ("week", due)]
     assert missed_digests(digests, monday + hour, tz, hour) == []  # too late: left out
     assert missed_digests(digests, monday - hour, tz, hour) == []  # not due yet
-    assert missed_digests(digests, monday + timedelta(days=1), tz, hour) == ["day"]
-    late = [DigestConfig(period="day", at="23:30")]  # due yesterday, just before midnight
-    assert missed_digests(late, datetime(2026, 11, 24, 0, 10, tzinfo=tz), tz, hour) == ["day"]
+    tuesday = monday + timedelta(days=1)
+    assert missed_digests(digests, tuesday, tz, hour) == [("day", due + timedelta(days=1))]
+    # due yesterday just before midnight: yesterday's digest (of the day before), once
+    late = [DigestConfig(period="day", at="23:30")]
+    at = datetime(2026, 11, 24, 0, 10, tzinfo=tz)
+    ((period, was_due),) = missed_digests(late, at, tz, hour)
+    assert was_due == datetime(2026, 11, 23, 23, 30, tzinfo=tz)
+    assert digest_mark(period, was_due, tz) == digest_mark("day", at - hour, tz)
+    assert digest_mark(period, was_due, tz) != digest_mark("day", at, tz)

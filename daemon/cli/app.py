@@ -19,7 +19,7 @@ from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_O
 from daemon.cli.signals import StopSignals
 from daemon.config import DEFAULT_CONFIG_PATH, ConfigError
 from daemon.logs import configure_logging, default_log_format
-from daemon.store import StoreError
+from daemon.store import BackendError, StoreError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except BackendError as exc:  # PostgreSQL: unreachable, refused, or the lease lost
+            print(
+                f"error: PostgreSQL (state.url): {exc}; check that the server is reachable"
+                " and the role may use the database",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         except KeyboardInterrupt:
             log.info(

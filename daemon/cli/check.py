@@ -10,7 +10,7 @@ from daemon.config import Config
 from daemon.rules.durations import format_duration
 from daemon.rules.schema import BudgetRule, NewMemberRule
 from daemon.rules.selection import expand_members
-from daemon.state import open_store, store_exists
+from daemon.state import open_store, store_exists, store_name
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -65,7 +65,7 @@ def describe_config(config: Config) -> str:
         f"timezone    {config.timezone}",
         f"poll        every {format_duration(config.poll.interval)}, backfill"
         f" {format_duration(config.poll.backfill)}",
-        f"state       {config.state.path}",
+        f"state       {store_name(config)}",
         f"metrics     http://{config.metrics.listen}/metrics",
         f"slack       {_slack_route(config)}",
         f"rules       {len(config.rules)}",

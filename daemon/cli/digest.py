@@ -7,8 +7,9 @@ import asyncio
 from typing import Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
+from daemon.cycle import settle_of
 from daemon.notify import SlackSender, deliver, render_readable, route_for
-from daemon.state import open_store, store_exists, store_name
+from daemon.state import command_sender, open_store, store_exists, store_name
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -50,7 +51,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         queue_digest(store, route, message, now)
         # delivery reads the clock itself: Slack may ask it to wait between tries
-        report = asyncio.run(deliver(store, SlackSender(config), utc_now))
+        sender = command_sender(store, SlackSender(config))
+        report = asyncio.run(deliver(store, sender, utc_now, settle=settle_of(config)))
     finally:
         store.close()
     print(f"digest: {report.sent} sent" + ("" if report.ok else ", queued for retry"))

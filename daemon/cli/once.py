@@ -19,7 +19,7 @@ from daemon.ingest import PollReport
 from daemon.langdock import LangdockClient
 from daemon.notify import Sender, SlackSender
 from daemon.service import make_client
-from daemon.state import open_store
+from daemon.state import command_sender, open_store
 from daemon.store import Store
 
 
@@ -55,7 +55,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 async def _once(config: Config, store: Store, *, dry_run: bool) -> CycleResult:
-    sender = SlackSender(config) if config.slack is not None else None
+    sender = command_sender(store, SlackSender(config)) if config.slack is not None else None
     async with make_client(config) as client:
         return await cycle_once(config, store, client, sender=sender, dry_run=dry_run)
 

@@ -11,7 +11,7 @@ from typing import Any
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.cli.rules_table import render_silences
 from daemon.rules.durations import parse_duration
-from daemon.state import open_store
+from daemon.state import open_store, store_exists
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -122,7 +122,7 @@ def unmatched_member(
 
 def cmd_silence_list(args: argparse.Namespace) -> int:
     config = load(args)
-    if not config.state.path.exists():
+    if not store_exists(config):
         print("no silences (no store yet)")
         return EXIT_OK
     store = open_store(config)

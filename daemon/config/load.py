@@ -11,6 +11,7 @@ import glob
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,19 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(errors)
     config = _resolve_paths(config, base)
     config._source = path
-    config._warnings = _inline_secret_warnings(path, raw)
+    config._warnings = _inline_secret_warnings(path, raw) + _short_recheck(config)
     return config
+
+
+def _short_recheck(config: Config) -> list[str]:
+    """A send can take up to 30 s (`SEND_TIMEOUT`): looking for it sooner may miss it."""
+    if config.slack is None or config.slack.recheck_after >= timedelta(seconds=35):
+        return []
+    return [
+        f"slack.recheck_after {config.slack.recheck_after.total_seconds():g}s is shorter than"
+        " a send may take (30s): after a crash or a failover a message still on its way may"
+        " be posted twice; 60s (the default) is safe"
+    ]
 
 
 def _inline_secret_warnings(path: Path, raw: dict[str, Any]) -> list[str]:
@@ -96,6 +108,7 @@ def _inline_secret_warnings(path: Path, raw: dict[str, Any]) -> list[str]:
         ("slack", "token"),
         ("web", "admin_token"),
         ("web", "read_token"),
+        ("state", "password"),
     )
     for section, key in inline:
         block = raw.get(section)

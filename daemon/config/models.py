@@ -365,6 +365,6 @@ class Config(_Strict):
         values = [self.langdock.api_key]
         if self.slack is not None:
             values += [self.slack.webhook_url, self.slack.token]
-        values += [self.web.admin_token, self.web.read_token]
+        values += [self.web.admin_token, self.web.read_token, self.state.password]
         secrets = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         return secrets + [r.webhook_url for r in self.rules if r.webhook_url]

@@ -181,11 +181,15 @@ async def _attempts(
     if item.route.startswith("bot:") and item.kind in THREADED and item.thread_alert:
         thread = store.thread_of(item.thread_alert)
     channel = store.route_channel(item.route) if item.route.startswith("bot:") else None
-    attempt = Attempt(item.id, item.created_at, check=item.uncertain, channel=channel)
-    if not store.outbox_sending(item.id, now() + settle):  # what a crash from here on leaves
+    # what a crash from here on leaves; whether to look first is what the row says now
+    claim = store.outbox_sending(item.id, now() + settle, due=now())
+    if claim is None:
         return SendResult(False, error="taken by another replica", elsewhere=True)
+    attempt = Attempt(item.id, item.created_at, check=claim.uncertain, channel=channel)
     result = SendResult(False)
     for n in range(tries):
+        if n and store.outbox_sending(item.id, now() + settle) is None:
+            return SendResult(False, error="taken by another replica", elsewhere=True)
         result = await asyncio.to_thread(sender.send, item.route, item.payload, thread, attempt)
         if result.ok or result.permanent or result.in_flight:
             break

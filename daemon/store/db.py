@@ -40,6 +40,9 @@ class NotLeader(BackendError):
     """A write of a replica whose lease ended (`daemon.leadership`): nothing was written."""
 
 
+NO_TERM = ("", -1)  # the fence of a replica that does not lead: it matches no lease
+
+
 # what a failing database raises, whichever backend: callers that must keep running catch it
 DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, BackendError)
 
@@ -129,6 +132,8 @@ class StoreBase:
         self._kept_meta: dict[str, str | None] = {}  # the writer's meta values, as stored
         self._fence: tuple[str, int] | None = None  # PostgreSQL: the leader's term (`lead`)
         self._closers: list[Callable[[], None]] = []
+        # PostgreSQL, a command holding the lease: whether it may still send (`LeaderOnly`)
+        self.held: Callable[[], bool] | None = None
 
     @property
     def backend(self) -> str:
@@ -142,6 +147,7 @@ class StoreBase:
         *,
         writer: bool = False,
         tz: ZoneInfo | None = None,
+        upgrade: bool = True,
     ) -> Self:
         """Open the store in PostgreSQL (`daemon.store.pg`), migrating its schema. Which
         replica writes is decided by the lease (`daemon.leadership`); ``writer`` is for the
@@ -153,11 +159,17 @@ class StoreBase:
         store = cls(conn, Path("."), None)
         store.where = where
         try:
-            found = conn.migrate(SCHEMA_VERSION)
+            found = conn.migrate(SCHEMA_VERSION, upgrade=upgrade)
             if found > SCHEMA_VERSION:
                 raise StoreError(
                     f"the store {where} has schema {found}, newer than this version knows"
                     f" ({SCHEMA_VERSION}); upgrade langdock-budget or point state.url elsewhere"
+                )
+            if found < SCHEMA_VERSION and not upgrade:
+                raise StoreError(
+                    f"the store {where} has schema {found}, older than this version's"
+                    f" ({SCHEMA_VERSION}); start `run` or `once` of this version first (it"
+                    " upgrades the schema), with the older replicas stopped"
                 )
             store.writer = writer
             store._use_zone(tz, rebuild=writer)
@@ -169,9 +181,11 @@ class StoreBase:
     def lead(self, term: tuple[str, int] | None) -> None:
         """Become the store's only writer for a lease's term (holder, epoch), or stop being it
         (None). What was kept in memory about the stored state is dropped either way: another
-        replica may have written. Every write transaction of the term is fenced by it."""
+        replica may have written. Every write transaction of the term is fenced by it; without
+        a term every write is refused (`NotLeader`): a deposed leader's cycle that still runs
+        writes nothing."""
         self.writer = term is not None
-        self._fence = term
+        self._fence = term if term is not None else NO_TERM
         self.forget_kept()
         if term is not None:
             self._use_zone(self.tz, rebuild=True)  # the zone's daily sums, if another had none
@@ -249,7 +263,7 @@ class StoreBase:
                 self._conn.execute(f"PRAGMA user_version={target}")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn, self._kept_meta.clear, self._fence)
+        return _Transaction(self._conn, self.forget_kept, self._fence)
 
     def _meta(self, key: str) -> str | None:
         """A meta value; the writer keeps what it read or wrote (a window reads
@@ -289,7 +303,10 @@ class StoreBase:
             self._rollups = True
 
     def vacuum(self) -> None:
-        self._conn.execute("VACUUM")
+        """SQLite: give the space of compacted rows back. PostgreSQL's autovacuum does that
+        itself, without a long statement on the leader's connection."""
+        if isinstance(self._conn, sqlite3.Connection):
+            self._conn.execute("VACUUM")
 
     def size_bytes(self) -> int:
         if not isinstance(self._conn, sqlite3.Connection):

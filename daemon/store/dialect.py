@@ -27,11 +27,12 @@ from collections.abc import Mapping, Sequence
 # the server's clock in milliseconds (the lease's time: `daemon.leadership`)
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 
-# the first statement of a leader's write transaction: its term still holds the lease (the
-# row stays locked until the transaction ends, so no one takes the lease in between)
+# the first statement of a leader's write transaction: its term still holds the lease. The
+# row stays key-share locked until the transaction ends: a takeover (which changes the
+# unique ``term``) waits for it, a renewal (``expires_at`` only) does not
 FENCE = (
     "SELECT 1 FROM leader_lease WHERE name = 'leader' AND holder = ? AND epoch = ?"
-    f" AND expires_at > {NOW_MS} FOR SHARE"
+    f" AND expires_at > {NOW_MS} FOR KEY SHARE"
 )
 
 _REPLACE = re.compile(r"^\s*INSERT OR REPLACE INTO (\w+)", re.IGNORECASE)

@@ -33,6 +33,13 @@ class OutboxItem:
     target: str | None = None  # dead letters: the route's fingerprint when it was refused
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A message this process may send now; ``uncertain``: an earlier send may have arrived."""
+
+    uncertain: bool
+
+
 def insert_outbox(conn: sqlite3.Connection, items: Sequence[OutboxItem]) -> None:
     """Queue ``items``, in the caller's transaction."""
     conn.executemany(
@@ -145,23 +152,30 @@ class Outbox(StoreBase):
         with self._transaction():
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
-    def outbox_sending(self, item_id: int, settled: datetime) -> bool:
+    def outbox_sending(
+        self, item_id: int, settled: datetime, due: datetime | None = None
+    ) -> Claim | None:
         """A send starts: until it is known to have failed it may have arrived, so after a
-        crash it is looked for in Slack first, once it ``settled``. False: the message is
-        not this process's to send (sent or taken meanwhile; on PostgreSQL, claimed by a
-        replica's transaction right now: ``FOR UPDATE SKIP LOCKED``)."""
+        crash it is looked for in Slack first, once it ``settled``. Before each try, so a
+        slow series of tries never outlasts its own claim. ``due``: the first try, which
+        needs the row due by then. None: the message is not this process's to send (sent,
+        or not due any more: another term tried it meanwhile; on PostgreSQL, claimed by a
+        replica's transaction right now: ``FOR UPDATE SKIP LOCKED``). The claim says whether
+        an earlier send may have arrived, as the row says now."""
         lock = " FOR UPDATE SKIP LOCKED" if self.backend == "postgresql" else ""
+        due_sql = "" if due is None else " AND next_attempt_at <= ?"
         with self._transaction():
-            claimed = self._conn.execute(
-                f"SELECT id FROM outbox WHERE id = ? AND status = 'pending'{lock}", (item_id,)
+            row = self._conn.execute(
+                f"SELECT uncertain FROM outbox WHERE id = ? AND status = 'pending'{due_sql}{lock}",
+                (item_id,) if due is None else (item_id, _ts(due)),
             ).fetchone()
-            if claimed is None:
-                return False
+            if row is None:
+                return None
             self._conn.execute(
                 "UPDATE outbox SET uncertain = 1, next_attempt_at = ? WHERE id = ?",
                 (_ts(settled), item_id),
             )
-        return True
+        return Claim(uncertain=bool(row[0]))
 
     def outbox_retry(
         self,

@@ -31,6 +31,7 @@ from daemon.store.db import BackendError, _DecimalSum
 from daemon.store.dialect import Tables, ddl_to_postgres, freeze_tables, to_postgres
 from daemon.store.schema import _MIGRATIONS
 
+IDLE_IN_TRANSACTION = "5s"  # the server ends a transaction whose client went quiet this long
 MIGRATION_LOCK = 7_351_208_114  # pg_advisory_xact_lock key: one migration at a time
 
 # what SQLite computes with its own functions (`daemon.store.db`), in SQL
@@ -114,9 +115,19 @@ class PgConnection:
         self._tables: Tables = ()
 
     @classmethod
-    def connect(cls, url: str, password: str | None, *, timeout: float = 10.0) -> PgConnection:
+    def connect(
+        cls,
+        url: str,
+        password: str | None,
+        *,
+        timeout: float = 10.0,
+        settings: dict[str, str] | None = None,
+    ) -> PgConnection:
         """Connect with keepalives and a socket timeout, so a lost server is an error within
-        seconds instead of a hang."""
+        seconds instead of a hang. ``settings``: session settings (the lease's timeouts);
+        every connection ends a transaction left idle for `IDLE_IN_TRANSACTION` (a frozen
+        leader's lock on the lease row must not hold off a takeover)."""
+        session = {"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION, **(settings or {})}
         extra: dict[str, Any] = {
             "connect_timeout": max(1, int(timeout)),
             "keepalives": 1,
@@ -136,6 +147,12 @@ class PgConnection:
                 raise PgError(error_text(exc)) from None
             conn.adapters.register_loader("numeric", _IntNumericLoader)
             conn.adapters.register_dumper(bool, _BoolAsIntDumper)
+            try:
+                for name, value in session.items():
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            except psycopg.Error as exc:
+                conn.close()
+                raise PgError(error_text(exc)) from None
             return conn
 
         return cls(connect)
@@ -186,8 +203,9 @@ class PgConnection:
 
     # --------------------------------------------------------------- schema
 
-    def migrate(self, newest: int) -> int:
-        """Bring the schema to ``newest``; return the version found (newer: nothing done)."""
+    def migrate(self, newest: int, *, upgrade: bool = True) -> int:
+        """Bring the schema to ``newest``; return the version found (newer: nothing done;
+        without ``upgrade``, a reader's, nothing either)."""
         conn = self._ready()
         try:
             with conn.transaction():
@@ -195,7 +213,7 @@ class PgConnection:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)")
                 row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
                 found = int(row[0]) if row and row[0] is not None else 0
-                if found < newest:
+                if upgrade and found < newest:
                     for statement in FUNCTIONS:
                         conn.execute(statement)
                     for target in range(found + 1, newest + 1):

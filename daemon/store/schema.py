@@ -184,13 +184,16 @@ _MIGRATIONS: dict[int, str] = {
     UPDATE meta SET value = '0' WHERE key = 'rolled_until';
     """,
     # the leader lease of replicas sharing a PostgreSQL store (`daemon.leadership`): who holds
-    # it, its term (``epoch``, fencing writes) and until when, in the server's milliseconds;
-    # an SQLite store has the table but never uses it (its file lock is the lease)
+    # it, its term (``epoch``; ``term`` names it in a unique column, changed only when the
+    # lease changes hands, so a writer's fence, FOR KEY SHARE, holds off takeovers but not
+    # renewals) and until when, in the server's milliseconds; an SQLite store has the table
+    # but never uses it (its file lock is the lease)
     11: """
     CREATE TABLE leader_lease (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         epoch INTEGER NOT NULL,
+        term TEXT NOT NULL UNIQUE,
         expires_at INTEGER NOT NULL,
         acquired_at INTEGER NOT NULL
     );
