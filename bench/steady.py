@@ -12,13 +12,20 @@ Each run plays the polls twice, in two processes: with the window sums kept betw
 (`daemon/store/sum_cache.py`, the daemon's way) and with them summed again every cycle (the
 previous way: the kept sums and the alert states dropped before each cycle).
 
-    python bench/steady.py [--keys 1000] [--polls 24] [--runs 3]
+    python bench/steady.py [--keys 1000] [--polls 24] [--runs 3] [--modes kept,summed]
+                           [--baseline DIR]
+
+``--baseline DIR`` also plays the polls (sums kept) with the code of another tree, e.g. the
+last commit unpacked by ``git archive HEAD | tar -x -C DIR``, in the same runs, interleaved:
+the before and after of a change under the same load. `make bench` runs 1,000 keys (three
+runs) and then 10,000 keys (one run, the daemon's way only: a run takes minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -67,12 +74,24 @@ def build(keys: int) -> Path:
     if path.exists():
         return path
     configure_logging("json", "warning")
+    rows = keys * MODELS * 24 * DAYS
+    print(
+        f"steady: building {path.name} ({rows:,} rows; once, then reused from bench/.cache/):"
+        f" about {rows / 80_000 / 60:.0f} min on the 2-core VM (80,000 rows a second)",
+        flush=True,
+    )
     started = time.perf_counter()
     store = Store.open(path.with_suffix(".part"), exclusive=True, tz=None)
     hour = END - timedelta(days=DAYS)
+    done = 0
     while hour <= END:
         store.replace_key_usage(hour, hour + timedelta(hours=1), rows_of(keys, hour), hour)  # type: ignore[arg-type]
         hour += timedelta(hours=1)
+        done += 1
+        spent = time.perf_counter() - started
+        if done % 72 == 0 and spent > 30:  # every third day: how far, and how long still
+            left = spent / done * (DAYS * 24 + 1 - done)
+            print(f"steady: {done // 24} of {DAYS} days stored, about {left / 60:.0f} min left")
     store.refresh_rollups(END)
     store.close()
     path.with_suffix(".part").rename(path)
@@ -153,39 +172,53 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--polls", type=int, default=24)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--modes", default="kept,summed", help="kept, summed or both")
+    parser.add_argument("--baseline", type=Path, help="a tree with the code to compare with")
     parser.add_argument("--play", choices=["kept", "summed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.play:
         print(json.dumps(play(args.keys, args.polls, args.play == "kept")))
         return
     build(args.keys)
-    results: dict[str, list[dict[str, object]]] = {"kept": [], "summed": []}
+    modes = args.modes.split(",") + (["baseline"] if args.baseline else [])
+    results: dict[str, list[dict[str, object]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         for mode in results:
+            script, env = Path(__file__), None
+            if mode == "baseline":
+                script = args.baseline.resolve() / "bench" / "steady.py"
+                env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
             out = subprocess.run(
                 [
                     sys.executable,
-                    __file__,
+                    str(script),
                     "--keys",
                     str(args.keys),
                     "--polls",
                     str(args.polls),
                     "--play",
-                    mode,
+                    "summed" if mode == "summed" else "kept",
                 ],
                 check=True,
                 capture_output=True,
                 text=True,
+                env=env,
             ).stdout
             results[mode].append(json.loads(out.strip().splitlines()[-1]))
     stored = args.keys * MODELS * 24 * DAYS
     print(
         f"steady: {args.keys:,} keys x {MODELS} models x {DAYS} days ({stored:,} rows),"
         f" 200 rules, {args.polls} polls 5 min apart from 21:40 (two hours turn, two settle"
-        f" rewrites), {results['kept'][0]['lines']:,} metric lines; ranges of {args.runs} runs"
+        f" rewrites), {results[modes[0]][0]['lines']:,} metric lines; ranges of {args.runs} runs,"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    for mode, label in (("kept", "sums kept (the daemon)"), ("summed", "summed again (before)")):
-        runs = results[mode]
+    labels = {
+        "kept": "sums kept (the daemon)",
+        "summed": "summed again (before)",
+        "baseline": f"kept, {args.baseline}",
+    }
+    for mode in modes:
+        runs, label = results[mode], labels[mode]
         first = [float(r["times"][0]) for r in runs]  # type: ignore[index]
         steady = [r["times"][1:] for r in runs]  # type: ignore[index]
         medians = [statistics.median(t) for t in steady]  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from daemon.metrics_text import Samples
 from daemon.rules.anomaly import AnomalyEvaluation
@@ -103,10 +104,61 @@ def key_names(costs: Iterable[CostSeries], names: Mapping[str, str]) -> tuple[tu
     )
 
 
-def bounded_budgets(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetEvaluation, ...]:
+class BudgetRow(NamedTuple):
+    """One budget member as `/metrics` shows it (values as the samples carry them)."""
+
+    unit: Unit
+    rule: str
+    scope: str
+    spend: float
+    limit: float
+    utilization: float
+    forecast: float | None
+
+
+def budget_row(evaluation: BudgetEvaluation) -> BudgetRow:
+    """The row of one evaluation (the reference `budget_rows` is held to)."""
+    forecast = evaluation.forecast
+    return BudgetRow(
+        evaluation.unit,
+        evaluation.rule,
+        scope_id(evaluation.member),
+        float(evaluation.spend),
+        float(evaluation.limit),
+        float(evaluation.utilization),
+        None if forecast is None else float(forecast.projected),
+    )
+
+
+def budget_rows(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetRow, ...]:
     """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
-    rule over 10,000 keys must not become 40,000 series."""
-    return tuple(e for table in tables for e in table.top(top_n))
+    rule over 10,000 keys must not become 40,000 series. Read from the table's columns: the
+    members without an evaluation (most of the 20,000-30,000 shown) get none made for them;
+    equal to ``budget_row`` of each of ``table.top(top_n)`` (tests/test_metrics_rows.py)."""
+    rows: list[BudgetRow] = []
+    for table in tables:
+        unit, rule, limit, scale = table.unit, table.rule, table.limit, table.scale
+        limit_value = float(limit)
+        members, raws, evaluated = table.members, table.raw_spends, table.evaluated
+        for i in table.ranking()[:top_n]:
+            made = evaluated.get(i)
+            if made is not None:
+                rows.append(budget_row(made))
+                continue
+            spend = Decimal(raws[i]).scaleb(-scale)
+            member_id = members[i].member.id
+            rows.append(
+                BudgetRow(
+                    unit,
+                    rule,
+                    "workspace" if member_id == WORKSPACE else member_id,
+                    float(spend),
+                    limit_value,
+                    float(spend / limit),
+                    None,
+                )
+            )
+    return tuple(rows)
 
 
 def bounded_anomalies(result: EngineResult, top_n: int) -> tuple[AnomalyEvaluation, ...]:
@@ -138,7 +190,7 @@ def silenced_series(keys: Iterable[AlertKey]) -> tuple[tuple[str, str], ...]:
 def series_families(
     costs: Sequence[CostSeries],
     names: Sequence[tuple[str, str]],
-    budgets: Sequence[BudgetEvaluation],
+    budgets: Sequence[BudgetRow],
     anomalies: Sequence[AnomalyEvaluation],
     firing: Sequence[tuple[str, str, str, str]],
 ) -> list[Family]:
@@ -162,14 +214,14 @@ def series_families(
     by_unit: dict[Unit, tuple[Samples, Samples, Samples]] = {
         unit: ([], [], []) for unit in BUDGET_FAMILIES
     }
-    for ev in budgets:
-        labels = (ev.rule, scope_id(ev.member))
-        spend, limit, forecast = by_unit[ev.unit]
-        spend.append((labels, float(ev.spend)))
-        limit.append((labels, float(ev.limit)))
-        ratio.append((labels, float(ev.utilization)))
-        if ev.forecast is not None:
-            forecast.append((labels, float(ev.forecast.projected)))
+    for row in budgets:
+        labels = (row.rule, row.scope)
+        spend, limit, forecast = by_unit[row.unit]
+        spend.append((labels, row.spend))
+        limit.append((labels, row.limit))
+        ratio.append((labels, row.utilization))
+        if row.forecast is not None:
+            forecast.append((labels, row.forecast))
     for unit, (spend_name, limit_name, forecast_name) in BUDGET_FAMILIES.items():
         spend, limit, forecast = by_unit[unit]
         noun, in_unit = _BUDGET_NOUN[unit]

@@ -21,10 +21,9 @@ from prometheus_client.registry import Collector
 
 from daemon import __version__
 from daemon.langdock.checks import REASONS as REJECT_REASONS
-from daemon.metric_series import CostSeries, Family, series_families
+from daemon.metric_series import BudgetRow, CostSeries, Family, series_families
 from daemon.metrics_text import Prefixes, gauge_text
 from daemon.rules.anomaly import AnomalyEvaluation
-from daemon.rules.budget import BudgetEvaluation
 
 EXPORTS = ("api-keys", "models")
 # Slack outcomes (`SelfReport._count_delivery`): published at 0 from the start, so rate() and
@@ -62,7 +61,7 @@ class Stats:
 class Snapshot:
     costs: tuple[CostSeries, ...] = ()
     key_names: tuple[tuple[str, str], ...] = ()  # (id, name) of the keys in `costs`
-    budgets: tuple[BudgetEvaluation, ...] = ()
+    budgets: tuple[BudgetRow, ...] = ()  # the budget members shown (`budget_rows`)
     anomalies: tuple[AnomalyEvaluation, ...] = ()
     firing: tuple[tuple[str, str, str, str], ...] = ()  # rule, scope, condition, severity
     silenced: tuple[tuple[str, str], ...] = ()

@@ -73,5 +73,10 @@ def gauge_text(
         if prefix is None:
             labels = ",".join(f'{label_names[i]}="{_escape(values[i])}"' for i in order)
             prefix = known[values] = f"{name}{{{labels}}} "
-        lines.append(f"{prefix}{go_float(value)}\n")
+        # `go_float` inline for the common case (100,000-240,000 lines a cycle): a finite
+        # float whose repr has its point within the first six characters is its own text
+        text = repr(value) if type(value) is float else ""
+        if not 0 < text.find(".") <= 6:
+            text = go_float(value)
+        lines.append(f"{prefix}{text}\n")
     return "".join(lines)

@@ -14,7 +14,7 @@ from daemon.coverage import BackfillProgress
 from daemon.cycle import CycleResult
 from daemon.metric_series import (
     bounded_anomalies,
-    bounded_budgets,
+    budget_rows,
     cost_series,
     firing_series,
     key_names,
@@ -41,7 +41,7 @@ def build_snapshot(
         silenced=silenced_series(shown.silenced),
         costs=costs,
         key_names=key_names(costs, shown.key_names),
-        budgets=bounded_budgets(result.engine.budget_tables, shown.top_keys),
+        budgets=budget_rows(result.engine.budget_tables, shown.top_keys),
         anomalies=bounded_anomalies(result.engine, shown.top_keys),
         firing=firing_series(result.engine),
         **outbox_fields(shown.outbox),

@@ -8,12 +8,14 @@ import math
 from decimal import Decimal
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from daemon.metric_series import CostSeries
 from daemon.metrics import Snapshot
-from daemon.metrics_text import Prefixes, Samples, gauge_text
+from daemon.metrics_text import Prefixes, Samples, gauge_text, go_float
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
@@ -67,6 +69,28 @@ def test_every_kind_of_number_is_written_as_the_client_writes_it() -> None:
     ]
     mine = "".join(gauge_text(*family) for family in families)
     assert mine == client_text(families)
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.floats(allow_nan=True, allow_infinity=True)
+        | st.integers(-(10**20), 10**20)
+        | st.decimals(-(10**9), 10**9, places=9).map(float)
+        | st.integers(0, 10**12).map(lambda nanos: nanos / 10**9),
+        max_size=20,
+    )
+)
+def test_the_inline_number_path_writes_what_go_float_and_the_client_write(
+    values: list[float],
+) -> None:
+    """`gauge_text` writes most values without calling `go_float`: the same text, any value
+    (integers too, which the client takes as well), with labels and without."""
+    samples: Samples = [((str(i),), v) for i, v in enumerate(values)]
+    lines = gauge_text("langdock_n", "n", ("i",), samples).splitlines()[2:]
+    assert lines == [f'langdock_n{{i="{i}"}} {go_float(v)}' for i, v in enumerate(values)]
+    families = [("langdock_n", "n", ("i",), samples)]
+    assert gauge_text(*families[0], prefixes=Prefixes()) == client_text(families)
 
 
 def test_only_prometheus_clients_public_api_is_imported() -> None:

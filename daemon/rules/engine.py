@@ -27,6 +27,7 @@ from daemon.rules.lifecycle import (
     Transition,
     end_period,
     step,
+    step_firing,
     supersede,
     threshold_of,
 )
@@ -149,15 +150,26 @@ def evaluate(
                 key_id = condition.key.id
                 seen.add(key_id)
                 before = previous.get(key_id)
-                state, transition = step(
-                    before,
-                    condition.key,
-                    condition.holds,
-                    now,
-                    for_=rule.for_,
-                    keep_firing_for=rule.keep_firing_for,
-                    severity=condition.severity,
-                )
+                if before is None:
+                    state, transition = step(
+                        None,
+                        condition.key,
+                        condition.holds,
+                        now,
+                        for_=rule.for_,
+                        keep_firing_for=rule.keep_firing_for,
+                        severity=condition.severity,
+                    )
+                else:
+                    state, transition = step_firing(
+                        before,
+                        condition.key,
+                        condition.holds,
+                        now,
+                        rule.for_,
+                        rule.keep_firing_for,
+                        condition.severity,
+                    )
                 if (
                     condition.key.condition == "forecast"
                     and isinstance(evaluation, BudgetEvaluation)

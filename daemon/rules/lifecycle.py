@@ -21,7 +21,7 @@ Status = Literal["inactive", "pending", "firing", "resolved"]
 TransitionKind = Literal["firing", "resolved", "superseded"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: kept by the hundred thousand (`alert_key`)
 class AlertKey:
     """Identity of an alert: (rule, member, threshold or direction, window period)."""
 
@@ -45,7 +45,7 @@ class AlertKey:
         return cls(rule, member, condition, period)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AlertState:
     key: AlertKey
     status: Status
@@ -105,6 +105,25 @@ def step(
     return resolved, Transition("resolved", resolved, "condition cleared")
 
 
+def step_firing(
+    previous: AlertState,
+    key: AlertKey,
+    holds: bool,
+    now: datetime,
+    for_: timedelta,
+    keep_firing_for: timedelta,
+    severity: str,
+) -> tuple[AlertState | None, Transition | None]:
+    """`step`, with the steady case first: a firing alert whose condition still holds (most
+    of the 20,000-200,000 stateful alerts of a large workspace, every cycle) gets its new
+    state without the keyword call. Equal to `step` (tests/rules/test_fast_paths.py)."""
+    if holds and previous.status == "firing":
+        return _still_true(previous, now, severity), None
+    return step(
+        previous, key, holds, now, for_=for_, keep_firing_for=keep_firing_for, severity=severity
+    )
+
+
 def _still_true(previous: AlertState, now: datetime, severity: str) -> AlertState:
     """``previous`` with its condition true at ``now`` (the constructor, not
     `dataclasses.replace`: 20,000 firing alerts step every cycle)."""
@@ -122,7 +141,10 @@ def _still_true(previous: AlertState, now: datetime, severity: str) -> AlertStat
 @lru_cache(maxsize=1 << 17)
 def alert_key(rule: str, member: str, condition: str, period: str) -> AlertKey:
     """The one `AlertKey` of these four: a budget rule over 10,000 keys makes the same keys
-    every cycle, so they are made once (keys are immutable)."""
+    every cycle, so they are made once (keys are immutable). Budget rules ask only when a
+    member's outcome changes (`daemon.rules.budget_conditions` keeps the rest): a cycle over
+    10,000 keys asks for 330,000 keys in the same order, which a least-recently-used cache
+    smaller than that misses every time (4.8 s of such a cycle before they were kept)."""
     return AlertKey(rule, member, condition, period)
 
 

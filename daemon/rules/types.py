@@ -16,7 +16,7 @@ Severity = Literal["info", "warning", "critical"]
 WORKSPACE = "*"  # the id of the one member of a rule without `each`
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One alert series of a rule: the workspace (``*``), an API key id, or a model name."""
 
@@ -25,7 +25,7 @@ class Member:
     dimension: Literal["workspace"] | MemberKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     """Whether one alert's condition holds at this evaluation, and at which severity."""
 

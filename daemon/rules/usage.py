@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from operator import itemgetter
+from typing import Any
 
 from daemon.rules.members import MemberUsage, WindowTotals
 from daemon.rules.schema import AnyRule
@@ -107,6 +108,10 @@ class UsageIndex:
         self._windows: dict[tuple[Selection, int, int, bool], WindowTotals] = {}
         self._distinct: tuple[set[str], set[str]] | None = None  # key ids, models
         self._rows_by: dict[int, dict[str, list[KeyRow]]] = {}  # column → value → rows
+        self._made_members: dict[tuple[str, str], Member] = {}  # (each, id) → its member
+        self._queries: dict[Selection, dict[str, PartsQuery]] = {}  # where a part is loaded
+        # what forecasts of the same series and period share (`daemon.rules.budget.project`)
+        self.forecasts: dict[Any, Any] = {}
         # model → requests / errors / latency×requests per bucket (only buckets that have them)
         self.models: dict[str, dict[str, dict[int, Decimal]]] = {}
         for m in model_points:
@@ -131,11 +136,13 @@ class UsageIndex:
     # ------------------------------------------------------------ scope and members
 
     def _member(self, rule: AnyRule, member_id: str) -> Member:
-        if rule.each == "api_key":
-            return Member(member_id, self.key_label(member_id), "api_key")
-        if rule.each == "model":
-            return Member(member_id, member_id, "model")
-        return Member(WORKSPACE, scope_label(rule.scope), "workspace")
+        if rule.each is None:
+            return Member(WORKSPACE, scope_label(rule.scope), "workspace")
+        made = self._made_members.get((rule.each, member_id))
+        if made is None:  # one per key or model, whatever rules and windows it is in
+            label = self.key_label(member_id) if rule.each == "api_key" else member_id
+            made = self._made_members[(rule.each, member_id)] = Member(member_id, label, rule.each)
+        return made
 
     def key_label(self, key_id: str) -> str:
         return f"{self.name_of(key_id)} ({key_id})"
@@ -172,14 +179,19 @@ class UsageIndex:
             selection_filter, totals = loaded
             scale = NANOS if metric == "cost_usd" else 0
             ids = sorted(totals)
-            members = [
-                MemberUsage(
-                    self._member(rule, member_id),
-                    Series({start: totals[member_id]}, scale),
-                    parts_query=PartsQuery(selection_filter, member_id, scale),
+            queries = self._queries.setdefault(selection, {})  # shared by its windows
+            members = []
+            for member_id in ids:
+                query = queries.get(member_id)
+                if query is None:
+                    query = queries[member_id] = PartsQuery(selection_filter, member_id, scale)
+                members.append(
+                    MemberUsage(
+                        self._member(rule, member_id),
+                        Series({start: totals[member_id]}, scale),
+                        parts_query=query,
+                    )
                 )
-                for member_id in ids
-            ]
             cached = WindowTotals(members, [totals[member_id] for member_id in ids])
         else:
             members = self.members(rule, metric)
