@@ -15,6 +15,10 @@ previous way: the kept sums and the alert states dropped before each cycle).
     python bench/steady.py [--keys 1000] [--polls 24] [--runs 3] [--modes kept,summed]
                            [--baseline DIR]
 
+``--modes kept,postgresql`` plays the same polls on a PostgreSQL copy of the store as well
+(`bench/pg_store.py`: a throw-away server from Debian's binaries), as the lease's holder,
+interleaved with SQLite's.
+
 ``--baseline DIR`` also plays the polls (sums kept) with the code of another tree, e.g. the
 last commit unpacked by ``git archive HEAD | tar -x -C DIR``, in the same runs, interleaved:
 the before and after of a change under the same load. `make bench` runs 1,000 keys (three
@@ -24,9 +28,11 @@ runs) and then 10,000 keys (one run, the daemon's way only: a run takes minutes)
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +49,7 @@ MODELS, DAYS = 10, 30
 END = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)  # the store holds buckets up to here
 FIRST_POLL = datetime(2026, 11, 30, 21, 40, tzinfo=UTC)
 CACHE = Path(__file__).parent / ".cache"
+INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's, not on PATH
 
 
 def rows_of(keys: int, hour: datetime, change: int = 0) -> list[object]:
@@ -100,8 +107,9 @@ def build(keys: int) -> Path:
     return path
 
 
-def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
-    """One process: the polls, each cycle timed; returns the times and the peak RSS."""
+def play(keys: int, polls: int, kept: bool, url: str | None = None) -> dict[str, object]:
+    """One process: the polls, each cycle timed; returns the times and the peak RSS. With
+    ``url``, on that PostgreSQL copy of the store (`bench/pg_store.py`), as the leader."""
     import tempfile
 
     from daemon.config import load_config
@@ -112,18 +120,22 @@ def play(keys: int, polls: int, kept: bool) -> dict[str, object]:
     from daemon.notify import DeliveryReport
     from daemon.published import load_published
     from daemon.service import Daemon
-    from daemon.store import Store
+    from daemon.state import open_store
 
     configure_logging("json", "warning")
     path = build(keys)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
+        state = (
+            f"{{path: '{path}'}}"
+            if url is None
+            else f"{{url: '{url}', password: '${{PGPASSWORD}}'}}"
+        )
         config_path.write_text(
-            f"langdock: {{api_key: bench}}\ntimezone: UTC\nstate: {{path: '{path}'}}\n"
-            + rules_yaml()
+            f"langdock: {{api_key: bench}}\ntimezone: UTC\nstate: {state}\n" + rules_yaml()
         )
         config = load_config(config_path)
-        store = Store.open(config.state.path, exclusive=True, tz=config.tz)
+        store = open_store(config, exclusive=True)  # PostgreSQL: the lease, renewed, fenced
         store.save_alerts({})  # every run starts from the same state
         daemon = Daemon(config_path, config, store)
         times, cpu, lines = [], [], 0
@@ -167,20 +179,39 @@ def span(values: list[float], digits: int = 2) -> str:
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--polls", type=int, default=24)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--modes", default="kept,summed", help="kept, summed or both")
+    parser.add_argument(
+        "--modes",
+        default="kept,summed",
+        help="kept, summed, postgresql (kept, on a PostgreSQL copy of the store), comma-separated",
+    )
     parser.add_argument("--baseline", type=Path, help="a tree with the code to compare with")
     parser.add_argument("--play", choices=["kept", "summed"], help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.play:
-        print(json.dumps(play(args.keys, args.polls, args.play == "kept")))
+        print(json.dumps(play(args.keys, args.polls, args.play == "kept", args.url)))
         return
-    build(args.keys)
     modes = args.modes.split(",") + (["baseline"] if args.baseline else [])
+    if "postgresql" not in modes:
+        build(args.keys)
+        return measure(args, modes, None)
+    from pg_store import postgres_copy
+
+    if not any(shutil.which(name) for name in ("initdb", *glob.glob(INITDB))):
+        print("steady: PostgreSQL is not installed (Debian package postgresql): no PostgreSQL row")
+        return None
+    with postgres_copy(build(args.keys)) as (url, password):
+        os.environ["PGPASSWORD"] = password
+        return measure(args, modes, url)
+
+
+def measure(args: argparse.Namespace, modes: list[str], url: str | None) -> None:
+    """Each run plays every mode, one process each, interleaved."""
     results: dict[str, list[dict[str, object]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         for mode in results:
@@ -198,13 +229,16 @@ def main() -> None:
                     str(args.polls),
                     "--play",
                     "summed" if mode == "summed" else "kept",
+                    *(["--url", url] if mode == "postgresql" and url else []),
                 ],
-                check=True,
                 capture_output=True,
                 text=True,
                 env=env,
-            ).stdout
-            results[mode].append(json.loads(out.strip().splitlines()[-1]))
+            )
+            if out.returncode:
+                sys.exit(f"steady: the {mode} run failed:\n{out.stderr}")
+            stdout = out.stdout
+            results[mode].append(json.loads(stdout.strip().splitlines()[-1]))
     stored = args.keys * MODELS * 24 * DAYS
     print(
         f"steady: {args.keys:,} keys x {MODELS} models x {DAYS} days ({stored:,} rows),"
@@ -216,6 +250,7 @@ def main() -> None:
         "kept": "sums kept (the daemon)",
         "summed": "summed again (before)",
         "baseline": f"kept, {args.baseline}",
+        "postgresql": "kept, on PostgreSQL",
     }
     for mode in modes:
         runs, label = results[mode], labels[mode]

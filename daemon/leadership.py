@@ -62,6 +62,13 @@ ON CONFLICT (name) DO UPDATE SET
 WHERE l.holder = excluded.holder OR l.expires_at <= {NOW_MS}
 RETURNING epoch"""
 
+# A renewal sets expires_at only: an UPDATE of no key column, which the fence's FOR KEY SHARE
+# never holds off (an INSERT ... ON CONFLICT whose SET names the unique `term` would be, even
+# when `term` keeps its value: the lock is chosen from the columns named)
+_RENEW = f"""
+UPDATE leader_lease SET expires_at = {NOW_MS} + ?
+WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > {NOW_MS}
+RETURNING epoch"""
 _HOLDER = f"SELECT holder, expires_at - {NOW_MS} FROM leader_lease WHERE name = ?"
 _RELEASE = "UPDATE leader_lease SET expires_at = 0 WHERE name = ? AND holder = ? AND epoch = ?"
 
@@ -106,8 +113,15 @@ class Lease:
         try:
             if self._conn is None:
                 self._conn = self._connect()
-            taking = (LEASE, self.holder, self.holder, int(self.ttl * 1000))
-            row = self._conn.execute(_TAKE, taking).fetchone()
+            ttl_ms = int(self.ttl * 1000)
+            row = None
+            if self.term is not None:  # a renewal: expires_at only, never held off by a write
+                row = self._conn.execute(
+                    _RENEW, (ttl_ms, LEASE, self.holder, self.term.epoch)
+                ).fetchone()
+            if row is None:
+                taking = (LEASE, self.holder, self.holder, ttl_ms)
+                row = self._conn.execute(_TAKE, taking).fetchone()
         except Exception as exc:
             self._drop_connection()
             log.warning(

@@ -19,6 +19,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -106,6 +107,58 @@ class _Cursor:
         return list(self._rows)
 
 
+BATCH = 500  # rows per multi-row INSERT
+
+_INSERT = re.compile(
+    r"^(\s*INSERT INTO (\w+)(?:\s+AS\s+\w+)?\s*(?:\(([^)]*)\))?\s*VALUES\s*)\(([^()]*)\)(.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_CONFLICT = re.compile(r"ON CONFLICT \(([^)]*)\)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class InsertShape:
+    """A one-row INSERT ... VALUES (...), taken apart to send many rows at once."""
+
+    head: str
+    group: str
+    tail: str
+    keys: tuple[int, ...] | None  # the parameters that make the conflict key (None: no key)
+
+    def statement(self, rows: int) -> str:
+        return f"{self.head}{', '.join([f'({self.group})'] * rows)}{self.tail}"
+
+    def unique(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """No two rows meet on the conflict key (else PostgreSQL refuses the statement)."""
+        if self.keys is None:
+            return True
+        keys = self.keys
+        return len({tuple(row[i] for i in keys) for row in rows}) == len(rows)
+
+
+@functools.lru_cache(maxsize=256)
+def insert_shape(statement: str, tables: Tables) -> InsertShape | None:
+    """How to send ``statement`` for many rows at once (None: row by row)."""
+    match = _INSERT.match(statement)
+    if match is None or "%s" not in match[4]:
+        return None
+    head, table, listed, group, tail = match.groups()
+    known = dict(tables).get(table)
+    columns = [c.strip() for c in listed.split(",")] if listed else list(known[0] if known else [])
+    items = [item.strip() for item in group.split(",")]
+    if len(items) != len(columns):
+        return None
+    conflict = _CONFLICT.search(tail)
+    keys: tuple[int, ...] | None = None
+    if conflict is not None:
+        param_of: dict[str, int] = {}
+        for column, item in zip(columns, items, strict=True):
+            if item == "%s":
+                param_of[column] = len(param_of)
+        keys = tuple(param_of[c.strip()] for c in conflict[1].split(",") if c.strip() in param_of)
+    return InsertShape(head, group, tail, keys)
+
+
 class PgConnection:
     """One PostgreSQL connection, used like the store's `sqlite3.Connection`."""
 
@@ -179,14 +232,25 @@ class PgConnection:
             raise PgError(error_text(exc)) from None
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> _Cursor:
+        """Many rows: a one-row INSERT goes as multi-row INSERTs of `BATCH` rows (a round trip
+        per batch, not per row), except a batch in which two rows meet the same conflict key
+        (an upsert that adds them up must see them one by one)."""
         statement = to_postgres(sql, self._tables)
-        batch = list(params)
-        if not batch:
+        rows = [tuple(row) for row in params]
+        if not rows:
             return _Cursor([], 0)
+        shape = insert_shape(statement, self._tables)
+        count = 0
         try:
             with self._ready().cursor() as cur:
-                cur.executemany(statement, batch)
-                return _Cursor([], cur.rowcount)
+                for start in range(0, len(rows), BATCH if shape else len(rows)):
+                    batch = rows[start : start + BATCH] if shape else rows
+                    if shape is None or not shape.unique(batch):
+                        cur.executemany(statement, batch)
+                    else:
+                        cur.execute(shape.statement(len(batch)), [v for r in batch for v in r])
+                    count += max(cur.rowcount, 0)
+                return _Cursor([], count)
         except psycopg.Error as exc:
             raise PgError(error_text(exc)) from None
 
