@@ -242,14 +242,18 @@ class PgConnection:
         shape = insert_shape(statement, self._tables)
         count = 0
         try:
-            with self._ready().cursor() as cur:
+            conn = self._ready()
+            # the multi-row INSERTs bind on the server (psycopg adapts in C; the columns give
+            # the types): composing thousands of literals in Python costs more than it saves
+            with conn.cursor() as cur, psycopg.Cursor(conn) as bound:
                 for start in range(0, len(rows), BATCH if shape else len(rows)):
                     batch = rows[start : start + BATCH] if shape else rows
                     if shape is None or not shape.unique(batch):
                         cur.executemany(statement, batch)
+                        count += max(cur.rowcount, 0)
                     else:
-                        cur.execute(shape.statement(len(batch)), [v for r in batch for v in r])
-                    count += max(cur.rowcount, 0)
+                        bound.execute(shape.statement(len(batch)), [v for r in batch for v in r])
+                        count += max(bound.rowcount, 0)
                 return _Cursor([], count)
         except psycopg.Error as exc:
             raise PgError(error_text(exc)) from None
