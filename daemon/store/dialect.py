@@ -13,6 +13,7 @@ What changes:
 - the two-argument ``min(a, b)`` / ``max(a, b)`` become ``LEAST`` / ``GREATEST``;
 - ``json_each(?)`` (a JSON array of ids) becomes ``json_array_elements_text(?::json)``;
 - ``BEGIN IMMEDIATE`` becomes ``BEGIN``;
+- ``sum(...)`` becomes ``sum(...)::bigint`` (the store sums integers only);
 - in DDL: ``INTEGER`` becomes ``BIGINT`` (nano-dollars overflow 32 bits), an ``AUTOINCREMENT``
   key an identity column, text compares byte-wise (``COLLATE "C"``, SQLite's order) and
   ``WITHOUT ROWID`` goes.
@@ -58,6 +59,7 @@ def to_postgres(sql: str, tables: Tables) -> str:
     text = _PAIR.sub(
         lambda m: f"{'LEAST' if m[1].lower() == 'min' else 'GREATEST'}({m[2]},{m[3]})", text
     )
+    text = _cast_sums(text)
     match = _REPLACE.match(text)
     if match:
         table = match[1]
@@ -70,6 +72,26 @@ def to_postgres(sql: str, tables: Tables) -> str:
         )
         text = f"INSERT INTO {table}{text[match.end() :]} ON CONFLICT ({', '.join(key)}) {update}"
     return text.replace("?", "%s")
+
+
+_SUM = re.compile(r"(?<![\w.])sum\(", re.IGNORECASE)
+
+
+def _cast_sums(text: str) -> str:
+    """``sum(x)`` → ``sum(x)::bigint``: the store sums integers only, and PostgreSQL's sum of
+    BIGINT is NUMERIC, which costs a Python conversion per value on the way back."""
+    out, at = [], 0
+    for match in _SUM.finditer(text):
+        if match.start() < at:
+            continue  # inside a sum already cast
+        depth, end = 0, match.end() - 1
+        for end in range(match.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        out.append(text[at : end + 1] + "::bigint")
+        at = end + 1
+    return "".join(out) + text[at:]
 
 
 _DDL_RULES: list[tuple[re.Pattern[str], str]] = [

@@ -26,6 +26,9 @@ def test_sqlite_words_become_postgresql_ones() -> None:
         " WHERE k IN (SELECT value FROM json_array_elements_text(%s::json))"
     )
     assert to_postgres("BEGIN IMMEDIATE", TABLES) == "BEGIN"
+    assert to_postgres("SELECT coalesce(sum(CASE WHEN (a) THEN n END), 0), dec_sum(r)", TABLES) == (
+        "SELECT coalesce(sum(CASE WHEN (a) THEN n END)::bigint, 0), dec_sum(r)"
+    )
     assert to_postgres("SELECT '5%' || ?", TABLES) == "SELECT '5%%' || %s"  # a literal %
 
 
@@ -46,8 +49,9 @@ def test_many_rows_go_as_one_insert_unless_two_meet_on_the_conflict_key() -> Non
     )
     shape = insert_shape(sql, tables)
     assert shape is not None
-    assert shape.statement(2) == (
-        "INSERT INTO u (b, k, n) VALUES (7, %s, %s), (7, %s, %s) ON CONFLICT (b, k) DO NOTHING"
+    assert shape.statement([("a", 1), ("it's", None)]) == (
+        "INSERT INTO u (b, k, n) VALUES (7, 'a', 1), (7, 'it''s', NULL)"
+        " ON CONFLICT (b, k) DO NOTHING"
     )
     assert shape.unique([("a", 1), ("b", 1)])
     assert not shape.unique([("a", 1), ("a", 2)])  # these add up one by one

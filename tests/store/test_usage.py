@@ -93,3 +93,20 @@ def test_model_usage_keeps_errors_and_weighted_latency(store: Store) -> None:
     assert row[0] == 400 and Decimal(row[1]) == Decimal("2.0") and Decimal(row[2]) == 3
     assert Decimal(row[3]) == Decimal(1750)
     assert store.models() == ["gpt-4o"]
+
+
+def test_names_from_outside_are_stored_as_they_are(store: Store) -> None:
+    """Key and model names come from Langdock's CSV: quotes, backslashes, SQL and percent
+    signs stay text (PostgreSQL: every value is written in as a literal, `pg.literal`)."""
+    names = [
+        "o'brien",
+        "back\\\\slash \\\\' x",
+        "'); DROP TABLE api_keys; --",
+        "50%s %% ?",
+        "ключ ✓",
+    ]
+    rows = [usage(f"k{i}", name, "0.5", name=name) for i, name in enumerate(names)]
+    store.replace_key_usage(T0, T0 + H, rows, T0)
+    assert store.api_key_names() == {f"k{i}": name for i, name in enumerate(names)}
+    assert sorted(store.models()) == sorted(names)
+    assert totals(store, T0, T0 + H)[("k2", names[2])] == Decimal("0.5")
