@@ -21,8 +21,16 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 # end-to-end tests is not measured; the same code is, by the in-process tests)
 COVERAGE := --cov=daemon --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
-test: $(STAMP)  ## the whole test suite, with branch coverage
-	$(BIN)/pytest $(COVERAGE)
+# One pytest-xdist worker per core, a test file at a time (a module's servers start once), the
+# files of tests marked `long` first (tests/conftest.py). The coverage data of a run stays in
+# .venv under its own name (pytest-cov combines every .coverage.* beside its data file: runs
+# side by side in one checkout would take each other's), and Python keeps its bytecode cache
+# even where the environment turns it off: every worker and every daemon a test starts would
+# compile the sources again.
+test: $(STAMP)  ## the whole test suite, in parallel, with branch coverage
+	COVERAGE_FILE=$(VENV)/.coverage.$$$$ PYTHONDONTWRITEBYTECODE= \
+	  $(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder $(COVERAGE); \
+	  status=$$?; rm -f $(VENV)/.coverage.$$$$; exit $$status
 
 lint: $(STAMP)  ## ruff + mypy --strict on daemon/
 	$(BIN)/ruff check daemon tests bench

@@ -96,3 +96,10 @@ def fill_history(store: Store, config: Config, now: datetime) -> None:
                     store.replace_key_usage(bucket.start, bucket.end, [], now)
                 else:
                     store.replace_model_usage(bucket.start, bucket.end, [], now)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` (seconds each) run first, otherwise in the collected order:
+    xdist (`make test`) hands tests to its workers in this order, so a long test starts
+    early instead of keeping one worker busy after the others have finished."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -15,6 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -195,7 +196,8 @@ async def test_first_start_then_steady_polls_are_two_calls(tmp_path: Path) -> No
     store.close()
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.long
+@settings(max_examples=25, deadline=None)
 @given(
     start=st.datetimes(
         min_value=datetime(2026, 3, 1), max_value=datetime(2026, 11, 8), timezones=st.just(UTC)

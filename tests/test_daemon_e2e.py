@@ -46,6 +46,7 @@ def start(config: Path, notify: Notifications, log: Path) -> subprocess.Popen[by
     )
 
 
+@pytest.mark.long
 def test_run_serves_metrics_reloads_and_stops_cleanly(
     tmp_path: Path, fakes: tuple[Simulator, FakeSlack]
 ) -> None:

@@ -30,6 +30,7 @@ from tests.processes import Notifications, free_port
 from tests.tcp_proxy import TcpProxy
 
 __all__ = ["postgres"]  # the session's server, imported for pytest
+pytestmark = pytest.mark.long  # each test runs two daemons for seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-failover-5e4d3c2b1a09"

@@ -9,6 +9,8 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from daemon.config import Config, load_config
 from daemon.cycle import evaluate_rules, run_cycle
 from daemon.langdock import LangdockClient
@@ -45,6 +47,7 @@ def truth(sim: Simulator, key_index: int, start: object, end: object) -> Decimal
     )
 
 
+@pytest.mark.long
 async def test_first_start_budgets_right_anomalies_warm_up_no_new_member_flood(
     tmp_path: Path, simulator: Simulator, client: LangdockClient, clock: FakeClock
 ) -> None:

@@ -45,6 +45,8 @@ from tests.processes import Notifications, free_port
 from tests.servers import binary
 
 T = TypeVar("T")
+# one daemon and one Prometheus for the module (`stack`, seconds to start): it runs early
+pytestmark = pytest.mark.long
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "dashboards" / "langdock-budget.json"
 PROMETHEUS_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus.yml"

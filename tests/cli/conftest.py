@@ -3,8 +3,10 @@ CLI as a real process."""
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,16 @@ from daemon.langdock.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = "sk-cli-test-77f0e1d2"
+
+
+@pytest.fixture
+def demo_port() -> Iterator[None]:
+    """`demo` listens on 9464 when nothing listens there yet: two demos started at once (by
+    parallel test workers, or test runs side by side) would both pick it and one would fail.
+    A lock on a file in the temporary directory lets one demo test run at a time."""
+    with (Path(tempfile.gettempdir()) / "langdock-budget-demo-port.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from daemon.cli.app import main
 from daemon.cli.demo import banner_lines
 
 
+@pytest.mark.usefixtures("demo_port")
 def test_demo_runs_a_cycle(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--cycles", "1", "--backfill", "2h", "--log-level", "warning"]) == 0
     out = capsys.readouterr().out

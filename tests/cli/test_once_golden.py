@@ -12,6 +12,8 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from daemon.cli.once import render_cycle
 from daemon.config import load_config
 from daemon.cycle import run_cycle
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "once.txt"
 
 
+@pytest.mark.long
 async def test_once_output_matches_golden(
     tmp_path: Path, simulator: Simulator, client: LangdockClient, clock: FakeClock
 ) -> None:

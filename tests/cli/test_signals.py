@@ -107,6 +107,7 @@ def test_a_signal_during_a_backfill_stops_once_cleanly(
     Store.open(tmp_path / "state.db", exclusive=True).close()
 
 
+@pytest.mark.usefixtures("demo_port")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_demo_removes_its_store_when_stopped(sig: signal.Signals) -> None:
     demo = Process("demo", "--interval", "1h", "--backfill", "2h", "--log-level", "warning")
@@ -122,6 +123,7 @@ def test_the_demo_removes_its_store_when_stopped(sig: signal.Signals) -> None:
     assert not store.exists()
 
 
+@pytest.mark.usefixtures("demo_port")
 def test_sigterm_mid_poll_also_removes_the_demo_store() -> None:
     """A slow first poll (long backfill): the stop lands while export calls are in flight."""
     demo = Process("demo", "--backfill", "30d", "--log-level", "info")

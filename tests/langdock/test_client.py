@@ -393,6 +393,7 @@ async def test_a_file_past_the_size_limit_is_refused(
     assert len(simulator.export_requests()) == 2  # not retried: a fresh export is as large
 
 
+@pytest.mark.long
 async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
     """A 21 MB export (100,000 rows of 2,100 keys and models, generated as it is sent) through
     the real download path: spooled to disk past 8 MiB, parsed as a stream, folded per key

@@ -167,6 +167,7 @@ gaps = st.one_of(
 )
 
 
+@pytest.mark.long
 @settings(max_examples=300, deadline=None)
 @given(
     per_minute=st.integers(1, 12),

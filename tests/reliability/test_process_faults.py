@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from daemon.langdock.simulator import Fault, Simulator
 from tests.fake_slack import FakeSlack
 from tests.test_daemon_e2e import RULE, SECRET, Notifications, fakes, free_port, start
@@ -12,6 +14,7 @@ from tests.test_daemon_e2e import RULE, SECRET, Notifications, fakes, free_port,
 __all__ = ["fakes"]  # the fixture, imported for pytest
 
 
+@pytest.mark.long
 def test_sigkill_mid_cycle_then_restart_alerts_exactly_once(
     tmp_path: Path, fakes: tuple[Simulator, FakeSlack]
 ) -> None:

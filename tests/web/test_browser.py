@@ -55,6 +55,8 @@ from tests.fake_slack import FakeSlack
 from tests.processes import Notifications, free_port
 from tests.servers import binary
 
+# one daemon and one browser for the module (seconds to start): the module runs early
+pytestmark = pytest.mark.long
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-web-e2e-3e4d5c6b7a"
 ADMIN = "web-e2e-admin-token-0123456789ab"  # 32 characters
