@@ -47,9 +47,11 @@ class Replica:
     stopping: asyncio.Event
     sender: Sender | None
 
-    def _cycle_now(self) -> None: ...
+    if TYPE_CHECKING:  # the other parts' (declared only: a stub here would shadow them)
 
-    def _catch_up_digests(self) -> None: ...
+        def _cycle_now(self) -> None: ...
+
+        def _catch_up_digests(self) -> None: ...
 
     def _leader_sender(self) -> Sender | None:
         """The sender, refusing to send once this replica's own count of its lease ended."""

@@ -29,26 +29,18 @@ from daemon.coverage import BackfillProgress
 from daemon.cycle import (
     CycleResult,
     Readiness,
-    history_needed,
     poll_reserve,
     run_cycle,
     settle_of,
 )
-from daemon.digest import (
-    PeriodName,
-    build_digest,
-    digest_mark,
-    digest_message,
-    missed_digests,
-    queue_digest,
-)
 from daemon.ingest import ProgressLog
+from daemon.jobs import Jobs, utc_now
 from daemon.langdock import LangdockClient
 from daemon.langdock.pacing import Pacer
 from daemon.leadership import Lease
 from daemon.logs import redactor
 from daemon.metrics import SnapshotCollector, Stats
-from daemon.notify import DeliveryReport, Sender, SlackSender, deliver, route_for
+from daemon.notify import Sender, SlackSender
 from daemon.refine import Refiner
 from daemon.replica import Replica
 from daemon.sdnotify import notify, watchdog_interval
@@ -63,12 +55,6 @@ from daemon.web.server import WebServer
 log = structlog.get_logger("langdock_budget.daemon")
 STOP_TIMEOUT = 30.0
 OUTBOX_EVERY = timedelta(minutes=1)
-COMPACT_MARGIN = timedelta(days=2)
-DIGEST_GRACE = timedelta(hours=1)  # a new leader sends a digest due this long ago
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) -> LangdockClient:
@@ -89,7 +75,7 @@ def make_sender(config: Config) -> Sender | None:
     return SlackSender(config) if config.slack is not None else None
 
 
-class Daemon(SelfReport, Replica):
+class Daemon(SelfReport, Replica, Jobs):
     """The running service: config, store, clients, metrics and the scheduler."""
 
     def __init__(
@@ -307,84 +293,6 @@ class Daemon(SelfReport, Replica):
             # not through the scheduler: it skips a job whose instance is still running
             self.cycle_again = False
             self.followup = asyncio.get_running_loop().create_task(self.cycle_job())
-
-    async def outbox_job(self) -> None:
-        if self.stopping.is_set() or self.lock.locked() or not self.leading:
-            return
-        async with self.lock:
-            if self.store.outbox_pending_count():
-                await self._deliver()
-                self._refresh_outbox()
-
-    async def compact_job(self) -> None:
-        if not self.leading:
-            return
-        async with self.lock:
-            if not self.leading:
-                return
-            now = utc_now()
-            keep_from = min(
-                now - self.config.poll.backfill,
-                history_needed(self.config.rules, now, self.config.tz),
-            )
-            removed = self.store.compact(keep_from - COMPACT_MARGIN)
-            if now.weekday() == 6:
-                self.store.vacuum()
-            log.info("store_compacted", removed_rows=removed, size_bytes=self.store.size_bytes())
-
-    def _schedule_digests(self) -> None:
-        """One cron job per configured digest, at its local time in the configured zone."""
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith("digest-"):
-                job.remove()
-        for index, digest in enumerate(self.config.digests):
-            hour, minute = (int(x) for x in digest.at.split(":"))
-            self.scheduler.add_job(
-                self.digest_job,
-                "cron",
-                id=f"digest-{index}",
-                args=[digest.period],
-                hour=hour,
-                minute=minute,
-                day_of_week=digest.weekday if digest.period == "week" else "*",
-                timezone=self.config.tz,
-            )
-
-    async def digest_job(self, period: PeriodName, due: datetime | None = None) -> None:
-        """The digest of ``period``, as of when it was ``due`` (a late one: `missed_digests`)."""
-        route = route_for(None, self.config)
-        if route is None or self.stopping.is_set() or not self.leading:
-            return
-        async with self.lock:
-            if not self.leading:
-                return
-            now = due or utc_now()
-            mark = digest_mark(period, now, self.config.tz)
-            message = digest_message(
-                build_digest(self.store, self.config, now, period), self.config.tz
-            )
-            if not queue_digest(self.store, route, message, now, mark):
-                log.info("digest_already_queued", period=period)
-                return
-            await self._deliver()
-            log.info("digest_sent", period=period)
-
-    def _catch_up_digests(self) -> None:
-        """Leading from now on: the digests another replica had to send in the last hour
-        but may not have (it died): queued unless it did."""
-        missed = missed_digests(self.config.digests, utc_now(), self.config.tz, DIGEST_GRACE)
-        for period, due in missed:
-            task = asyncio.get_running_loop().create_task(self.digest_job(period, due))
-            self.followups.add(task)
-            task.add_done_callback(self.followups.discard)
-
-    async def _deliver(self) -> DeliveryReport:
-        sender = self._leader_sender()
-        if sender is None:
-            return DeliveryReport()
-        report = await deliver(self.store, sender, utc_now, settle=settle_of(self.config))
-        self._count_delivery(report)
-        return report
 
     # -------------------------------------------------------------------- reload
 
