@@ -317,8 +317,8 @@ class Daemon(SelfReport, Replica, Jobs):
             self.retired += [self.client, self.background]
             self.client = make_client(new, self.pacer)
             self.background = make_client(new, self.pacer, poll_reserve(new))
-        if new.state.path != self.config.state.path:
-            log.warning("reload_state_path_ignored", fix="restart to use another store")
+        if new.state != self.config.state:  # path, url, password, lease: the store stays
+            log.warning("reload_state_ignored", fix="restart to use another store or lease")
         if not self.console:
             self.sender = make_sender(new)
         if new.poll.interval != self.config.poll.interval:
