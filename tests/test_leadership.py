@@ -229,3 +229,11 @@ def test_a_new_leader_sends_the_digests_due_in_the_last_hour() -> None:
     assert was_due == datetime(2026, 11, 23, 23, 30, tzinfo=tz)
     assert digest_mark(period, was_due, tz) == digest_mark("day", at - hour, tz)
     assert digest_mark(period, was_due, tz) != digest_mark("day", at, tz)
+
+
+def test_readers_never_create_or_upgrade_the_shared_schema(postgres: PostgresServer) -> None:
+    url = postgres.fresh_url()
+    with pytest.raises(StoreError, match=r"no store at .* yet: run `langdock-budget once`"):
+        Store.open_url(url, PASSWORD, upgrade=False)
+    Store.open_url(url, PASSWORD).close()  # what writes creates it
+    Store.open_url(url, PASSWORD, upgrade=False).close()

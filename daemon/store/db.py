@@ -165,6 +165,11 @@ class StoreBase:
                     f"the store {where} has schema {found}, newer than this version knows"
                     f" ({SCHEMA_VERSION}); upgrade langdock-budget or point state.url elsewhere"
                 )
+            if found == 0 and not upgrade:
+                raise StoreError(
+                    f"no store at {where} yet: run `langdock-budget once` (or `run`) first;"
+                    " it creates the tables"
+                )
             if found < SCHEMA_VERSION and not upgrade:
                 raise StoreError(
                     f"the store {where} has schema {found}, older than this version's"
