@@ -12,8 +12,11 @@ the leader's death (15 s by default: within 20 s).
   it believes itself leader for less time than the server grants: a deposed or frozen leader
   stops sending before anyone else may start (`Lease.held`).
 - Every write of the leader is fenced: its transaction first checks, on the server, that its
-  term (``epoch``) still holds the lease (`daemon.store.pg.FENCE`), so a leader that lost it
-  writes nothing, whatever its own clock says.
+  term (``epoch``) still holds the lease (`daemon.store.dialect.FENCE`, FOR KEY SHARE), so a
+  leader that lost it writes nothing, whatever its own clock says. A takeover changes the
+  unique ``term`` and waits for such a write to end; a renewal (`_RENEW`) never does.
+- Renewals run on a thread of their own (`LeaseKeeper`): a long cycle on the event loop
+  never lets the lease lapse.
 
 What the lease does not do: it cannot stop a send already on the wire when the lease ends;
 the outbox marks every send uncertain before it starts and the next leader looks for it in
