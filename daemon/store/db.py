@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
+from daemon.store.dialect import FENCE
 from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION, USAGE_TABLES
 from daemon.store.sum_cache import SumCache
 
@@ -335,8 +336,6 @@ class _Transaction:
         self._conn.execute("BEGIN IMMEDIATE")
         if self._fence is None:
             return
-        from daemon.store.dialect import FENCE
-
         try:
             held = self._conn.execute(FENCE, self._fence).fetchone()
         except BaseException:

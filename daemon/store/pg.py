@@ -90,9 +90,7 @@ def error_text(exc: BaseException) -> str:
 
 
 class _Cursor:
-    """What a statement gave back: rows (iterable), ``rowcount``, ``lastrowid`` None."""
-
-    lastrowid = None
+    """What a statement gave back: rows (iterable) and ``rowcount``."""
 
     def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
         self._rows = rows
@@ -133,7 +131,8 @@ def _pieces(statement: str) -> tuple[str, ...]:
 
 
 def unescape(statement: str) -> str:
-    return _pieces(statement)[0] if "%s" not in statement else "%s".join(_pieces(statement))
+    """``statement`` with each ``%%`` back to ``%`` (its placeholders kept)."""
+    return "%s".join(_pieces(statement))
 
 
 def literal(value: object) -> str:
