@@ -161,7 +161,10 @@ def load_usage(
         model_points=store.model_points(oldest, end),
         rows=(),
         prepared={
-            selection: (filters[selection], store.member_points(filters[selection], start, end))
+            selection: (
+                filters[selection],
+                store.member_points(filters[selection], start, end, fresh_from),
+            )
             for selection, start in series.items()
         },
         prepared_totals=totals,

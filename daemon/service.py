@@ -33,6 +33,7 @@ from daemon.cycle import (
     run_cycle,
     settle_of,
 )
+from daemon.heap import CycleHeap
 from daemon.ingest import ProgressLog
 from daemon.jobs import Jobs, utc_now
 from daemon.langdock import LangdockClient
@@ -130,6 +131,7 @@ class Daemon(SelfReport, Replica, Jobs):
         self.cycle_ended = time.monotonic()  # the start counts as progress
         self.retired: list[LangdockClient] = []  # clients replaced by a reload, to close
         self.cycles = itertools.count(1)
+        self.heap = CycleHeap()  # frozen out of garbage collection after each cycle
         self.server: WebServer | None = None
         self.site: Site | None = None
         self.latest: CycleResult | None = None  # the last cycle that evaluated (the page)
@@ -284,6 +286,7 @@ class Daemon(SelfReport, Replica, Jobs):
                 notify(f"STATUS=cycle {number} failed: {exc}")
             finally:
                 await self._close_retired()
+                self.heap.cycle_ended()
                 self.cycle_ended = time.monotonic()
                 self.cycle_task = None
                 self.idle.set()

@@ -91,7 +91,8 @@ class Alerts(StoreBase):
         else:
             gone = [(alert_id,) for alert_id in known if alert_id not in states]
             self._conn.executemany("DELETE FROM alerts WHERE id = ?", gone)
-            changed = [s for alert_id, s in states.items() if known.get(alert_id) != s]
+            # a steady alert is the very state kept (`daemon.rules.lifecycle._still_true`)
+            changed = [s for i, s in states.items() if (k := known.get(i)) is not s and k != s]
         self._conn.executemany(
             "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (

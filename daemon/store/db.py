@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
 from daemon.store.dialect import FENCE
+from daemon.store.points_cache import PointsCache
 from daemon.store.schema import _MIGRATIONS, SCHEMA_VERSION, USAGE_TABLES
 from daemon.store.sum_cache import SumCache
 
@@ -130,6 +131,7 @@ class StoreBase:
         # leader, `lead`) keeps what it wrote in memory between cycles
         self.writer = lock_fd is not None
         self._sums = SumCache()  # window sums kept between cycles (`daemon.store.sum_cache`)
+        self._points = PointsCache()  # and hourly points (`daemon.store.points_cache`)
         self._kept_meta: dict[str, str | None] = {}  # the writer's meta values, as stored
         self._fence: tuple[str, int] | None = None  # PostgreSQL: the leader's term (`lead`)
         self._closers: list[Callable[[], None]] = []
@@ -199,6 +201,7 @@ class StoreBase:
     def forget_kept(self) -> None:
         """Drop what is kept in memory between cycles (read it from the store again)."""
         self._sums.clear()
+        self._points.clear()
         self._kept_meta.clear()
 
     @classmethod

@@ -56,10 +56,26 @@ class UsageTotals(DailySums):
             for key_id, name, model, req, nanos, rest, tokens in rows
         ]
 
-    def member_points(self, selection: SelectionFilter, start: datetime, end: datetime) -> Grouped:
+    def member_points(
+        self,
+        selection: SelectionFilter,
+        start: datetime,
+        end: datetime,
+        fresh_from: datetime | None = None,
+    ) -> Grouped:
         """One selection's members, per bucket in [start, end), summed by SQLite: 10,000 keys
-        x 10 models x 2 hours come back as 20,000 rows per key, not 200,000."""
-        return self._grouped(_MEMBER_COLUMN[selection.by], selection, start, end)
+        x 10 models x 2 hours come back as 20,000 rows per key, not 200,000.
+
+        With ``fresh_from`` (the running hour's start) the points before it are kept for the
+        next cycle, which reads only what changed (`daemon.store.points_cache`)."""
+        group = _MEMBER_COLUMN[selection.by]
+        if fresh_from is None:
+            return self._grouped(group, selection, start, end)
+
+        def read(lo: int, hi: int) -> Grouped:
+            return self._grouped(group, selection, _dt(lo), _dt(hi))
+
+        return self._points.points(selection, _ts(start), _ts(end), _ts(fresh_from), read)
 
     def member_series(
         self, selection: SelectionFilter, member_id: str, start: datetime, end: datetime
@@ -254,6 +270,7 @@ class UsageTotals(DailySums):
 
     def sweep_kept_sums(self) -> None:
         self._sums.sweep()
+        self._points.sweep()
 
     def cost_windows(
         self,

@@ -123,6 +123,7 @@ class UsageWrites(DailySums, Fetches):
         ).fetchone()
         lo, hi = min(s, lo if lo is not None else s), max(e, hi if hi is not None else e)
         self._sums.before_write(lo, hi)  # the old sums of what changes, out of kept sums
+        self._points.written(lo, hi)  # kept points of what changes: read again when next used
         if lo < self._rolled_until():  # a summed day changes: sum it (and later ones) again
             day = self._day_start(lo)
             self._conn.execute("DELETE FROM key_usage_daily WHERE day_start >= ?", (day,))
@@ -265,6 +266,7 @@ class UsageWrites(DailySums, Fetches):
         """Drop usage buckets (and their fetch marks) that start before ``before``."""
         cutoff = _ts(before)
         self._sums.clear()
+        self._points.clear()
         with self._transaction():
             removed = 0
             for table in USAGE_TABLES:
