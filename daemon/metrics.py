@@ -75,13 +75,18 @@ class Snapshot:
     prefixes: Prefixes | None = field(default=None, compare=False, repr=False)  # the collector's
 
     @cached_property
-    def series_text(self) -> str:
+    def series_parts(self) -> tuple[str, ...]:
         """The per-key, per-rule and per-alert families (tens of thousands of lines with
-        10,000 keys), rendered once per snapshot instead of on every scrape; a family with
-        no samples is left out."""
-        return "".join(
+        10,000 keys), rendered once per snapshot instead of on every scrape, a text each (an
+        unchanged family's is the last snapshot's, not a copy); a family with no samples is
+        left out."""
+        return tuple(
             gauge_text(*family, prefixes=self.prefixes) for family in self.families() if family[3]
         )
+
+    @property
+    def series_text(self) -> str:
+        return "".join(self.series_parts)
 
     def families(self) -> list[Family]:
         return series_families(
@@ -223,4 +228,4 @@ def render(collector: SnapshotCollector, registry: CollectorRegistry | None = No
     if registry is None:
         registry = CollectorRegistry()
         registry.register(collector)
-    return collector.snapshot.series_text + generate_latest(registry).decode()
+    return "".join((*collector.snapshot.series_parts, generate_latest(registry).decode()))

@@ -37,20 +37,28 @@ def _escape(value: str) -> str:
 
 
 class Prefixes:
-    """Per family, the text before the value of each series seen lately. Series keep their
-    labels from cycle to cycle (stable ids), so most lines only need their value written;
-    the collector keeps one of these for all its snapshots."""
+    """Per family, its last text and the text before the value of each of its series. A
+    family whose samples did not change (the limits, the firing alerts: 37,000 of 87,000
+    lines at 1,000 keys) is not written again; the others keep their labels from cycle to
+    cycle (stable ids), so most of their lines only need their value written. Prefixes are
+    kept for the families written in the last snapshot only (a family that stands still
+    holds its text, not both). The collector keeps one of these for all its snapshots."""
 
     KEPT = 200_000  # per family; keys come and go, so it starts afresh now and then
 
     def __init__(self) -> None:
         self._families: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
+        # name → (help, label names, samples) and their text, as last written
+        self.texts: dict[str, tuple[tuple[str, tuple[str, ...], Samples], str]] = {}
 
     def of(self, name: str, label_names: tuple[str, ...]) -> dict[tuple[str, ...], str]:
         known = self._families.setdefault((name, label_names), {})
         if len(known) > self.KEPT:
             known.clear()
         return known
+
+    def forget(self, name: str, label_names: tuple[str, ...]) -> None:
+        self._families.pop((name, label_names), None)
 
 
 def gauge_text(
@@ -61,13 +69,31 @@ def gauge_text(
     prefixes: Prefixes | None = None,
 ) -> str:
     """One gauge family: ``# HELP``, ``# TYPE`` and a line per sample."""
+    if prefixes is None:
+        return _family_text(name, help_, label_names, samples, {})
+    family = (help_, label_names, samples)
+    last = prefixes.texts.get(name)
+    if last is not None and last[0] == family:
+        prefixes.forget(name, label_names)  # its lines' prefixes: made again if it changes
+        return last[1]
+    text = _family_text(name, help_, label_names, samples, prefixes.of(name, label_names))
+    prefixes.texts[name] = (family, text)
+    return text
+
+
+def _family_text(
+    name: str,
+    help_: str,
+    label_names: tuple[str, ...],
+    samples: Samples,
+    known: dict[tuple[str, ...], str],
+) -> str:
     help_text = help_.replace("\\", "\\\\").replace("\n", "\\n")
     lines = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"]
     if not label_names:
         lines += (f"{name} {go_float(value)}\n" for _, value in samples)
         return "".join(lines)
     order = sorted(range(len(label_names)), key=label_names.__getitem__)  # as the client does
-    known = prefixes.of(name, label_names) if prefixes is not None else {}
     for values, value in samples:
         prefix = known.get(values)
         if prefix is None:
