@@ -218,7 +218,8 @@ def evaluate_rules(
     log.info(
         "rules_evaluated",
         rules=len(config.rules),
-        evaluations=len(result.evaluations),
+        # anomaly and new-member members, and the budget members that can move an alert
+        evaluations=len(result.evaluations) + sum(len(t.conditions) for t in result.budget_tables),
         firing=len(result.firing),
         transitions=len(result.notices),
         queued_notifications=len(outbox),

@@ -132,21 +132,18 @@ def budget_row(evaluation: BudgetEvaluation) -> BudgetRow:
 
 def budget_rows(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetRow, ...]:
     """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
-    rule over 10,000 keys must not become 40,000 series. Read from the table's columns: the
-    members without an evaluation (most of the 20,000-30,000 shown) get none made for them;
-    equal to ``budget_row`` of each of ``table.top(top_n)`` (tests/test_metrics_rows.py)."""
+    rule over 10,000 keys must not become 40,000 series. Read from the table's columns (no
+    evaluation is made for the 20,000-30,000 members shown); equal to ``budget_row`` of each
+    of ``table.top(top_n)`` (tests/test_metrics_rows.py)."""
     rows: list[BudgetRow] = []
     for table in tables:
         unit, rule, limit, scale = table.unit, table.rule, table.limit, table.scale
         limit_value = float(limit)
-        members, raws, evaluated = table.members, table.raw_spends, table.evaluated
+        members, raws, forecasts = table.members, table.raw_spends, table.forecasts
         for i in table.ranking()[:top_n]:
-            made = evaluated.get(i)
-            if made is not None:
-                rows.append(budget_row(made))
-                continue
             spend = Decimal(raws[i]).scaleb(-scale)
             member_id = members[i].member.id
+            forecast = forecasts.get(i)
             rows.append(
                 BudgetRow(
                     unit,
@@ -155,7 +152,7 @@ def budget_rows(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetRow, .
                     float(spend),
                     limit_value,
                     float(spend / limit),
-                    None,
+                    None if forecast is None else float(forecast.projected),
                 )
             )
     return tuple(rows)

@@ -36,7 +36,7 @@ from daemon.notify.slack.blocks import (
 )
 from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.engine import EngineResult, Evaluation, Notice
-from daemon.rules.lifecycle import AlertState, GroupKey, group_of, lead, rank
+from daemon.rules.lifecycle import AlertKey, AlertState, GroupKey, group_of, lead, rank
 from daemon.rules.new_member import NewMemberEvaluation
 from daemon.rules.schema import AnyRule, NewMemberRule
 from daemon.rules.selection import PartsQuery
@@ -162,7 +162,7 @@ class _Context:
     route: str
     rule: Rule
     last_notified: Mapping[str, datetime]
-    by_alert: Mapping[str, Evaluation]
+    evaluation_of: Callable[[AlertKey], Evaluation | None]  # `EngineResult.evaluation_of`
     labels: Mapping[str, str]
     send_resolved: bool
     silenced: Callable[[AlertState], bool]
@@ -182,9 +182,6 @@ def decide(
 ) -> Plan:
     """The messages of one cycle, at most one per alert group (see the module). Rules that
     are warming up repeat nothing."""
-    by_alert: dict[str, Evaluation] = {
-        c.key.id: ev for ev in result.evaluations for c in ev.conditions
-    }
     groups: dict[GroupKey, list[AlertState]] = {}
     for state in result.states.values():
         groups.setdefault(group_of(state.key), []).append(state)
@@ -199,7 +196,9 @@ def decide(
         route = route_of(rule) if rule is not None else None
         if rule is None or route is None:
             return None
-        return _Context(route, rule, last_notified, by_alert, labels, send_resolved, silenced)
+        return _Context(
+            route, rule, last_notified, result.evaluation_of, labels, send_resolved, silenced
+        )
 
     for group, notices in changes.items():
         ctx = context(group[0])
@@ -212,15 +211,17 @@ def decide(
         top = lead(states)
         if group in changes or top is None or top.key.rule in result.warming:
             continue
-        ctx = context(top.key.rule)
-        evaluation = by_alert.get(top.key.id)
-        if ctx is None or evaluation is None or silenced(top):
-            continue
         last = last_notified.get(top.key.id)
-        if last is not None and isinstance(ctx.rule, NewMemberRule):
-            continue  # announced once; no repeats
         repeat = last is not None
         if last is not None and (repeat_interval <= timedelta(0) or now - last < repeat_interval):
+            continue  # (first, before the evaluation is looked up: most firing groups stop here)
+        ctx = context(top.key.rule)
+        if ctx is None or silenced(top):
+            continue
+        if last is not None and isinstance(ctx.rule, NewMemberRule):
+            continue  # announced once; no repeats
+        evaluation = ctx.evaluation_of(top.key)
+        if evaluation is None:
             continue
         # never announced (silenced until now, or no route then): its first message, else a repeat
         message = AlertMessage(
@@ -292,7 +293,7 @@ def _change(notices: Sequence[Notice], states: Sequence[AlertState], ctx: _Conte
     ended = [n for n in notices if n.transition.kind in ("resolved", "superseded")]
     superseded = next((n for n in ended if n.transition.kind == "superseded"), None)
     if top is not None and top.key.id in fired:  # a new highest alert
-        evaluation = fired[top.key.id].evaluation or ctx.by_alert.get(top.key.id)
+        evaluation = fired[top.key.id].evaluation or ctx.evaluation_of(top.key)
         if evaluation is None or ctx.silenced(top):
             return None
         message = AlertMessage(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from math import ceil
 from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
@@ -78,8 +80,9 @@ class BudgetTable(Sequence[BudgetEvaluation]):
 
     A rule over 10,000 keys has 10,000 spends here, but only the members that can move an
     alert (at or above the lowest threshold, or with stored alert state) and the members of
-    forecast rules get a `BudgetEvaluation` up front (`evaluated`); the others get one when
-    a report or the metrics ask. As a sequence it holds every member's evaluation, by id.
+    forecast rules have `conditions` worked out; a member's `BudgetEvaluation` is made when
+    a message, a report or the metrics ask for it (the engine steps conditions, and a steady
+    cycle asks for almost none). As a sequence it holds every member's evaluation, by id.
     """
 
     rule: str
@@ -91,8 +94,16 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     members: list[MemberUsage]
     raw_spends: list[Raw]  # in the members' series units (nano-dollars for usd)
     scale: int
-    evaluated: dict[int, BudgetEvaluation]  # member index → evaluation made up front
+    conditions: dict[int, tuple[Condition, ...]]  # member index → its conditions (see above)
+    forecasts: dict[int, Forecast | None]  # member index → its forecast (forecast rules)
     ranking: Callable[[], list[int]]  # member indexes, the biggest spend first
+    indexes_of: Callable[[Iterable[str]], set[int]]  # member ids → their indexes
+    _made: dict[int, BudgetEvaluation] = field(default_factory=dict, repr=False)
+
+    @property
+    def evaluated(self) -> dict[int, BudgetEvaluation]:
+        """The evaluations of the members with conditions worked out (made now)."""
+        return {i: self[i] for i in self.conditions}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -106,23 +117,23 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     def __getitem__(self, index: int | slice) -> BudgetEvaluation | list[BudgetEvaluation]:
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
-        made = self.evaluated.get(index)
-        if made is not None:
-            return made
-        usage = self.members[index]
-        return BudgetEvaluation(
-            self.rule,
-            usage.member,
-            self.window,
-            self.period,
-            self.now,
-            self.unit,
-            Decimal(self.raw_spends[index]).scaleb(-self.scale),
-            self.limit,
-            None,
-            (),
-            usage,
-        )
+        made = self._made.get(index)
+        if made is None:
+            usage = self.members[index]
+            made = self._made[index] = BudgetEvaluation(
+                self.rule,
+                usage.member,
+                self.window,
+                self.period,
+                self.now,
+                self.unit,
+                Decimal(self.raw_spends[index]).scaleb(-self.scale),
+                self.limit,
+                self.forecasts.get(index),
+                self.conditions.get(index, ()),
+                usage,
+            )
+        return made
 
     def top(self, n: int) -> list[BudgetEvaluation]:
         """The ``n`` members closest to (or over) the limit, the most used first."""
@@ -139,8 +150,10 @@ def evaluate_budget(
     """Every member of ``rule`` at ``now``.
 
     ``stateful`` names the members with stored alert state (None: all of them). A member
-    below its lowest threshold, with no forecast and no stored state gets no evaluation up
-    front: there is nothing to step, and with 10,000 keys most members are exactly that.
+    below its lowest threshold, with no forecast and no stored state gets no conditions:
+    there is nothing to step, and with 10,000 keys most members are exactly that. Which
+    thresholds a member reached is found on its raw total (integer nano-dollars), against
+    the levels in the same units: no `Decimal` is made per member.
     """
     unit, limit = rule_unit(rule)
     metric = budget_metric(rule)
@@ -152,14 +165,6 @@ def evaluate_budget(
     members, raw_spends = window.members, window.raws
     # per rule, not per member: the threshold's name, the spend it takes, its severity
     levels = [(_pct(t), limit * t / 100, rule.severity_for(t)) for t in rule.thresholds]
-    lowest = min(level for _, level, _ in levels)
-    if forecasting or stateful is None:
-        candidates: Iterable[int] = range(len(members))
-    else:
-        hot = set(window.at_least(lowest.scaleb(scale)))
-        if stateful:
-            hot |= window.indexes_of(stateful)
-        candidates = sorted(hot)
     forecast_severity = (
         rule.severity_for(max(rule.thresholds))
         if isinstance(rule.severity, dict)
@@ -167,14 +172,28 @@ def evaluate_budget(
     )
     kept = budget_conditions(rule.name, period.id, levels, forecast_severity)
     kept.forget_beyond(len(members))
-    evaluated = {}
+    exact = [level.scaleb(scale) for level in kept.sorted_levels]  # in raw units
+    whole = [ceil(level) for level in exact]  # an integer total reaches a level at its ceiling
+    candidates: Iterable[int]
+    if forecasting or stateful is None:
+        candidates = range(len(members))
+    else:
+        hot = set(window.at_least(exact[0]))  # the lowest level
+        if stateful:
+            hot |= window.indexes_of(stateful)
+        candidates = sorted(hot)
+    conditions: dict[int, tuple[Condition, ...]] = {}
+    forecasts: dict[int, Forecast | None] = {}
     for i in candidates:
-        member_usage = members[i]
-        spend = Decimal(raw_spends[i]).scaleb(-scale)
-        forecast = None
+        raw = raw_spends[i]
+        reached = bisect_right(whole, raw) if type(raw) is int else bisect_right(exact, raw)
+        member_id = members[i].member.id
+        holds: bool | None = None  # the forecast condition's outcome (None: none)
+        over = False  # the forecast reaches the limit
         if forecasting:
-            forecast = project(
-                member_usage.value,
+            spend = Decimal(raw).scaleb(-scale)
+            forecast = forecasts[i] = project(
+                members[i].value,
                 period,
                 now,
                 tz,
@@ -183,30 +202,13 @@ def evaluate_budget(
                 usage.history_start,
                 usage.forecasts,
             )
-        member_id = member_usage.member.id
-        quiet = spend < lowest and (forecast is None or forecast.projected < limit)
-        conditions: tuple[Condition, ...] = (
-            ()
-            if quiet and stateful is not None and member_id not in stateful
-            else kept.of(
-                member_id,
-                spend,
-                None if forecast is None else forecast.projected >= limit and spend < limit,
-            )
-        )
-        evaluated[i] = BudgetEvaluation(
-            rule.name,
-            member_usage.member,
-            rule.window,
-            period,
-            now,
-            unit,
-            spend,
-            limit,
-            forecast,
-            conditions,
-            member_usage,
-        )
+            if forecast is not None:
+                over = forecast.projected >= limit
+                holds = over and spend < limit
+        if reached == 0 and not over and stateful is not None and member_id not in stateful:
+            conditions[i] = ()
+        else:
+            conditions[i] = kept.of_reached(member_id, reached, holds)
     return BudgetTable(
         rule.name,
         rule.window,
@@ -217,8 +219,10 @@ def evaluate_budget(
         members,
         raw_spends,
         scale,
-        evaluated,
+        conditions,
+        forecasts,
         window.ranking,
+        window.indexes_of,
     )
 
 

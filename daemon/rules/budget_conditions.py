@@ -27,21 +27,34 @@ RULES_KEPT = 10_000  # rules with kept conditions (renamed rules leave theirs be
 class BudgetConditions:
     """The conditions of one rule's members in one period."""
 
-    __slots__ = ("_made", "_order", "_sorted", "forecast_severity", "levels", "period", "rule")
+    __slots__ = (
+        "_made",
+        "_order",
+        "forecast_severity",
+        "levels",
+        "period",
+        "rule",
+        "sorted_levels",
+    )
 
     def __init__(self, rule: str, period: str, levels: Levels, forecast_severity: Severity) -> None:
         self.rule, self.period, self.levels = rule, period, levels
         self.forecast_severity = forecast_severity
         # which thresholds a spend reached is how many of the sorted levels it is at or over
         self._order = sorted(range(len(levels)), key=lambda i: levels[i][1])
-        self._sorted = [levels[i][1] for i in self._order]
+        self.sorted_levels = [levels[i][1] for i in self._order]
         # member → (thresholds reached, the forecast's outcome, its conditions): the last made
         self._made: dict[str, tuple[int, bool | None, tuple[Condition, ...]]] = {}
 
     def of(self, member_id: str, spend: Decimal, forecast: bool | None) -> tuple[Condition, ...]:
         """The member's conditions at ``spend``: each threshold holds when ``spend`` is at or
         over its level; ``forecast`` (None: no forecast condition) is the forecast's."""
-        reached = bisect_right(self._sorted, spend)
+        return self.of_reached(member_id, bisect_right(self.sorted_levels, spend), forecast)
+
+    def of_reached(
+        self, member_id: str, reached: int, forecast: bool | None
+    ) -> tuple[Condition, ...]:
+        """`of`, for a spend that reached the ``reached`` lowest levels (`sorted_levels`)."""
         made = self._made.get(member_id)
         if made is None or made[0] != reached or made[1] is not forecast:
             made = self._made[member_id] = (

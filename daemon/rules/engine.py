@@ -23,6 +23,7 @@ from daemon.rules.budget import (
     evaluate_budget,
 )
 from daemon.rules.lifecycle import (
+    AlertKey,
     AlertState,
     Transition,
     end_period,
@@ -34,6 +35,7 @@ from daemon.rules.lifecycle import (
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
 from daemon.rules.selection import UsageNeed
+from daemon.rules.types import Condition
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 
@@ -50,8 +52,8 @@ class Notice:
 
 @dataclass
 class EngineResult:
-    # the evaluations made up front: every anomaly and new-member evaluation, and the budget
-    # members that can move an alert (see `BudgetTable`)
+    # every anomaly and new-member evaluation (a budget member's is made when asked for:
+    # `per_rule`'s `BudgetTable`s, `evaluation_of`)
     evaluations: list[Evaluation] = field(default_factory=list)
     states: dict[str, AlertState] = field(default_factory=dict)
     notices: list[Notice] = field(default_factory=list)
@@ -59,6 +61,30 @@ class EngineResult:
     per_rule: list[Sequence[Evaluation]] = field(default_factory=list)
     # rules whose history is still being fetched (rule → why): evaluated, alerts held still
     warming: dict[str, str] = field(default_factory=dict)
+    # rule → its budget table, or its members' evaluations one by one (`evaluation_of`)
+    _by_rule: dict[str, list[Sequence[Evaluation]]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def evaluation_of(self, key: AlertKey) -> Evaluation | None:
+        """The evaluation with the condition ``key`` (None: no member of this cycle has it)."""
+        if self._by_rule is None:
+            self._by_rule = {}
+            for table in self.per_rule:
+                if isinstance(table, BudgetTable):
+                    self._by_rule[table.rule] = [table]
+                for evaluation in [] if isinstance(table, BudgetTable) else table:
+                    self._by_rule.setdefault(evaluation.rule, []).append([evaluation])
+        for evaluations in self._by_rule.get(key.rule, []):
+            found: list[Evaluation]
+            if isinstance(evaluations, BudgetTable):
+                found = [evaluations[i] for i in evaluations.indexes_of((key.member,))]
+            else:
+                found = [e for e in evaluations if e.member.id == key.member]
+            for evaluation in found:
+                if any(c.key.id == key.id for c in evaluation.conditions):
+                    return evaluation
+        return None
 
     @property
     def budget_tables(self) -> list[BudgetTable]:
@@ -130,56 +156,24 @@ def evaluate(
         stateful.setdefault(previous_state.key.rule, set()).add(previous_state.key.member)
     by_name = {rule.name: rule for rule in rules}
     for rule in rules:
-        evaluations: Sequence[Evaluation]
         if isinstance(rule, BudgetRule):
             table = evaluate_budget(rule, usage, now, tz, stateful.get(rule.name, set()))
             result.per_rule.append(table)
-            evaluations = list(table.evaluated.values())
-        elif isinstance(rule, AnomalyRule):
+            if rule.name not in warming:  # else its alerts stand still (carried over below)
+                for i, conditions in table.conditions.items():
+                    if conditions:
+                        _step(result, rule, conditions, table, i, previous, now, seen)
+            continue
+        evaluations: Sequence[Evaluation]
+        if isinstance(rule, AnomalyRule):
             evaluations = evaluate_anomaly(rule, usage, now, tz)
-            result.per_rule.append(evaluations)
         else:
             evaluations = evaluate_new_member(rule, usage, now)
-            result.per_rule.append(evaluations)
+        result.per_rule.append(evaluations)
         result.evaluations.extend(evaluations)
-        if rule.name in warming:
-            continue  # its alerts stand still (carried over below)
-        for evaluation in evaluations:
-            stepped: dict[str, AlertState | None] = {}
-            for condition in evaluation.conditions:
-                key_id = condition.key.id
-                seen.add(key_id)
-                before = previous.get(key_id)
-                if before is None:
-                    state, transition = step(
-                        None,
-                        condition.key,
-                        condition.holds,
-                        now,
-                        for_=rule.for_,
-                        keep_firing_for=rule.keep_firing_for,
-                        severity=condition.severity,
-                    )
-                else:
-                    state, transition = step_firing(
-                        before,
-                        condition.key,
-                        condition.holds,
-                        now,
-                        rule.for_,
-                        rule.keep_firing_for,
-                        condition.severity,
-                    )
-                if (
-                    condition.key.condition == "forecast"
-                    and isinstance(evaluation, BudgetEvaluation)
-                    and before is not None
-                    and before.status == "firing"
-                    and evaluation.spend >= evaluation.limit
-                ):
-                    state, transition = _forecast_reached(evaluation, before, stepped, now)
-                stepped[condition.key.condition] = state
-                _keep(result, key_id, state, transition, evaluation)
+        if rule.name not in warming:
+            for evaluation in evaluations:
+                _step(result, rule, evaluation.conditions, evaluation, 0, previous, now, seen)
     for key_id, state in previous.items():
         if key_id in seen:
             continue
@@ -207,6 +201,62 @@ def evaluate(
             )
         _keep(result, key_id, new_state, transition, None)
     return result
+
+
+def _step(
+    result: EngineResult,
+    rule: AnyRule,
+    conditions: Sequence[Condition],
+    source: BudgetTable | Evaluation,
+    index: int,
+    previous: Mapping[str, AlertState],
+    now: datetime,
+    seen: set[str],
+) -> None:
+    """One member's alerts one step on. Its evaluation (``source``, or the member ``index``
+    of a budget table) is made only where a transition or a forecast needs it."""
+    stepped: dict[str, AlertState | None] = {}
+    for condition in conditions:
+        key_id = condition.key.id
+        seen.add(key_id)
+        before = previous.get(key_id)
+        if before is None:
+            state, transition = step(
+                None,
+                condition.key,
+                condition.holds,
+                now,
+                for_=rule.for_,
+                keep_firing_for=rule.keep_firing_for,
+                severity=condition.severity,
+            )
+        else:
+            state, transition = step_firing(
+                before,
+                condition.key,
+                condition.holds,
+                now,
+                rule.for_,
+                rule.keep_firing_for,
+                condition.severity,
+            )
+        if condition.key.condition == "forecast" and before is not None:
+            evaluation = _evaluation(source, index)
+            if (
+                isinstance(evaluation, BudgetEvaluation)
+                and before.status == "firing"
+                and evaluation.spend >= evaluation.limit
+            ):
+                state, transition = _forecast_reached(evaluation, before, stepped, now)
+        stepped[condition.key.condition] = state
+        if state is not None:
+            result.states[key_id] = state
+        if transition is not None:
+            result.notices.append(Notice(transition, _evaluation(source, index)))
+
+
+def _evaluation(source: BudgetTable | Evaluation, index: int) -> Evaluation:
+    return source[index] if isinstance(source, BudgetTable) else source
 
 
 def _forecast_reached(

@@ -40,7 +40,7 @@ def test_a_warming_rule_is_evaluated_but_cannot_fire() -> None:
     warming = {"b": WHY, "a": "hourly baseline 14 % fetched"}
     result = evaluate(rules, usage, {}, T0, UTCZ, warming=warming)
     assert result.warming == warming
-    by_rule = {e.rule: e for e in result.evaluations}
+    by_rule = {e.rule: e for e in result.all_evaluations()}
     assert isinstance(by_rule["a"], AnomalyEvaluation) and by_rule["a"].conditions[0].holds
     assert isinstance(by_rule["b"], BudgetEvaluation) and by_rule["b"].spend > 5
     # nothing moves for the warming rules: no firing, no pending, no notice
