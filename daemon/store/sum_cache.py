@@ -39,6 +39,13 @@ def add(into: Sums, delta: Sums, sign: int = 1) -> None:
             into.pop(group, None)
 
 
+def merged(kept: Sums, rest: Sums) -> Sums:
+    """The sums of two parts of a range, in a new dict."""
+    total = dict(kept)
+    add(total, rest)
+    return total
+
+
 @dataclass
 class _Kept:
     start: int
@@ -72,6 +79,20 @@ class SumCache:
         ``fresh``, when given, is what ``compute(fresh_from, end)`` would return (windows
         that end together share it); ``seed`` what ``compute(start, settled(...))`` would,
         for a key that is `stale` (several are read in one pass)."""
+        return merged(*self.parts(key, start, end, fresh_from, compute, fresh, seed))
+
+    def parts(
+        self,
+        key: Hashable,
+        start: int,
+        end: int,
+        fresh_from: int,
+        compute: Compute,
+        fresh: Sums | None = None,
+        seed: Sums | None = None,
+    ) -> tuple[Sums, Sums]:
+        """`sums`, not added up: the kept sums of [start, settled) (the cache's own: read
+        them, never change them) and the sums of the rest of [start, end)."""
         settled = self.settled(start, end, fresh_from)
         kept = self._kept.get(key)
         if self.stale(key, start, end, fresh_from):
@@ -86,10 +107,9 @@ class SumCache:
                 add(kept.sums, compute(kept.end, settled))
                 kept.end = settled
         kept.compute, kept.used = compute, self._sweep
-        total = dict(kept.sums)
-        if end > settled:
-            add(total, compute(settled, end) if fresh is None or settled != fresh_from else fresh)
-        return total
+        if end <= settled:
+            return kept.sums, {}
+        return kept.sums, compute(settled, end) if fresh is None or settled != fresh_from else fresh
 
     @staticmethod
     def settled(start: int, end: int, fresh_from: int) -> int:

@@ -18,7 +18,7 @@ from daemon.rules.usage import ModelPoint
 from daemon.store.db import _dec, _dt, _ts, join_nanos
 from daemon.store.rollups import DailySums, _picked, _window_sums
 from daemon.store.schema import _HOURLY_TOKENS
-from daemon.store.sum_cache import Sums
+from daemon.store.sum_cache import Sums, merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class KeyModelTotal:
     tokens: int
 
 
-KEPT_PAIRS = 20_000  # (key, model) pairs whose cost windows are kept between cycles
+KEPT_PAIRS = 200_000  # (key, model) pairs whose cost windows are kept between cycles
 PairSums = dict[tuple[str, str], tuple[int, Raw]]  # (key id, model) → rows, nano-dollars
 _MEMBER_COLUMN = {"api_key": "api_key_id", "model": "model", None: "'*'"}  # by → column
 
@@ -235,6 +235,20 @@ class UsageTotals(DailySums):
         """Each (key, start, end) window's sums, those before ``fresh_from`` kept between
         cycles (`daemon.store.sum_cache`): what must be summed from scratch is read in one
         pass, and the running hour once per end."""
+        parts = self._kept_window_parts(columns, groups, kept, kept_params, windows, fresh_from)
+        return [merged(settled, rest) for settled, rest in parts]
+
+    def _kept_window_parts(
+        self,
+        columns: str,
+        groups: int,
+        kept: list[str],
+        kept_params: list[object],
+        windows: Sequence[tuple[Hashable, datetime, datetime]],
+        fresh_from: datetime,
+    ) -> list[tuple[Sums, Sums]]:
+        """`_kept_window_sums`, each window's sums in two parts: the kept ones (read them,
+        never change them) and the rest (`SumCache.parts`)."""
 
         def compute(lo: int, hi: int) -> Sums:
             return self._ranges_sums(columns, groups, kept, kept_params, [(lo, hi)])[0]
@@ -264,7 +278,7 @@ class UsageTotals(DailySums):
             )
         )
         return [
-            self._sums.sums(key, s, e, fresh, compute, shared.get(e), seeds.get(key))
+            self._sums.parts(key, s, e, fresh, compute, shared.get(e), seeds.get(key))
             for key, s, e in spans
         ]
 
@@ -292,37 +306,57 @@ class UsageTotals(DailySums):
         if keys * max(models, 1) > KEPT_PAIRS:
             top = self.top_keys(month_start, month_end, within, top_n)
             return top, self.window_costs(ranges, keep=top)
-        columns = "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest"
         spans = {**ranges, " seen": (min(month_start, within), month_end)}
         # windows with the same range share one kept entry (the "seen" range is often one)
         first: dict[tuple[datetime, datetime], str] = {}
         for name, span in spans.items():
             first.setdefault(span, name)
-        found = self._kept_window_sums(
-            columns,
+        pair_parts = self._kept_window_parts(
+            "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest",
             2,
             [],
             [],
             [(("costs", first[(s, e)]), s, e) for s, e in spans.values()],
             fresh_from,
         )
-        sums = dict(zip(spans, found, strict=True))
-        pairs = {name: cast(PairSums, sums[name]) for name in spans}
-        spent: dict[str, Raw] = dict.fromkeys((k for k, _ in pairs[" seen"]), 0)
-        for (key_id, _), (_, raw) in pairs["month"].items():
-            spent[key_id] += raw
+        model_parts = self._kept_window_parts(
+            "model AS g0, cost_nanos AS v, cost_rest AS rest",
+            1,
+            [],
+            [],
+            [(("model costs", first[(s, e)]), s, e) for s, e in ranges.values()],
+            fresh_from,
+        )
+        # each window in two parts (kept, the rest), not added up pair by pair: the pairs are
+        # walked once for the ranking, then only the top keys' are looked up, and the other
+        # keys' are what is left of the per-model sums
+        parts = cast(list[tuple[PairSums, PairSums]], pair_parts)
+        pairs = dict(zip(spans, parts, strict=True))
+        spent: dict[str, Raw] = {}
+        for part in pairs[" seen"]:
+            spent.update((key_id, 0) for key_id, _ in part)
+        for part in pairs["month"]:
+            for (key_id, _), (_, raw) in part.items():
+                spent[key_id] += raw
         top = sorted(spent, key=lambda k: (-spent[k], k))[:top_n]
-        keep = set(top)
         costs: dict[str, list[tuple[str | None, str, Decimal]]] = {}
-        for name in ranges:
+        for name, model_sums in zip(ranges, model_parts, strict=True):
+            kept, rest = pairs[name]
+            other = cast(dict[str, tuple[int, Raw]], merged(*model_sums))  # every key's, so far
             rows: list[tuple[str | None, str, Decimal]] = []
-            other: dict[str, Raw] = {}
-            for (key_id, model), (_, raw) in sorted(pairs[name].items()):
-                if key_id in keep:
-                    rows.append((key_id, model, Decimal(raw).scaleb(-9)))
-                else:
-                    other[model] = other.get(model, 0) + raw
-            rows += [(None, model, Decimal(raw).scaleb(-9)) for model, raw in sorted(other.items())]
+            for key_id in sorted(top):
+                for model in sorted(other):
+                    count, raw = kept.get((key_id, model), (0, 0))
+                    more_count, more = rest.get((key_id, model), (0, 0))
+                    if count + more_count:
+                        rows.append((key_id, model, Decimal(raw + more).scaleb(-9)))
+                        left, left_raw = other[model]
+                        other[model] = (left - count - more_count, left_raw - raw - more)
+            rows += [
+                (None, model, Decimal(raw).scaleb(-9))
+                for model, (count, raw) in sorted(other.items())
+                if count
+            ]
             costs[name] = rows
         return top, costs
 
