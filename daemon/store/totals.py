@@ -31,13 +31,14 @@ class KeyModelTotal:
     tokens: int
 
 
-KEPT_PAIRS = 200_000  # (key, model) pairs whose cost windows are kept between cycles
 PairSums = dict[tuple[str, str], tuple[int, Raw]]  # (key id, model) → rows, nano-dollars
 _MEMBER_COLUMN = {"api_key": "api_key_id", "model": "model", None: "'*'"}  # by → column
 
 
 class UsageTotals(DailySums):
     """Reads usage back, summed in SQLite."""
+
+    _cost_keys: frozenset[str] = frozenset()  # the keys whose cost windows are kept by model
 
     def key_model_totals(self, start: datetime, end: datetime) -> list[KeyModelTotal]:
         """Spend per (key, model) over buckets that start in [start, end)."""
@@ -294,29 +295,41 @@ class UsageTotals(DailySums):
         fresh_from: datetime,
     ) -> tuple[list[str], dict[str, list[tuple[str | None, str, Decimal]]]]:
         """`top_keys` (by month spend, among the keys seen since ``within``) and their
-        `window_costs`, from per key and model sums kept between cycles.
-
-        Kept only up to `KEPT_PAIRS` (key, model) pairs: beyond, a cycle sums them in SQL
-        (`top_keys`, `window_costs`), which holds far less memory than 100,000 pairs x four
-        windows (docs/PERFORMANCE.md, "Steady state")."""
+        `window_costs`, from sums kept between cycles: per key (the month, and who was seen),
+        per model (each window), and per key and model for twice the top keys (chosen again
+        when a key from beyond them enters the top). 100,000 pairs are neither kept nor read
+        back (docs/PERFORMANCE.md, "Steady state")."""
         month_start, month_end = ranges["month"]
-        keys, models = self._conn.execute(
-            "SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM models)"
-        ).fetchone()
-        if keys * max(models, 1) > KEPT_PAIRS:
-            top = self.top_keys(month_start, month_end, within, top_n)
-            return top, self.window_costs(ranges, keep=top)
         spans = {**ranges, " seen": (min(month_start, within), month_end)}
         # windows with the same range share one kept entry (the "seen" range is often one)
         first: dict[tuple[datetime, datetime], str] = {}
         for name, span in spans.items():
             first.setdefault(span, name)
+        month, seen = self._kept_window_parts(
+            "api_key_id AS g0, cost_nanos AS v, cost_rest AS rest",
+            1,
+            [],
+            [],
+            [(("key costs", first[span]), *span) for span in (spans["month"], spans[" seen"])],
+            fresh_from,
+        )
+        spent: dict[Hashable, Raw] = {}
+        for part in seen:
+            spent.update((key_id, 0) for key_id in part)
+        for part in month:
+            for key_id, (_, raw) in part.items():
+                spent[key_id] += raw
+        ranking = cast(list[str], sorted(spent, key=lambda k: (-spent[k], k)))
+        top = ranking[:top_n]
+        if not self._cost_keys.issuperset(top):  # the pairs kept: twice the top keys
+            self._cost_keys = frozenset(ranking[: 2 * top_n])
+        chosen = self._cost_keys
         pair_parts = self._kept_window_parts(
             "api_key_id AS g0, model AS g1, cost_nanos AS v, cost_rest AS rest",
             2,
-            [],
-            [],
-            [(("costs", first[(s, e)]), s, e) for s, e in spans.values()],
+            ["api_key_id IN (SELECT value FROM json_each(?))"],
+            [json.dumps(sorted(chosen))],
+            [(("costs", chosen, first[span]), *span) for span in ranges.values()],
             fresh_from,
         )
         model_parts = self._kept_window_parts(
@@ -324,24 +337,14 @@ class UsageTotals(DailySums):
             1,
             [],
             [],
-            [(("model costs", first[(s, e)]), s, e) for s, e in ranges.values()],
+            [(("model costs", first[span]), *span) for span in ranges.values()],
             fresh_from,
         )
-        # each window in two parts (kept, the rest), not added up pair by pair: the pairs are
-        # walked once for the ranking, then only the top keys' are looked up, and the other
-        # keys' are what is left of the per-model sums
-        parts = cast(list[tuple[PairSums, PairSums]], pair_parts)
-        pairs = dict(zip(spans, parts, strict=True))
-        spent: dict[str, Raw] = {}
-        for part in pairs[" seen"]:
-            spent.update((key_id, 0) for key_id, _ in part)
-        for part in pairs["month"]:
-            for (key_id, _), (_, raw) in part.items():
-                spent[key_id] += raw
-        top = sorted(spent, key=lambda k: (-spent[k], k))[:top_n]
+        # each window in two parts (kept, the rest), not added up: the top keys' pairs are
+        # looked up, and the other keys' are what is left of the per-model sums
         costs: dict[str, list[tuple[str | None, str, Decimal]]] = {}
-        for name, model_sums in zip(ranges, model_parts, strict=True):
-            kept, rest = pairs[name]
+        for name, model_sums, pair_sums in zip(ranges, model_parts, pair_parts, strict=True):
+            kept, rest = cast(tuple[PairSums, PairSums], pair_sums)
             other = cast(dict[str, tuple[int, Raw]], merged(*model_sums))  # every key's, so far
             rows: list[tuple[str | None, str, Decimal]] = []
             for key_id in sorted(top):
