@@ -49,6 +49,15 @@ class Series:
             prefix.append(prefix[-1] + value)
         self._prefix = prefix
 
+    @classmethod
+    def one(cls, start: int, value: Raw, scale: int = 0) -> Series:
+        """``Series({start: value}, scale)``, made directly: a budget window's 10,000
+        members are one total each."""
+        series = cls.__new__(cls)
+        series.scale, series.starts, series.values = scale, [start], [value]
+        series._prefix = [0, value]
+        return series
+
     def total(self, start: datetime, end: datetime) -> Decimal:
         """Sum over buckets that start in [start, end)."""
         return _scaled(self.raw_total(ts(start), ts(end)), self.scale)

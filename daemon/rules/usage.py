@@ -188,7 +188,7 @@ class UsageIndex:
                 members.append(
                     MemberUsage(
                         self._member(rule, member_id),
-                        Series({start: totals[member_id]}, scale),
+                        Series.one(start, totals[member_id], scale),
                         parts_query=query,
                     )
                 )

@@ -1,9 +1,10 @@
-"""Which thresholds a budget member reached is found on its raw total (integer nano-dollars,
-or an exact `Decimal` finer than that) against the levels in the same units
-(`daemon.rules.budget.evaluate_budget`): held to the reference, the spend in dollars against
-``limit * threshold / 100``, at random spends, limits and thresholds, on each level exactly,
-a nano-dollar either side and on the whole nano-dollars around it; members with stored
-state and quiet members alike."""
+"""Budget windows on raw totals. Which thresholds a budget member reached is found on its
+raw total (integer nano-dollars, or an exact `Decimal` finer than that) against the levels
+in the same units (`daemon.rules.budget.evaluate_budget`): held to the reference, the spend
+in dollars against ``limit * threshold / 100``, at random spends, limits and thresholds, on
+each level exactly, a nano-dollar either side and on the whole nano-dollars around it;
+members with stored state and quiet members alike. A window's one-total series
+(`Series.one`) against `Series`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from daemon.rules import budget_conditions as kept_conditions
 from daemon.rules.budget import evaluate_budget
-from daemon.rules.series import NANOS
+from daemon.rules.series import NANOS, Raw, Series
 from daemon.rules.usage import KeyPoint, UsageIndex
 from tests.rules.helpers import budget
 
@@ -63,3 +64,20 @@ def test_thresholds_reached_on_raw_totals_are_those_reached_in_dollars(
         # conditions for the members that reached a level or have stored state; none else
         has_state = evaluation.member.id in with_state
         assert bool(evaluation.conditions) == (bool(reached) or has_state)
+
+
+@given(
+    start=st.integers(0, 2**40),
+    value=st.integers(-(2**70), 2**70) | st.decimals(allow_nan=False, allow_infinity=False),
+    scale=st.sampled_from([0, NANOS]),
+    spans=st.lists(st.tuples(st.integers(-10, 2**41), st.integers(-10, 2**41)), max_size=5),
+)
+def test_a_window_total_as_one_point_is_the_series_of_that_point(
+    start: int, value: Raw, scale: int, spans: list[tuple[int, int]]
+) -> None:
+    """`Series.one`, as budget windows make their members' series, is `Series` of one point."""
+    one, made = Series.one(start, value, scale), Series({start: value}, scale)
+    assert (one.starts, one.values, one.scale) == (made.starts, made.values, made.scale)
+    for lo, hi in [(start, start + 1), (start + 1, start + 2), *spans]:
+        assert one.raw_total(lo, hi) == made.raw_total(lo, hi)
+        assert one.has_points(lo, hi) == made.has_points(lo, hi)
