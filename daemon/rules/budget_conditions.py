@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from decimal import Decimal
 
-from daemon.rules.lifecycle import alert_key
+from daemon.rules.lifecycle import AlertKey
 from daemon.rules.types import Condition, Severity
 
 # (threshold name, the spend it takes, its severity), in the rule's order
@@ -73,13 +73,13 @@ class BudgetConditions:
     def _make(self, member_id: str, reached: int, forecast: bool | None) -> tuple[Condition, ...]:
         holding = set(self._order[:reached])
         conditions = [
-            Condition(alert_key(self.rule, member_id, name, self.period), i in holding, severity)
+            Condition(AlertKey(self.rule, member_id, name, self.period), i in holding, severity)
             for i, (name, _, severity) in enumerate(self.levels)
         ]
         if forecast is not None:
             conditions.append(
                 Condition(
-                    alert_key(self.rule, member_id, "forecast", self.period),
+                    AlertKey(self.rule, member_id, "forecast", self.period),
                     forecast,
                     self.forecast_severity,
                 )

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import Literal
 
 ZERO = timedelta(0)
@@ -22,7 +21,7 @@ Status = Literal["inactive", "pending", "firing", "resolved"]
 TransitionKind = Literal["firing", "resolved", "superseded"]
 
 
-@dataclass(frozen=True, slots=True)  # slots: kept by the hundred thousand (`alert_key`)
+@dataclass(frozen=True, slots=True)  # slots: kept by the hundred thousand (budget_conditions)
 class AlertKey:
     """Identity of an alert: (rule, member, threshold or direction, window period)."""
 
@@ -146,16 +145,6 @@ def _still_true(
         previous.resolved_at,
         severity,
     )
-
-
-@lru_cache(maxsize=1 << 17)
-def alert_key(rule: str, member: str, condition: str, period: str) -> AlertKey:
-    """The one `AlertKey` of these four: a budget rule over 10,000 keys makes the same keys
-    every cycle, so they are made once (keys are immutable). Budget rules ask only when a
-    member's outcome changes (`daemon.rules.budget_conditions` keeps the rest): a cycle over
-    10,000 keys asks for 330,000 keys in the same order, which a least-recently-used cache
-    smaller than that misses every time (4.8 s of such a cycle before they were kept)."""
-    return AlertKey(rule, member, condition, period)
 
 
 def end_period(state: AlertState, now: datetime) -> tuple[AlertState | None, Transition | None]:

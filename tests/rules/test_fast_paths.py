@@ -17,7 +17,7 @@ from daemon.rules import budget_conditions as kept_conditions
 from daemon.rules.budget import BudgetEvaluation, ExpectedMemo, evaluate_budget, project
 from daemon.rules.budget_conditions import BudgetConditions, Levels
 from daemon.rules.engine import evaluate
-from daemon.rules.lifecycle import AlertKey, AlertState, alert_key, step, step_firing
+from daemon.rules.lifecycle import AlertKey, AlertState, step, step_firing
 from daemon.rules.series import Series
 from daemon.rules.types import Condition, Member
 from daemon.rules.windows import Period, window_period
@@ -113,7 +113,7 @@ def test_kept_conditions_start_afresh_with_a_new_period_or_new_thresholds() -> N
     )
     other: Levels = [("90", Decimal(9), "warning")]
     newer = kept_conditions.budget_conditions("fast-path-rule", "2026-12", other, "warning")
-    assert newer.of("k1", Decimal(9), None)[0].key == alert_key(
+    assert newer.of("k1", Decimal(9), None)[0].key == AlertKey(
         "fast-path-rule", "k1", "90", "2026-12"
     )
     newer.of("k2", Decimal(1), None)
