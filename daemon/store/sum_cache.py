@@ -65,22 +65,6 @@ class SumCache:
         self._kept.clear()
         self._pending.clear()
 
-    def sums(
-        self,
-        key: Hashable,
-        start: int,
-        end: int,
-        fresh_from: int,
-        compute: Compute,
-        fresh: Sums | None = None,
-        seed: Sums | None = None,
-    ) -> Sums:
-        """The sums over [start, end); those of [start, fresh_from) are kept under ``key``.
-        ``fresh``, when given, is what ``compute(fresh_from, end)`` would return (windows
-        that end together share it); ``seed`` what ``compute(start, settled(...))`` would,
-        for a key that is `stale` (several are read in one pass)."""
-        return merged(*self.parts(key, start, end, fresh_from, compute, fresh, seed))
-
     def parts(
         self,
         key: Hashable,
@@ -91,8 +75,12 @@ class SumCache:
         fresh: Sums | None = None,
         seed: Sums | None = None,
     ) -> tuple[Sums, Sums]:
-        """`sums`, not added up: the kept sums of [start, settled) (the cache's own: read
-        them, never change them) and the sums of the rest of [start, end)."""
+        """The sums over [start, end) in two parts: those of [start, settled) kept under
+        ``key`` (the cache's own: read them, never change them; `merged` adds the parts up)
+        and those of the rest, read now. ``fresh``, when given, is what
+        ``compute(fresh_from, end)`` would return (windows that end together share it);
+        ``seed`` what ``compute(start, settled(...))`` would, for a key that is `stale`
+        (several are read in one pass)."""
         settled = self.settled(start, end, fresh_from)
         kept = self._kept.get(key)
         if self.stale(key, start, end, fresh_from):
@@ -117,7 +105,7 @@ class SumCache:
         return max(start, min(end, fresh_from))
 
     def stale(self, key: Hashable, start: int, end: int, fresh_from: int) -> bool:
-        """Whether `sums` would sum [start, settled) from scratch (nothing kept to move)."""
+        """Whether `parts` would sum [start, settled) from scratch (nothing kept to move)."""
         kept = self._kept.get(key)
         settled = self.settled(start, end, fresh_from)
         return kept is None or not kept.start <= start <= kept.end or settled < kept.end

@@ -162,12 +162,8 @@ class UsageTotals(DailySums):
         if fresh_from is not None:
             columns = f"{member} AS g0, {value[selection.metric]} AS v, {rest} AS rest"
             kept_windows = [(("member", selection, i), s, e) for i, (s, e) in enumerate(windows)]
-            return [
-                {cast(str, g): raw for g, (_, raw) in sums.items()}
-                for sums in self._kept_window_sums(
-                    columns, 1, kept, kept_params, kept_windows, fresh_from
-                )
-            ]
+            parts = self._kept_window_parts(columns, 1, kept, kept_params, kept_windows, fresh_from)
+            return [{cast(str, g): raw for g, (_, raw) in merged(*p).items()} for p in parts]
         inner, values, picks = self._windows_pass(
             windows,
             f"{member} AS member, {value[selection.metric]} AS v, {rest} AS rest,"
@@ -224,21 +220,6 @@ class UsageTotals(DailySums):
         by_range = dict(zip(live, found, strict=True))
         return [dict(by_range.get((lo, hi), {})) for lo, hi in ranges]  # never shared
 
-    def _kept_window_sums(
-        self,
-        columns: str,
-        groups: int,
-        kept: list[str],
-        kept_params: list[object],
-        windows: Sequence[tuple[Hashable, datetime, datetime]],
-        fresh_from: datetime,
-    ) -> list[Sums]:
-        """Each (key, start, end) window's sums, those before ``fresh_from`` kept between
-        cycles (`daemon.store.sum_cache`): what must be summed from scratch is read in one
-        pass, and the running hour once per end."""
-        parts = self._kept_window_parts(columns, groups, kept, kept_params, windows, fresh_from)
-        return [merged(settled, rest) for settled, rest in parts]
-
     def _kept_window_parts(
         self,
         columns: str,
@@ -248,8 +229,10 @@ class UsageTotals(DailySums):
         windows: Sequence[tuple[Hashable, datetime, datetime]],
         fresh_from: datetime,
     ) -> list[tuple[Sums, Sums]]:
-        """`_kept_window_sums`, each window's sums in two parts: the kept ones (read them,
-        never change them) and the rest (`SumCache.parts`)."""
+        """Each (key, start, end) window's sums, those before ``fresh_from`` kept between
+        cycles (`daemon.store.sum_cache`), in two parts: the kept ones (read them, never
+        change them) and the rest (`SumCache.parts`). What must be summed from scratch is
+        read in one pass, and the running hour once per end."""
 
         def compute(lo: int, hi: int) -> Sums:
             return self._ranges_sums(columns, groups, kept, kept_params, [(lo, hi)])[0]

@@ -5,7 +5,7 @@ jumps from the bottom to the top."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import given
@@ -13,7 +13,7 @@ from hypothesis import given
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import Store
 from tests.store.conftest import Stores, examples
-from tests.store.test_sum_cache import START, TZ, H, cells, rows, steps, windows
+from tests.store.histories import TZ, Cells, H, Polls, cells, replay, rows, steps, windows
 
 
 def same_as_sql(store: Store, now: datetime, top_n: int) -> list[str]:
@@ -29,27 +29,10 @@ def same_as_sql(store: Store, now: datetime, top_n: int) -> list[str]:
 
 
 def test_kept_cost_windows_equal_sql_with_one_top_key(stores: Stores) -> None:
-    def check(
-        history: list[tuple[str, str, int, Decimal]],
-        polls: list[tuple[int, list[tuple[str, str, int, Decimal]], object, bool]],
-    ) -> None:
+    def check(history: Cells, polls: Polls) -> None:
         store = stores.open(stores.new(), exclusive=True, tz=TZ)
         try:
-            now = START
-            hour = bucket_start(START - 2 * 24 * H, TZ)
-            while hour < bucket_start(START, TZ):
-                store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)
-                hour = bucket_end(hour, TZ)
-            for minutes, current, late, summed in polls:
-                now += timedelta(minutes=5 * minutes)
-                running = bucket_start(now, TZ)
-                store.replace_key_usage(running, bucket_end(running, TZ), rows(current), now)
-                if late is not None:
-                    back, late_rows = late  # type: ignore[misc]
-                    old = bucket_start(now - back * H, TZ)
-                    store.replace_key_usage(old, bucket_end(old, TZ), rows(late_rows), now)
-                if summed:
-                    store.refresh_rollups(now)
+            for _, now in replay(store, history, polls, days=2):
                 same_as_sql(store, now, 1)
                 store.sweep_kept_sums()
         finally:

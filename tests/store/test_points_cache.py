@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
 from tests.store.conftest import Stores, examples
-from tests.store.test_sum_cache import SELECTIONS, START, TZ, H, cells, rows, steps
+from tests.store.histories import SELECTIONS, TZ, Cells, H, Polls, cells, replay, rows, steps
 
 
 def spans(now: datetime) -> list[tuple[datetime, datetime]]:
@@ -28,30 +28,13 @@ def spans(now: datetime) -> list[tuple[datetime, datetime]]:
 
 
 def test_kept_points_equal_fresh_points(stores: Stores) -> None:
-    def check(
-        history: list[tuple[str, str, int, object]],
-        polls: list[tuple[int, list[tuple[str, str, int, object]], object, bool]],
-        compact_at: int,
-    ) -> None:
+    def check(history: Cells, polls: Polls, compact_at: int) -> None:
         store = stores.open(stores.new(), exclusive=True, tz=TZ)
         try:
-            now = START
-            hour = bucket_start(START - 3 * 24 * H, TZ)
-            while hour < bucket_start(START, TZ):
-                store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)  # type: ignore[arg-type]
-                hour = bucket_end(hour, TZ)
-            for poll, (minutes, current, late, summed) in enumerate(polls):
-                now += timedelta(minutes=5 * minutes)
-                running = bucket_start(now, TZ)
-                store.replace_key_usage(running, bucket_end(running, TZ), rows(current), now)  # type: ignore[arg-type]
-                if late is not None:
-                    back, late_rows = late  # type: ignore[misc]
-                    old = bucket_start(now - back * H, TZ)
-                    store.replace_key_usage(old, bucket_end(old, TZ), rows(late_rows), now)
-                if summed:
-                    store.refresh_rollups(now)
+            for poll, now in replay(store, history, polls, days=3):
                 if poll == compact_at:  # retention drops the oldest hours under a kept range
                     store.compact(now - 20 * H)
+                running = bucket_start(now, TZ)
                 for selection in SELECTIONS:
                     for start, end in spans(now):
                         kept = store.member_points(selection, start, end, running)
