@@ -68,13 +68,13 @@ class EngineResult:
 
     def evaluation_of(self, key: AlertKey) -> Evaluation | None:
         """The evaluation with the condition ``key`` (None: no member of this cycle has it)."""
-        if self._by_rule is None:
+        if self._by_rule is None:  # a rule's entry of `per_rule` (all of one rule's members)
             self._by_rule = {}
-            for table in self.per_rule:
-                if isinstance(table, BudgetTable):
-                    self._by_rule[table.rule] = [table]
-                for evaluation in [] if isinstance(table, BudgetTable) else table:
-                    self._by_rule.setdefault(evaluation.rule, []).append([evaluation])
+            for entry in self.per_rule:
+                rule = (
+                    entry.rule if isinstance(entry, BudgetTable) else entry[0].rule if entry else ""
+                )
+                self._by_rule.setdefault(rule, []).append(entry)
         for evaluations in self._by_rule.get(key.rule, []):
             found: list[Evaluation]
             if isinstance(evaluations, BudgetTable):
