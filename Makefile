@@ -55,7 +55,7 @@ bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/steady.py
-	$(BIN)/python bench/steady.py --keys 10000 --polls 8 --runs 1 --modes kept
+	$(BIN)/python bench/steady.py --keys 10000 --polls 8 --runs 3 --modes kept
 	$(BIN)/python bench/steady.py --modes kept,postgresql
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/import_bench.py
