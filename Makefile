@@ -21,15 +21,22 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 # end-to-end tests is not measured; the same code is, by the in-process tests)
 COVERAGE := --cov=daemon --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
-# One pytest-xdist worker per core, a test file at a time (a module's servers start once), the
-# files of tests marked `long` first (tests/conftest.py). The coverage data of a run stays in
-# .venv under its own name (pytest-cov combines every .coverage.* beside its data file: runs
-# side by side in one checkout would take each other's), and Python keeps its bytecode cache
-# even where the environment turns it off: every worker and every daemon a test starts would
-# compile the sources again.
+# One pytest-xdist worker per core and one more (the end-to-end tests wait on the processes
+# they start: a lease to run out, the next poll), a test file at a time (a module's servers
+# start once), the files of tests marked `long` first (tests/conftest.py). Temporary files are
+# kept in memory where /dev/shm has room (a test's SQLite store syncs to disk as it opens and
+# closes). The coverage data of a run stays in .venv under its own name (pytest-cov combines
+# every .coverage.* beside its data file: runs side by side in one checkout would take each
+# other's), and Python keeps its bytecode cache even where the environment turns it off: every
+# worker and every daemon a test starts would compile the sources again.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)' \
+  2>/dev/null || echo auto)
+TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 1048576 {print "/dev/shm"}')
+
 test: $(STAMP)  ## the whole test suite, in parallel, with branch coverage
 	COVERAGE_FILE=$(VENV)/.coverage.$$$$ PYTHONDONTWRITEBYTECODE= \
-	  $(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder $(COVERAGE); \
+	  $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) \
+	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(COVERAGE); \
 	  status=$$?; rm -f $(VENV)/.coverage.$$$$; exit $$status
 
 lint: $(STAMP)  ## ruff + mypy --strict on daemon/

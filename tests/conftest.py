@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -87,15 +92,42 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def fill_history(store: Store, config: Config, now: datetime) -> None:
     """Mark every hour of the backfill that nothing was stored for as fetched and empty, as
     if the first start and its background refinement were over (rules stop warming up)."""
+    _fill(store, config.tz, config.poll.backfill, now)
+
+
+def _fill(store: Store, tz: ZoneInfo, backfill: timedelta, now: datetime) -> None:
     for export in EXPORTS:
-        segments = store.segments(export, now - config.poll.backfill - timedelta(hours=2))
-        start = bucket_start(now - config.poll.backfill, config.tz)
-        for lo, hi in uncovered(segments, start, bucket_end(now, config.tz)):
-            for bucket in buckets(lo, hi, config.tz):
+        segments = store.segments(export, now - backfill - timedelta(hours=2))
+        start = bucket_start(now - backfill, tz)
+        for lo, hi in uncovered(segments, start, bucket_end(now, tz)):
+            for bucket in buckets(lo, hi, tz):
                 if export == "api-keys":
                     store.replace_key_usage(bucket.start, bucket.end, [], now)
                 else:
                     store.replace_model_usage(bucket.start, bucket.end, [], now)
+
+
+def store_with_history(config: Config, now: datetime, *, tz: ZoneInfo | None = None) -> Store:
+    """``Store.open(config.state.path, tz=tz)`` of a new store that holds what `fill_history`
+    writes at ``now`` already: usage written to it afterwards replaces its empty hours, as
+    `fill_history` would have left them alone. A copy of a store filled once per worker (the
+    default backfill is 1,680 writes, a second under coverage)."""
+    path = config.state.path
+    assert not path.exists(), f"{path}: a store with history starts new"
+    shutil.copy(_filled(config.tz, config.poll.backfill, now, tz), path)  # its mode (0600) too
+    return Store.open(path, tz=tz)
+
+
+@functools.cache
+def _filled(tz: ZoneInfo, backfill: timedelta, now: datetime, store_tz: ZoneInfo | None) -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="langdock-budget-history-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    store = Store.open(directory / "state.db", tz=store_tz)
+    try:
+        _fill(store, tz, backfill, now)
+    finally:
+        store.close()
+    return store.path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
-"""For the tests that start real processes: a free loopback port, and the daemon's systemd
-notifications (READY, STATUS after every cycle) on a test NOTIFY_SOCKET, so a test waits for
-events, never for time."""
+"""For the tests that start real processes: a free loopback port, a client for their HTTP
+endpoints, and the daemon's systemd notifications (READY, STATUS after every cycle) on a test
+NOTIFY_SOCKET, so a test waits for events, never for time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import httpx
+
+# one client for every request to a process a test started, a new connection each time as
+# with `httpx.get`, which would make a client, and read the CA bundle for it, every call
+LOCAL = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def free_port() -> int:

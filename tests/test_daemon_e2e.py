@@ -13,12 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
-from tests.processes import Notifications, free_port
+from tests.processes import LOCAL, Notifications, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-e2e-0f9e8d7c6b5a"
@@ -70,13 +69,13 @@ def test_run_serves_metrics_reloads_and_stops_cleanly(
     try:
         notify.wait_for("READY=1")
         assert "ok: fetched" in notify.wait_for("STATUS=cycle 1")
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = LOCAL.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'langdock_cost_usd{api_key_id="key_4f1a9c",model=' in metrics
         assert 'langdock_budget_limit_usd{rule="tiny",scope="key_4f1a9c"} 0.01' in metrics
         assert 'langdock_alert_firing{condition="100",rule="tiny"' in metrics
         assert 'langdock_budget_daemon_build_info{version="' in metrics
         assert 'langdock_export_last_success_timestamp_seconds{export="api-keys"}' in metrics
-        health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+        health = LOCAL.get(f"http://127.0.0.1:{port}/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert len(slack.posts()) == 5  # one per key
         proc.send_signal(signal.SIGTERM)
@@ -93,7 +92,7 @@ def test_run_serves_metrics_reloads_and_stops_cleanly(
         proc.send_signal(signal.SIGHUP)
         notify.wait_for("STATUS=config reloaded")
         notify.wait_for("STATUS=cycle 2")
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = LOCAL.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'langdock_budget_limit_usd{rule="tiny",scope="key_4f1a9c"} 1000.0' in metrics
         assert "langdock_alert_firing{" not in metrics
         assert [t.startswith("[RESOLVED] tiny (100%)") for t in slack.texts()[5:]] == [True] * 5

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import Answer, FakeSlack
 from tests.postgres import PASSWORD, PostgresServer, postgres
-from tests.processes import Notifications, free_port
+from tests.processes import LOCAL, Notifications, free_port
 from tests.tcp_proxy import TcpProxy
 
 __all__ = ["postgres"]  # the session's server, imported for pytest
@@ -53,14 +52,14 @@ class Replica:
         return any(m.startswith("STATUS=leading") for m in self.notify.seen)
 
     def metric(self, name: str) -> float | None:
-        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+        text = LOCAL.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         return None
 
     def health(self) -> dict[str, object]:
-        body: dict[str, object] = httpx.get(
+        body: dict[str, object] = LOCAL.get(
             f"http://127.0.0.1:{self.port}/healthz", timeout=10
         ).json()
         return body

@@ -28,18 +28,19 @@ from daemon.rules.windows import Period
 from daemon.service import Daemon
 from daemon.snapshot import build_snapshot
 from daemon.store import OutboxItem, Store
-from tests.conftest import fill_history
+from tests.conftest import store_with_history
 
 NOW_METRICS = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
 
 def metrics_store(tmp_path: Path, rules: str) -> tuple[Config, Store]:
-    """A UTC config with ``rules`` (and whatever else the text adds) and its empty store."""
+    """A UTC config with ``rules`` (and whatever else the text adds) and its store, empty
+    but for its history filled at NOW_METRICS (`fill_history`)."""
     (tmp_path / "config.yaml").write_text(
         "langdock: {api_key: sk-x}\ntimezone: UTC\nstate: {path: state.db}\n" + rules
     )
     config = load_config(tmp_path / "config.yaml", {})
-    return config, Store.open(config.state.path, tz=config.tz)
+    return config, store_with_history(config, NOW_METRICS, tz=config.tz)
 
 
 def published_text(engine: EngineResult, published: Published, now: datetime) -> str:
@@ -117,7 +118,6 @@ def test_a_huge_key_name_is_cut_in_labels_and_the_id_kept_whole(tmp_path: Path) 
     store.replace_key_usage(
         start, start + timedelta(hours=1), [KeyUsage("key_big", huge, "m", 1, Decimal(5))], now
     )
-    fill_history(store, config, now)
     engine = evaluate_rules(store, config, now)
     published = load_published(store, config, engine, now)
     text = published_text(engine, published, now)
@@ -140,7 +140,6 @@ def test_the_snapshot_is_built_from_the_cycles_result_alone(tmp_path: Path) -> N
     start = now.replace(minute=0)
     rows = [KeyUsage("k1", "web", "m", 1, Decimal(5)), KeyUsage("k2", "batch", "m", 1, Decimal(2))]
     store.replace_key_usage(start, start + timedelta(hours=1), rows, now)
-    fill_history(store, config, now)
     store.add_silence("keys", "bat*", now - timedelta(hours=1), now + timedelta(hours=1), "x")
     engine = evaluate_rules(store, config, now)
     published = load_published(store, config, engine, now)
@@ -187,7 +186,6 @@ def test_each_family_carries_its_own_unit(tmp_path: Path) -> None:
     store.replace_key_usage(
         start, start + timedelta(hours=1), [KeyUsage("k1", "web", "m", 4, Decimal(5))], now
     )
-    fill_history(store, config, now)
     engine = evaluate_rules(store, config, now)
     published = load_published(store, config, engine, now)
     store.close()

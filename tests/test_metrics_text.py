@@ -71,7 +71,7 @@ def test_every_kind_of_number_is_written_as_the_client_writes_it() -> None:
     assert mine == client_text(families)
 
 
-@settings(max_examples=500)
+@settings(max_examples=200)
 @given(
     st.lists(
         st.floats(allow_nan=True, allow_infinity=True)

@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
-from tests.processes import Notifications, free_port
+from tests.processes import LOCAL, Notifications, free_port
 from tests.servers import binary
 
 T = TypeVar("T")
@@ -175,17 +175,17 @@ class Stack:
     logs: Callable[[], str]
 
     def daemon_samples(self) -> Samples:
-        return parse(httpx.get(f"{self.daemon}/metrics", timeout=10).text)
+        return parse(LOCAL.get(f"{self.daemon}/metrics", timeout=10).text)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        answer = LOCAL.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
         body = answer.json()
         assert body.get("status") == "success", f"{expr}: {body.get('error', body)}"
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
     def rule_groups(self) -> list[dict[str, Any]]:
-        body = httpx.get(f"{self.prometheus}/api/v1/rules", timeout=10).json()
+        body = LOCAL.get(f"{self.prometheus}/api/v1/rules", timeout=10).json()
         groups: list[dict[str, Any]] = body["data"]["groups"]
         return groups
 
@@ -345,8 +345,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         notify.wait_for("STATUS=config reloaded")
         notify.wait_for("STATUS=cycle 3")
 
+        first_scrape: list[float] = []  # when the last cycle's series were first scraped
+
         def settled() -> bool | None:
-            """Prometheus has scraped the last cycle's series and evaluated every rule since."""
+            """Prometheus has scraped the last cycle's series twice (a rate or a delta over
+            the last hour has two samples of a series new in it) and evaluated every rule
+            since."""
             for proc, name in zip(procs, ("Prometheus", "the daemon"), strict=True):
                 assert proc.poll() is None, f"{name} exited ({proc.returncode})\n{logs()}"
             try:
@@ -358,13 +362,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if not scraped:
                 return None
             since = float(scraped[0]["value"][1])
+            if not first_scrape:
+                first_scrape.append(since)
+            if since == first_scrape[0]:
+                return None  # the first scrape of them: the next one comes within a second
             rules = [rule for group in stack.rule_groups() for rule in group["rules"]]
             evaluated = all(
                 r["health"] == "ok" and unix_time(r["lastEvaluation"]) > since for r in rules
             )
             return True if rules and evaluated else None
 
-        wait("Prometheus to scrape the daemon's last cycle and evaluate the rules", settled, logs)
+        wait(
+            "Prometheus to scrape the daemon's last cycle twice, then evaluate the rules",
+            settled,
+            logs,
+        )
         yield stack
     finally:
         for proc in reversed(procs):
@@ -476,7 +488,7 @@ def test_dashboard_variable_has_values(stack: Stack, variable: dict[str, Any]) -
     query = variable["definition"]
     if match := re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query):
         metric, label = match.groups()
-        answer = httpx.get(
+        answer = LOCAL.get(
             f"{stack.prometheus}/api/v1/series", params={"match[]": metric}, timeout=10
         ).json()
         values = {series[label] for series in answer["data"] if label in series}

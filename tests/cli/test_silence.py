@@ -14,7 +14,7 @@ from daemon.config import Config
 from daemon.cycle import evaluate_rules
 from daemon.notify import SlackSender, deliver
 from daemon.store import Store
-from tests.conftest import FakeClock, fill_history
+from tests.conftest import FakeClock, fill_history, store_with_history
 from tests.fake_slack import FakeSlack
 from tests.notify.test_deliver import BUDGET_24H, T0, make_config, spend, webhook
 
@@ -37,7 +37,7 @@ async def test_a_silenced_alert_is_tracked_but_quiet_until_the_silence_ends(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
     config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, {"k1": "12", "k2": "12"}, T0, names={"k1": "prod-web", "k2": "batch"})
     store.add_silence("spend-24h", "prod-*", clock(), clock() + timedelta(hours=2), "deploy")
     assert await cycle(store, config, clock) == 1  # only k2 (batch)

@@ -418,13 +418,18 @@ async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
         b"claude-sonnet-4-%d,%d,0.%09d,%d,%d,0,0,%d\r\n"
     )
 
+    sent: list[int] = []  # the size of each piece of the body, as it is sent
+
     async def body() -> AsyncIterator[bytes]:
+        sent.append(len(header))
         yield header
         for start in range(0, rows, 1000):
-            yield b"".join(
+            piece = b"".join(
                 row % (i % 300, i % 300, i % 7, i % 50 + 1, i % 9973, i + 100, i % 300, i + 100)
                 for i in range(start, start + 1000)
             )
+            sent.append(len(piece))
+            yield piece
 
     def parse(stream: IO[str], tally: Tally) -> list[KeyUsage]:
         return sum_key_usage(parse_key_usage(stream, grouped=True, tally=tally))
@@ -441,7 +446,7 @@ async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    size = sum([len(chunk) async for chunk in body()])
+    size = sum(sent)
     assert size > 20_000_000 and file.tally.records == rows and len(file.rows) == 2100
     assert sum(r.requests for r in file.rows) == sum(i % 50 + 1 for i in range(rows))
     assert peak < 12 * 1024 * 1024, f"peak {peak:,} bytes for a {size:,}-byte file"

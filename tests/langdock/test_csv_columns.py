@@ -175,7 +175,7 @@ def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> in
 
 
 @pytest.mark.long
-@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
+@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
 @given(files())
 def test_column_wise_read_equals_the_row_path(chunk: int, file: tuple[str, bool]) -> None:
     text, grouped = file

@@ -168,7 +168,7 @@ gaps = st.one_of(
 
 
 @pytest.mark.long
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     per_minute=st.integers(1, 12),
     callers=st.lists(

@@ -30,7 +30,7 @@ from daemon.rules.budget import evaluate_budget
 from daemon.rules.engine import evaluate
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import Store
-from tests.conftest import FakeClock, fill_history
+from tests.conftest import FakeClock, fill_history, store_with_history
 from tests.fake_slack import Answer, FakeSlack
 from tests.rules.helpers import budget, hourly, index
 
@@ -80,9 +80,10 @@ K1_OVER = {"k1": "12"}  # over the $10 of BUDGET_24H
 def world(
     tmp_path: Path, slack_yaml: str, amounts: dict[str, str] | None = None
 ) -> tuple[Config, Store]:
-    """The config with BUDGET_24H, its open store, and optionally some spend at T0."""
+    """The config with BUDGET_24H, its open store (its history filled at T0), and optionally
+    some spend at T0."""
     config = make_config(tmp_path, slack_yaml, BUDGET_24H)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     if amounts:
         spend(store, amounts, T0)
     return config, store
@@ -239,7 +240,7 @@ async def test_restart_does_not_resend_before_repeat_interval(
         webhook(slack, "  repeat_interval: 4h\n"),
         "  - {name: monthly, kind: budget, window: month, limit_usd: 10}\n",
     )
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, {"k1": "12"}, T0)
     assert await cycle(store, config, clock) == (1, 0, 0)
     store.close()
@@ -281,7 +282,7 @@ async def test_send_resolved_false_and_rule_routes(
         f" webhook_url: '{slack.url}/services/TEAM', mention: '<!subteam^S1>'}}\n"
     )
     config = make_config(tmp_path, webhook(slack, "  send_resolved: false\n"), rules)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, {"k1": "12"}, T0)
     assert await cycle(store, config, clock) == (2, 0, 0)
     paths = sorted(p.path for p in slack.posts())

@@ -17,7 +17,7 @@ from daemon.config import Config
 from daemon.notify import DeliveryReport, SlackSender, deliver, requeue_dead_letters
 from daemon.notify.routes import current_route, route_target
 from daemon.store import OutboxItem, Store
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, store_with_history
 from tests.fake_slack import Answer, FakeSlack
 from tests.notify.test_deliver import (
     BUDGET_24H,
@@ -53,7 +53,7 @@ async def test_a_refused_message_waits_as_a_dead_letter_until_its_channel_is_fix
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = make_config(tmp_path, bot(slack), TEAM_RULE % "#missing")
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, K1_OVER, T0)
     queue(store, config, clock)
     report = await send(store, config, clock)
@@ -86,7 +86,7 @@ async def test_a_deleted_webhook_replaced_in_the_config_gets_the_message(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
     config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, K1_OVER, T0)
     queue(store, config, clock)
     slack.script.append(Answer(404, "no_service"))
@@ -107,7 +107,7 @@ async def test_a_bug_refusal_stays_dead_and_is_not_resent_in_a_loop(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
     config = make_config(tmp_path, webhook(slack), BUDGET_24H)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, K1_OVER, T0)
     queue(store, config, clock)
     slack.script.append(Answer(400, "invalid_payload"))
@@ -124,7 +124,7 @@ async def test_a_token_change_requeues_and_a_refusal_again_makes_it_dead_again(
     tmp_path: Path, slack: FakeSlack, clock: FakeClock
 ) -> None:
     config = make_config(tmp_path, bot(slack, token="xoxb-revoked"), BUDGET_24H)
-    store = Store.open(config.state.path)
+    store = store_with_history(config, T0)
     spend(store, K1_OVER, T0)
     queue(store, config, clock)
     assert (await send(store, config, clock)).rejected == 1

@@ -16,7 +16,16 @@ from daemon.notify import MAX_WAIT, DeliveryReport, SlackSender, deliver
 from daemon.store import OutboxItem, Store
 from tests.conftest import FakeClock
 from tests.fake_slack import Answer, FakeSlack
-from tests.notify.test_deliver import T0, UTCZ, bot, spend, webhook, world
+from tests.notify.test_deliver import (
+    BUDGET_24H,
+    T0,
+    UTCZ,
+    bot,
+    make_config,
+    spend,
+    webhook,
+    world,
+)
 from tests.notify.test_slack_sender import queue
 
 HOUR = 3600
@@ -112,7 +121,7 @@ def test_status_shows_the_wait(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, store = world(tmp_path, webhook(slack))
+    store = Store.open(make_config(tmp_path, webhook(slack), BUDGET_24H).state.path)
     store.queue([OutboxItem("webhook:default", "digest", [], None, {"text": "d"}, T0)])
     store.outbox_retry(1, 1, T0 + timedelta(days=1, hours=2), "webhook answered 429 (x)")
     store.close()

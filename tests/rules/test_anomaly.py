@@ -115,7 +115,7 @@ samples = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     samples,
     st.decimals(min_value=0, max_value=10**6, places=3),

@@ -26,7 +26,7 @@ HOUR = datetime(2026, 11, 29, 3, tzinfo=UTC)
 NANO = Decimal(1).scaleb(-NANOS)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(
     thresholds=st.lists(st.decimals(1, 150, places=1), min_size=1, max_size=4, unique=True),
     limit=st.decimals(Decimal("0.000000001"), 500, places=9),  # levels between nano-dollars

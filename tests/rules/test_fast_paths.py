@@ -45,7 +45,7 @@ def alert_states(draw: st.DrawFn) -> AlertState:
     )
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(alert_states(), st.booleans(), instants, durations, durations, severities)
 def test_the_steady_firing_step_is_step(
     previous: AlertState,
@@ -76,7 +76,7 @@ def direct_conditions(
 money = st.decimals(min_value=0, max_value=1000, places=9, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(
     st.lists(st.decimals(1, 150, places=1), min_size=1, max_size=4, unique=True),
     st.decimals(1, 500, places=2),

@@ -26,7 +26,7 @@ instants = st.datetimes(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     instant=instants, zone=st.sampled_from(ZONES), unit=st.sampled_from(["day", "week", "month"])
 )
@@ -44,7 +44,7 @@ def test_calendar_periods_partition_time(instant: datetime, zone: str, unit: str
     assert local_start.minute == 0 and local_start.hour in (0, 1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(instant=instants, zone=st.sampled_from(ZONES))
 def test_buckets_partition_time_and_align_with_local_hours(instant: datetime, zone: str) -> None:
     tz = ZoneInfo(zone)

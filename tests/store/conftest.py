@@ -4,7 +4,8 @@ from `tests.postgres`, a schema of its own per database)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,7 @@ class Stores:
         self._root = root
         self._server = server
         self._numbers = itertools.count(1)
+        self._filled: dict[Hashable, str] = {}
 
     def new(self) -> str:
         if self._server is not None:
@@ -36,6 +38,26 @@ class Stores:
         if self._server is not None:
             return Store.open_url(where, PASSWORD, writer=exclusive, tz=tz)
         return Store.open(Path(where), exclusive=exclusive, tz=tz)
+
+    def filled(self, key: Hashable, fill: Callable[[Store], None], tz: ZoneInfo) -> str:
+        """A new database holding what ``fill`` writes into an empty one as its writer (in
+        ``tz``). SQLite: a copy of a file filled once a ``key``; PostgreSQL: filled anew."""
+        if self._server is not None:
+            return self._fill(fill, tz)
+        if key not in self._filled:
+            self._filled[key] = self._fill(fill, tz)
+        copy = self.new()
+        shutil.copy(self._filled[key], copy)
+        return copy
+
+    def _fill(self, fill: Callable[[Store], None], tz: ZoneInfo) -> str:
+        where = self.new()
+        store = self.open(where, exclusive=True, tz=tz)
+        try:
+            fill(store)
+        finally:
+            store.close()
+        return where
 
 
 # module scope: hypothesis tests take it (each example makes its own database with `new`)

@@ -1,8 +1,9 @@
 """Random histories of a store for the kept-sum tests (`daemon.store.sum_cache`,
-`daemon.store.points_cache`, the cost windows): the strategies of its rows and polls, and
-`replay`, which writes a history and then each poll (the running hour, a late rewrite of an
-older hour, the days summed) and hands over after each one, for the test to compare what is
-kept with a fresh read."""
+`daemon.store.points_cache`, the cost windows): the strategies of its rows and polls,
+`with_history`, a new database holding a history (SQLite: written once per history and
+copied), and `replay`, which writes each poll (the running hour, a late rewrite of an older
+hour, the days summed) and hands over after each one, for the test to compare what is kept
+with a fresh read."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from daemon.langdock.csv import KeyUsage
 from daemon.rules.selection import SelectionFilter
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
 from daemon.store import Store
+from tests.store.conftest import Stores
 
 TZ = ZoneInfo("Europe/Berlin")
 START = datetime(2026, 10, 23, 20, tzinfo=UTC)  # the DST change and a month's end ahead
@@ -69,22 +71,28 @@ Cells = list[tuple[str, str, int, Decimal]]
 Polls = list[tuple[int, Cells, object, bool]]
 
 
-def replay(
-    store: Store, history: Cells, polls: Polls, *, days: int, coarse: bool = False
-) -> Iterator[tuple[int, datetime]]:
-    """Write ``history`` into every hour of the ``days`` before `START` (with ``coarse``,
-    the oldest day as one range), then each poll from `START` on; after each, yield its
-    index and instant."""
+def with_history(stores: Stores, history: Cells, *, days: int, coarse: bool = False) -> str:
+    """A new database holding ``history`` in every hour of the ``days`` before `START` (with
+    ``coarse``, the oldest day as one range), as its writer in `TZ` wrote it."""
+
+    def write(store: Store) -> None:
+        first = bucket_start(START - days * 24 * H, TZ)
+        hour = first
+        if coarse:
+            day = calendar_period("day", first, TZ)
+            store.replace_key_usage(day.start, day.end, rows(history), START)
+            hour = day.end
+        while hour < bucket_start(START, TZ):
+            store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)
+            hour = bucket_end(hour, TZ)
+
+    return stores.filled((tuple(history), days, coarse), write, TZ)
+
+
+def replay(store: Store, polls: Polls) -> Iterator[tuple[int, datetime]]:
+    """Write each poll from `START` on (the running hour, a late rewrite of an older hour,
+    the days summed); after each, yield its index and instant."""
     now = START
-    first = bucket_start(START - days * 24 * H, TZ)
-    hour = first
-    if coarse:
-        day = calendar_period("day", first, TZ)
-        store.replace_key_usage(day.start, day.end, rows(history), START)
-        hour = day.end
-    while hour < bucket_start(START, TZ):
-        store.replace_key_usage(hour, bucket_end(hour, TZ), rows(history), START)
-        hour = bucket_end(hour, TZ)
     for poll, (minutes, current, late, summed) in enumerate(polls):
         now += timedelta(minutes=5 * minutes)
         running = bucket_start(now, TZ)

@@ -13,7 +13,18 @@ from hypothesis import given
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import Store
 from tests.store.conftest import Stores, examples
-from tests.store.histories import TZ, Cells, H, Polls, cells, replay, rows, steps, windows
+from tests.store.histories import (
+    TZ,
+    Cells,
+    H,
+    Polls,
+    cells,
+    replay,
+    rows,
+    steps,
+    windows,
+    with_history,
+)
 
 
 def same_as_sql(store: Store, now: datetime, top_n: int) -> list[str]:
@@ -30,9 +41,9 @@ def same_as_sql(store: Store, now: datetime, top_n: int) -> list[str]:
 
 def test_kept_cost_windows_equal_sql_with_one_top_key(stores: Stores) -> None:
     def check(history: Cells, polls: Polls) -> None:
-        store = stores.open(stores.new(), exclusive=True, tz=TZ)
+        store = stores.open(with_history(stores, history, days=2), exclusive=True, tz=TZ)
         try:
-            for _, now in replay(store, history, polls, days=2):
+            for _, now in replay(store, polls):
                 same_as_sql(store, now, 1)
                 store.sweep_kept_sums()
         finally:

@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 
 from daemon.rules.windows import bucket_end, bucket_start, calendar_period
 from tests.store.conftest import Stores, examples
-from tests.store.histories import SELECTIONS, TZ, Cells, H, Polls, cells, replay, rows, steps
+from tests.store.histories import (
+    SELECTIONS,
+    TZ,
+    Cells,
+    H,
+    Polls,
+    cells,
+    replay,
+    rows,
+    steps,
+    with_history,
+)
 
 
 def spans(now: datetime) -> list[tuple[datetime, datetime]]:
@@ -29,9 +40,9 @@ def spans(now: datetime) -> list[tuple[datetime, datetime]]:
 
 def test_kept_points_equal_fresh_points(stores: Stores) -> None:
     def check(history: Cells, polls: Polls, compact_at: int) -> None:
-        store = stores.open(stores.new(), exclusive=True, tz=TZ)
+        store = stores.open(with_history(stores, history, days=3), exclusive=True, tz=TZ)
         try:
-            for poll, now in replay(store, history, polls, days=3):
+            for poll, now in replay(store, polls):
                 if poll == compact_at:  # retention drops the oldest hours under a kept range
                     store.compact(now - 20 * H)
                 running = bucket_start(now, TZ)

@@ -10,14 +10,25 @@ from hypothesis import strategies as st
 
 from daemon.rules.windows import bucket_start
 from tests.store.conftest import Stores, examples
-from tests.store.histories import SELECTIONS, TZ, Cells, Polls, cells, replay, steps, windows
+from tests.store.histories import (
+    SELECTIONS,
+    TZ,
+    Cells,
+    Polls,
+    cells,
+    replay,
+    steps,
+    windows,
+    with_history,
+)
 
 
 def test_kept_sums_equal_fresh_sums(stores: Stores) -> None:
     def check(history: Cells, coarse: bool, polls: Polls) -> None:
-        store = stores.open(stores.new(), exclusive=True, tz=TZ)
+        where = with_history(stores, history, days=10, coarse=coarse)
+        store = stores.open(where, exclusive=True, tz=TZ)
         try:
-            for _, now in replay(store, history, polls, days=10, coarse=coarse):
+            for _, now in replay(store, polls):
                 running = bucket_start(now, TZ)
                 spans = windows(now)
                 for selection in SELECTIONS:

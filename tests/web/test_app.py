@@ -25,7 +25,7 @@ from daemon.store import Store
 from daemon.web.app import make_app
 from daemon.web.auth import COOKIE, Auth
 from daemon.web.pages import Site
-from tests.conftest import fill_history
+from tests.conftest import store_with_history
 
 NOW = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 ADMIN = "admin-token-0123456789abcdef"
@@ -50,7 +50,7 @@ def _config(tmp_path: Path, web: str) -> Config:
 
 def _site(tmp_path: Path, web: str = "") -> tuple[Site, Store]:
     config = _config(tmp_path, web)
-    store = Store.open(config.state.path, tz=config.tz)
+    store = store_with_history(config, NOW, tz=config.tz)
     start = NOW.replace(minute=0)
     rows = [
         KeyUsage("k1", "web", "gpt-4o", 40, Decimal("12.5")),
@@ -58,7 +58,6 @@ def _site(tmp_path: Path, web: str = "") -> tuple[Site, Store]:
         KeyUsage("k3", "batch", "gpt-4o", 1, Decimal("1")),
     ]
     store.replace_key_usage(start, start + timedelta(hours=1), rows, NOW)
-    fill_history(store, config, NOW)
     engine = evaluate_rules(store, config, NOW)
     result = CycleResult(
         PollReport(started=NOW),

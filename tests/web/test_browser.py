@@ -52,7 +52,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from daemon.langdock.sim_workspace import DEFAULT_KEYS, SimKey
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
-from tests.processes import Notifications, free_port
+from tests.processes import LOCAL, Notifications, free_port
 from tests.servers import binary
 
 # one daemon and one browser for the module (seconds to start): the module runs early
@@ -160,7 +160,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             # the background, and its completion starts a cycle. Wait for that one too: from
             # then on only the test's reloads start cycles (the page and /metrics stay put).
             notify.next_cycle()
-            health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+            health = LOCAL.get(f"http://127.0.0.1:{port}/healthz").json()
             assert health["state"] == "ready", f"after the backfill's cycle /healthz says {health}"
         yield Daemon(proc, f"http://127.0.0.1:{port}", notify, rules, log, sim, slack)
         proc.send_signal(signal.SIGTERM)
@@ -292,7 +292,7 @@ def _rows(driver: WebDriver, selector: str) -> list[dict[str, Any]]:
 
 def _utilization(daemon: Daemon) -> dict[tuple[str, str], float]:
     """`langdock_budget_utilization_ratio` on /metrics by (rule, scope), for the shown rules."""
-    text = httpx.get(daemon.url("/metrics")).raise_for_status().text
+    text = LOCAL.get(daemon.url("/metrics")).raise_for_status().text
     ratios: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         if family.name != "langdock_budget_utilization_ratio":
@@ -375,7 +375,7 @@ def test_nothing_is_written_without_signing_in(daemon: Daemon, browser: WebDrive
         ("a wrong bearer token", {"Authorization": f"Bearer {'x' * 32}"}, "bearer token is not"),
     ]
     for what, headers, why in cases:
-        answer = httpx.post(daemon.url("/silences"), data=form, headers=headers)
+        answer = LOCAL.post(daemon.url("/silences"), data=form, headers=headers)
         assert answer.status_code == 403, f"{what}: POST /silences answered {answer.status_code}"
         assert why in _refusal(answer), f"{what}: refused with {_refusal(answer)!r}"
 
