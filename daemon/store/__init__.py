@@ -13,12 +13,13 @@ states and their outbox messages are saved together); a facade would forward ~70
 from __future__ import annotations
 
 from daemon.store.alerts import Alerts
+from daemon.store.costs import CostWindows
 from daemon.store.db import DB_ERRORS, BackendError, StoreError, join_nanos, split_nanos
 from daemon.store.fetches import FetchRecord
 from daemon.store.outbox import Outbox, OutboxItem
 from daemon.store.schema import SCHEMA_VERSION
 from daemon.store.silences import Silence, Silences
-from daemon.store.totals import KeyModelTotal, UsageTotals
+from daemon.store.totals import KeyModelTotal
 from daemon.store.usage import UsageWrites
 
 __all__ = [
@@ -36,5 +37,5 @@ __all__ = [
 ]
 
 
-class Store(UsageWrites, UsageTotals, Alerts, Outbox, Silences):
+class Store(UsageWrites, CostWindows, Alerts, Outbox, Silences):
     """One SQLite database file; all methods are synchronous and short."""
