@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from daemon.importer import read_calls
@@ -92,6 +92,12 @@ def unquoted(cell: str) -> str:
     calls,
     st.sampled_from(["UTC", "Asia/Kolkata", "Europe/Berlin", "Australia/Lord_Howe"]),
     st.sampled_from([1, 40, 300, 0]),  # bytes a chunk (0: the default, one chunk here)
+)
+# always: a date in another form than the usual, again in a later chunk
+@example(
+    [(0, "offset", "k1", "", "m", ("1", 1), ("1", 1), ("2", Decimal(2)), ("2", Decimal(2)))] * 2,
+    "UTC",
+    1,
 )
 def test_chunked_import_equals_an_exact_row_by_row_reference(
     rows: list[tuple[int, str, str, str, str, tuple, tuple, tuple, tuple]],
