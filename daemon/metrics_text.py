@@ -37,28 +37,17 @@ def _escape(value: str) -> str:
 
 
 class Prefixes:
-    """Per family, its last text and the text before the value of each of its series. A
-    family whose samples did not change (the limits, the firing alerts: 37,000 of 87,000
-    lines at 1,000 keys) is not written again; the others keep their labels from cycle to
-    cycle (stable ids), so most of their lines only need their value written. Prefixes are
-    kept for the families written in the last snapshot only (a family that stands still
-    holds its text, not both). The collector keeps one of these for all its snapshots."""
-
-    KEPT = 200_000  # per family; keys come and go, so it starts afresh now and then
+    """Per family, its samples and text as last written. A family whose samples did not
+    change (the limits, the firing alerts: 37,000 of 87,000 lines at 1,000 keys) is not
+    written again. The others keep their labels from cycle to cycle (stable ids), so most of
+    their lines only need their value written: the text before a known series' value is
+    taken from the family's last text, for the time of the writing only. Nothing but the
+    text is kept (a kept prefix per line cost 13 MB at 1,000 keys: docs/PERFORMANCE.md).
+    The collector keeps one of these for all its snapshots."""
 
     def __init__(self) -> None:
-        self._families: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
         # name → (help, label names, samples) and their text, as last written
         self.texts: dict[str, tuple[tuple[str, tuple[str, ...], Samples], str]] = {}
-
-    def of(self, name: str, label_names: tuple[str, ...]) -> dict[tuple[str, ...], str]:
-        known = self._families.setdefault((name, label_names), {})
-        if len(known) > self.KEPT:
-            known.clear()
-        return known
-
-    def forget(self, name: str, label_names: tuple[str, ...]) -> None:
-        self._families.pop((name, label_names), None)
 
 
 def gauge_text(
@@ -74,11 +63,27 @@ def gauge_text(
     family = (help_, label_names, samples)
     last = prefixes.texts.get(name)
     if last is not None and last[0] == family:
-        prefixes.forget(name, label_names)  # its lines' prefixes: made again if it changes
         return last[1]
-    text = _family_text(name, help_, label_names, samples, prefixes.of(name, label_names))
+    known = _known_prefixes(last, label_names) if last is not None else {}
+    text = _family_text(name, help_, label_names, samples, known)
     prefixes.texts[name] = (family, text)
     return text
+
+
+def _known_prefixes(
+    last: tuple[tuple[str, tuple[str, ...], Samples], str], label_names: tuple[str, ...]
+) -> dict[tuple[str, ...], str]:
+    """Each series' text before its value, as in the family's last text: a line per sample
+    after the two header lines, in the samples' order (label values and help are escaped,
+    so no line holds a newline of its own; a value's text holds no space)."""
+    (_, names, samples), text = last
+    if names != label_names or not names:
+        return {}
+    lines = text.split("\n")[2:-1]  # the text ends with a newline
+    return {
+        values: line[: line.rindex(" ") + 1]
+        for (values, _), line in zip(samples, lines, strict=True)
+    }
 
 
 def _family_text(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -145,11 +146,13 @@ def refiner_config(tmp_path: Path, base_url: str, window: str = "24h") -> Config
     return load_config(tmp_path / "config.yaml", {})
 
 
-async def spin(until: Callable[[], bool], turns: int = 5000) -> None:
-    for _ in range(turns):
-        if until():
-            return
-        await asyncio.sleep(0)
+async def spin(until: Callable[[], bool], within: float = 30.0) -> None:
+    """Let the loop run until ``until()`` holds. Not a timing: the bound only stops a broken
+    test (fetches go over real loopback HTTP, whose turns of the loop a busy machine makes
+    many more of than a quiet one)."""
+    deadline = time.monotonic() + within
+    while not until() and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
 
 
 async def test_one_damaged_hour_does_not_stop_the_background_backfill(tmp_path: Path) -> None:
