@@ -11,7 +11,13 @@ from math import ceil
 from typing import Literal, overload
 from zoneinfo import ZoneInfo
 
-from daemon.rules.budget_conditions import budget_conditions
+from daemon.rules.budget_conditions import (
+    NOTHING,
+    BudgetConditions,
+    budget_conditions,
+    decode,
+    outcome,
+)
 from daemon.rules.members import MemberUsage
 from daemon.rules.schema import BudgetRule
 from daemon.rules.series import NANOS, Raw, Series, ts
@@ -80,9 +86,10 @@ class BudgetTable(Sequence[BudgetEvaluation]):
 
     A rule over 10,000 keys has 10,000 spends here, but only the members that can move an
     alert (at or above the lowest threshold, or with stored alert state) and the members of
-    forecast rules have `conditions` worked out; a member's `BudgetEvaluation` is made when
-    a message, a report or the metrics ask for it (the engine steps conditions, and a steady
-    cycle asks for almost none). As a sequence it holds every member's evaluation, by id.
+    forecast rules have an `outcome` worked out (`daemon.rules.budget_conditions`); a
+    member's `BudgetEvaluation`, its conditions with it, is made when a message, a report or
+    the metrics ask for it (the engine steps alerts from the outcomes, and a steady cycle
+    asks for almost none). As a sequence it holds every member's evaluation, by id.
     """
 
     rule: str
@@ -94,7 +101,8 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     members: list[MemberUsage]
     raw_spends: list[Raw]  # in the members' series units (nano-dollars for usd)
     scale: int
-    conditions: dict[int, tuple[Condition, ...]]  # member index → its conditions (see above)
+    outcomes: dict[int, int]  # member index → its outcome (`NOTHING`: no conditions)
+    thresholds: BudgetConditions  # the rule's thresholds in this period
     forecasts: dict[int, Forecast | None]  # member index → its forecast (forecast rules)
     ranking: Callable[[], list[int]]  # member indexes, the biggest spend first
     indexes_of: Callable[[Iterable[str]], set[int]]  # member ids → their indexes
@@ -102,8 +110,15 @@ class BudgetTable(Sequence[BudgetEvaluation]):
 
     @property
     def evaluated(self) -> dict[int, BudgetEvaluation]:
-        """The evaluations of the members with conditions worked out (made now)."""
-        return {i: self[i] for i in self.conditions}
+        """The evaluations of the members with an outcome worked out (made now)."""
+        return {i: self[i] for i in self.outcomes}
+
+    def conditions_of(self, index: int) -> tuple[Condition, ...]:
+        """The conditions of member ``index`` (made now; none without an outcome)."""
+        code = self.outcomes.get(index, NOTHING)
+        if code == NOTHING:
+            return ()
+        return self.thresholds.of_reached(self.members[index].member.id, *decode(code))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -130,7 +145,7 @@ class BudgetTable(Sequence[BudgetEvaluation]):
                 Decimal(self.raw_spends[index]).scaleb(-self.scale),
                 self.limit,
                 self.forecasts.get(index),
-                self.conditions.get(index, ()),
+                self.conditions_of(index),
                 usage,
             )
         return made
@@ -171,7 +186,6 @@ def evaluate_budget(
         else rule.severity
     )
     kept = budget_conditions(rule.name, period.id, levels, forecast_severity)
-    kept.forget_beyond(len(members))
     exact = [level.scaleb(scale) for level in kept.sorted_levels]  # in raw units
     whole = [ceil(level) for level in exact]  # an integer total reaches a level at its ceiling
     candidates: Iterable[int]
@@ -182,12 +196,11 @@ def evaluate_budget(
         if stateful:
             hot |= window.indexes_of(stateful)
         candidates = sorted(hot)
-    conditions: dict[int, tuple[Condition, ...]] = {}
+    outcomes: dict[int, int] = {}
     forecasts: dict[int, Forecast | None] = {}
     for i in candidates:
         raw = raw_spends[i]
         reached = bisect_right(whole, raw) if type(raw) is int else bisect_right(exact, raw)
-        member_id = members[i].member.id
         holds: bool | None = None  # the forecast condition's outcome (None: none)
         over = False  # the forecast reaches the limit
         if forecasting:
@@ -205,10 +218,15 @@ def evaluate_budget(
             if forecast is not None:
                 over = forecast.projected >= limit
                 holds = over and spend < limit
-        if reached == 0 and not over and stateful is not None and member_id not in stateful:
-            conditions[i] = ()
+        if (
+            reached == 0
+            and not over
+            and stateful is not None
+            and members[i].member.id not in stateful
+        ):
+            outcomes[i] = NOTHING
         else:
-            conditions[i] = kept.of_reached(member_id, reached, holds)
+            outcomes[i] = outcome(reached, holds)
     return BudgetTable(
         rule.name,
         rule.window,
@@ -219,7 +237,8 @@ def evaluate_budget(
         members,
         raw_spends,
         scale,
-        conditions,
+        outcomes,
+        kept,
         forecasts,
         window.ranking,
         window.indexes_of,

@@ -1,13 +1,14 @@
-"""A budget rule's conditions per member, made once and reused from cycle to cycle.
+"""A budget rule's thresholds in one period, and its members' outcomes against them.
 
 What a budget member's conditions are depends only on the rule, the window's period, the
 member and which thresholds its spend reached (and whether its forecast holds): not on the
-spend itself. With 10,000 keys a cycle makes the same 20,000-330,000 conditions as the cycle
-before (a member over its limit stays there for days), so each (member, outcome) gets its
-tuple of `Condition`s once per period and later cycles reuse it: equal values (conditions are
-immutable), no new objects to make or for the garbage collector to walk. The engine stays
-pure: the same input gives equal output whether the tuple is new or kept.
-tests/rules/test_fast_paths.py holds it to the conditions made directly.
+spend itself. So a member's outcome is one small integer (`outcome`): the thresholds reached
+and the forecast's outcome. The engine steps alerts from it without making a `Condition`
+(an alert that holds no state and whose condition does not hold needs no step at all), and a
+member's `Condition`s are made only when its evaluation is asked for (`of_reached`). With
+10,000 keys, keeping every member's conditions from cycle to cycle had cost 86 MB
+(docs/PERFORMANCE.md). tests/rules/test_fast_paths.py holds the conditions to the ones made
+directly and the engine's steps to the steps of the conditions.
 """
 
 from __future__ import annotations
@@ -21,30 +22,39 @@ from daemon.rules.types import Condition, Severity
 # (threshold name, the spend it takes, its severity), in the rule's order
 Levels = list[tuple[str, Decimal, Severity]]
 
-RULES_KEPT = 10_000  # rules with kept conditions (renamed rules leave theirs behind)
+RULES_KEPT = 10_000  # rules with kept thresholds (renamed rules leave theirs behind)
+
+NOTHING = -1  # the outcome of a member with nothing to step (no condition worth a look)
+_FORECASTS: tuple[bool | None, ...] = (None, False, True)
+
+
+def outcome(reached: int, forecast: bool | None) -> int:
+    """A member's outcome as one integer (small: the same object for every member)."""
+    return reached * 3 + _FORECASTS.index(forecast)
+
+
+def decode(code: int) -> tuple[int, bool | None]:
+    """The thresholds reached and the forecast's outcome (None: no forecast condition)."""
+    reached, forecast = divmod(code, 3)
+    return reached, _FORECASTS[forecast]
 
 
 class BudgetConditions:
-    """The conditions of one rule's members in one period."""
+    """The thresholds of one rule in one period."""
 
-    __slots__ = (
-        "_made",
-        "_order",
-        "forecast_severity",
-        "levels",
-        "period",
-        "rule",
-        "sorted_levels",
-    )
+    __slots__ = ("forecast_severity", "holding", "levels", "period", "rule", "sorted_levels")
 
     def __init__(self, rule: str, period: str, levels: Levels, forecast_severity: Severity) -> None:
         self.rule, self.period, self.levels = rule, period, levels
         self.forecast_severity = forecast_severity
         # which thresholds a spend reached is how many of the sorted levels it is at or over
-        self._order = sorted(range(len(levels)), key=lambda i: levels[i][1])
-        self.sorted_levels = [levels[i][1] for i in self._order]
-        # member → (thresholds reached, the forecast's outcome, its conditions): the last made
-        self._made: dict[str, tuple[int, bool | None, tuple[Condition, ...]]] = {}
+        order = sorted(range(len(levels)), key=lambda i: levels[i][1])
+        self.sorted_levels = [levels[i][1] for i in order]
+        # thresholds reached → whether each threshold holds, in the rule's order
+        self.holding = [
+            tuple(i in order[:reached] for i in range(len(levels)))
+            for reached in range(len(levels) + 1)
+        ]
 
     def of(self, member_id: str, spend: Decimal, forecast: bool | None) -> tuple[Condition, ...]:
         """The member's conditions at ``spend``: each threshold holds when ``spend`` is at or
@@ -55,26 +65,9 @@ class BudgetConditions:
         self, member_id: str, reached: int, forecast: bool | None
     ) -> tuple[Condition, ...]:
         """`of`, for a spend that reached the ``reached`` lowest levels (`sorted_levels`)."""
-        made = self._made.get(member_id)
-        if made is None or made[0] != reached or made[1] is not forecast:
-            made = self._made[member_id] = (
-                reached,
-                forecast,
-                self._make(member_id, reached, forecast),
-            )
-        return made[2]
-
-    def forget_beyond(self, members: int) -> None:
-        """Members come and go (a rolling window's period never ends): past twice the
-        members evaluated, start afresh."""
-        if len(self._made) > 2 * members + 1_000:
-            self._made.clear()
-
-    def _make(self, member_id: str, reached: int, forecast: bool | None) -> tuple[Condition, ...]:
-        holding = set(self._order[:reached])
         conditions = [
-            Condition(AlertKey(self.rule, member_id, name, self.period), i in holding, severity)
-            for i, (name, _, severity) in enumerate(self.levels)
+            Condition(AlertKey(self.rule, member_id, name, self.period), holds, severity)
+            for (name, _, severity), holds in zip(self.levels, self.holding[reached], strict=True)
         ]
         if forecast is not None:
             conditions.append(
@@ -93,7 +86,7 @@ _KEPT: dict[str, BudgetConditions] = {}
 def budget_conditions(
     rule: str, period: str, levels: Levels, forecast_severity: Severity
 ) -> BudgetConditions:
-    """The kept conditions of ``rule`` in ``period`` (new ones when the period or the rule's
+    """The kept thresholds of ``rule`` in ``period`` (new ones when the period or the rule's
     thresholds changed)."""
     kept = _KEPT.get(rule)
     if (

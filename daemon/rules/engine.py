@@ -22,10 +22,12 @@ from daemon.rules.budget import (
     budget_metric,
     evaluate_budget,
 )
+from daemon.rules.budget_conditions import NOTHING, decode
 from daemon.rules.lifecycle import (
     AlertKey,
     AlertState,
     Transition,
+    alert_id,
     end_period,
     step,
     step_firing,
@@ -35,7 +37,6 @@ from daemon.rules.lifecycle import (
 from daemon.rules.new_member import NewMemberEvaluation, evaluate_new_member
 from daemon.rules.schema import AnomalyRule, AnyRule, BudgetRule
 from daemon.rules.selection import UsageNeed
-from daemon.rules.types import Condition
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start, is_calendar, window_period
 
@@ -160,9 +161,9 @@ def evaluate(
             table = evaluate_budget(rule, usage, now, tz, stateful.get(rule.name, set()))
             result.per_rule.append(table)
             if rule.name not in warming:  # else its alerts stand still (carried over below)
-                for i, conditions in table.conditions.items():
-                    if conditions:
-                        _step(result, rule, conditions, table, i, previous, now, seen)
+                for i, code in table.outcomes.items():
+                    if code != NOTHING:
+                        _step_budget(result, rule, table, i, code, previous, now, seen)
             continue
         evaluations: Sequence[Evaluation]
         if isinstance(rule, AnomalyRule):
@@ -173,7 +174,7 @@ def evaluate(
         result.evaluations.extend(evaluations)
         if rule.name not in warming:
             for evaluation in evaluations:
-                _step(result, rule, evaluation.conditions, evaluation, 0, previous, now, seen)
+                _step(result, rule, evaluation, previous, now, seen)
     for key_id, state in previous.items():
         if key_id in seen:
             continue
@@ -206,17 +207,13 @@ def evaluate(
 def _step(
     result: EngineResult,
     rule: AnyRule,
-    conditions: Sequence[Condition],
-    source: BudgetTable | Evaluation,
-    index: int,
+    evaluation: Evaluation,
     previous: Mapping[str, AlertState],
     now: datetime,
     seen: set[str],
 ) -> None:
-    """One member's alerts one step on. Its evaluation (``source``, or the member ``index``
-    of a budget table) is made only where a transition or a forecast needs it."""
-    stepped: dict[str, AlertState | None] = {}
-    for condition in conditions:
+    """One anomaly or new member's alerts one step on."""
+    for condition in evaluation.conditions:
         key_id = condition.key.id
         seen.add(key_id)
         before = previous.get(key_id)
@@ -240,23 +237,67 @@ def _step(
                 rule.keep_firing_for,
                 condition.severity,
             )
-        if condition.key.condition == "forecast" and before is not None:
-            evaluation = _evaluation(source, index)
-            if (
-                isinstance(evaluation, BudgetEvaluation)
-                and before.status == "firing"
-                and evaluation.spend >= evaluation.limit
-            ):
-                state, transition = _forecast_reached(evaluation, before, stepped, now)
-        stepped[condition.key.condition] = state
+        _keep(result, key_id, state, transition, evaluation)
+
+
+def _step_budget(
+    result: EngineResult,
+    rule: BudgetRule,
+    table: BudgetTable,
+    index: int,
+    code: int,
+    previous: Mapping[str, AlertState],
+    now: datetime,
+    seen: set[str],
+) -> None:
+    """One budget member's alerts one step on, from its outcome (the thresholds it reached,
+    the forecast's outcome): its thresholds in the rule's order, then its forecast, as its
+    conditions list them. An alert with no state whose condition does not hold is not
+    stepped (`step` would keep nothing and say nothing); the others are looked up by id, and
+    a key is made only for an alert that starts. The member's evaluation is made only where
+    a transition or a forecast needs it. The same as stepping the member's conditions
+    (tests/rules/test_fast_paths.py)."""
+    thresholds = table.thresholds
+    member = table.members[index].member.id
+    reached, forecast = decode(code)
+    stepped: dict[str, AlertState | None] = {}  # condition → its new state
+    steps = [
+        (name, holds, severity)
+        for (name, _, severity), holds in zip(
+            thresholds.levels, thresholds.holding[reached], strict=True
+        )
+    ]
+    if forecast is not None:
+        steps.append(("forecast", forecast, thresholds.forecast_severity))
+    for name, holds, severity in steps:
+        before = previous.get(alert_id(rule.name, member, name, thresholds.period))
+        if before is None:
+            if not holds:
+                continue
+            key = AlertKey(rule.name, member, name, thresholds.period)
+            state, transition = step(
+                None,
+                key,
+                True,
+                now,
+                for_=rule.for_,
+                keep_firing_for=rule.keep_firing_for,
+                severity=severity,
+            )
+        else:
+            seen.add(before.key.id)
+            state, transition = step_firing(
+                before, before.key, holds, now, rule.for_, rule.keep_firing_for, severity
+            )
+            if name == "forecast":
+                evaluation = table[index]
+                if before.status == "firing" and evaluation.spend >= evaluation.limit:
+                    state, transition = _forecast_reached(evaluation, before, stepped, now)
+        stepped[name] = state
         if state is not None:
-            result.states[key_id] = state
+            result.states[state.key.id] = state
         if transition is not None:
-            result.notices.append(Notice(transition, _evaluation(source, index)))
-
-
-def _evaluation(source: BudgetTable | Evaluation, index: int) -> Evaluation:
-    return source[index] if isinstance(source, BudgetTable) else source
+            result.notices.append(Notice(transition, table[index]))
 
 
 def _forecast_reached(

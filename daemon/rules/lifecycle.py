@@ -32,9 +32,8 @@ class AlertKey:
     id: str = field(init=False, compare=False, repr=False)  # the four joined, computed once
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "id", "|".join((self.rule, self.member, self.condition, self.period))
-        )
+        joined = alert_id(self.rule, self.member, self.condition, self.period)
+        object.__setattr__(self, "id", joined)
 
     @classmethod
     def parse(cls, alert_id: str) -> AlertKey:
@@ -43,6 +42,11 @@ class AlertKey:
         rule, _, rest = alert_id.partition("|")
         member, condition, period = rest.rsplit("|", 2) if rest.count("|") >= 2 else (rest, "", "")
         return cls(rule, member, condition, period)
+
+
+def alert_id(rule: str, member: str, condition: str, period: str) -> str:
+    """The `AlertKey.id` of these four, without a key (the engine looks states up by it)."""
+    return "|".join((rule, member, condition, period))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,33 @@
 """The engine's fast paths (docs/PERFORMANCE.md, "Steady state") against the reference each
-one stands in for, at random instants and inputs: the steady firing step, the budget
-conditions kept from cycle to cycle, a whole engine run that reuses kept conditions against
-one that starts afresh; and the slotted evaluation."""
+one stands in for, at random instants and inputs: the steady firing step, a budget member's
+conditions made from its outcome, a whole engine run that steps budget alerts from outcomes
+against one that steps every condition; and the slotted evaluation."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.rules import budget_conditions as kept_conditions
-from daemon.rules.budget import BudgetEvaluation, ExpectedMemo, evaluate_budget, project
-from daemon.rules.budget_conditions import BudgetConditions, Levels
-from daemon.rules.engine import evaluate
+from daemon.rules import engine
+from daemon.rules.budget import (
+    BudgetEvaluation,
+    BudgetTable,
+    ExpectedMemo,
+    evaluate_budget,
+    project,
+)
+from daemon.rules.budget_conditions import NOTHING, BudgetConditions, Levels, decode, outcome
+from daemon.rules.engine import EngineResult, Notice, evaluate
 from daemon.rules.lifecycle import AlertKey, AlertState, step, step_firing
+from daemon.rules.schema import BudgetRule
 from daemon.rules.series import Series
 from daemon.rules.types import Condition, Member
 from daemon.rules.windows import Period, window_period
@@ -116,9 +126,14 @@ def test_kept_conditions_start_afresh_with_a_new_period_or_new_thresholds() -> N
     assert newer.of("k1", Decimal(9), None)[0].key == AlertKey(
         "fast-path-rule", "k1", "90", "2026-12"
     )
-    newer.of("k2", Decimal(1), None)
-    newer.forget_beyond(0)  # under 1,000 remembered: kept
-    assert newer.of("k1", Decimal(9), None)[0].holds
+    assert not newer.of("k2", Decimal(1), None)[0].holds
+
+
+@given(st.integers(0, 4), st.none() | st.booleans())
+def test_an_outcome_is_its_thresholds_and_forecast(reached: int, forecast: bool | None) -> None:
+    code = outcome(reached, forecast)
+    assert decode(code) == (reached, forecast) and code != NOTHING
+    assert code is outcome(reached, forecast)  # a small integer: one object for all members
 
 
 @given(money, money, st.none() | money, st.booleans())
@@ -163,26 +178,77 @@ def test_slotted_evaluations_behave_as_the_dataclasses_they_were(
 TZ = ZoneInfo("Europe/Berlin")
 
 
+def reference_step_budget(
+    result: EngineResult,
+    rule: BudgetRule,
+    table: BudgetTable,
+    index: int,
+    code: int,
+    previous: Mapping[str, AlertState],
+    now: datetime,
+    seen: set[str],
+) -> None:
+    """How the engine stepped a budget member before outcomes: every condition of its
+    evaluation, with `step`, the forecast come true superseded."""
+    evaluation = table[index]
+    stepped: dict[str, AlertState | None] = {}
+    for condition in evaluation.conditions:
+        key_id = condition.key.id
+        seen.add(key_id)
+        before = previous.get(key_id)
+        state, transition = step(
+            before,
+            condition.key,
+            condition.holds,
+            now,
+            for_=rule.for_,
+            keep_firing_for=rule.keep_firing_for,
+            severity=condition.severity,
+        )
+        if (
+            condition.key.condition == "forecast"
+            and before is not None
+            and before.status == "firing"
+            and evaluation.spend >= evaluation.limit
+        ):
+            state, transition = engine._forecast_reached(evaluation, before, stepped, now)
+        stepped[condition.key.condition] = state
+        if state is not None:
+            result.states[key_id] = state
+        if transition is not None:
+            result.notices.append(Notice(transition, evaluation))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.integers(0, 40), min_size=3, max_size=3),  # each key's cents an hour
     st.sampled_from(["day", "week", "month", "24h", "7d"]),
     st.lists(st.integers(1, 60 * 24 * 3), min_size=1, max_size=4),  # minutes between cycles
-    st.sampled_from([[Decimal(100)], [Decimal(50), Decimal(100)], [Decimal(90), Decimal(80)]]),
+    st.sampled_from(
+        [
+            [Decimal(100)],
+            [Decimal(50), Decimal(100)],
+            [Decimal(90), Decimal(80)],
+            [Decimal(120), Decimal(100), Decimal(50)],
+        ]
+    ),
     st.booleans(),
     st.sampled_from([timedelta(0), H]),
+    st.sampled_from([timedelta(0), 2 * H]),
 )
-def test_an_engine_run_with_kept_conditions_is_a_fresh_one(
+def test_an_engine_run_stepping_outcomes_is_one_stepping_conditions(
     cents: list[int],
     window: str,
     gaps: list[int],
     thresholds: list[Decimal],
     forecast: bool,
     for_: timedelta,
+    keep_firing_for: timedelta,
 ) -> None:
     """Cycles at random instants (across midnights, week and month ends), alert states
-    carried from cycle to cycle: each cycle's result equals the one computed with nothing
-    kept from the cycles before."""
+    carried from cycle to cycle: each cycle's result equals the one that steps every
+    condition of every member's evaluation (`reference_step_budget`), and the one computed
+    with nothing kept from the cycles before."""
     start = datetime(2026, 10, 25, tzinfo=UTC)
     end = datetime(2026, 12, 5, tzinfo=UTC)
     usage = index(
@@ -200,13 +266,20 @@ def test_an_engine_run_with_kept_conditions_is_a_fresh_one(
         limit_usd=5,
         thresholds=thresholds,
         forecast=forecast and calendar,
-        **{"for": f"{int(for_.total_seconds())}s"},
+        **{
+            "for": f"{int(for_.total_seconds())}s",
+            "keep_firing_for": f"{int(keep_firing_for.total_seconds())}s",
+        },
     )
     now = datetime(2026, 11, 29, 20, 7, tzinfo=UTC)
     states: dict[str, AlertState] = {}
     for gap in gaps:
         now += timedelta(minutes=gap)
         kept = evaluate([rule], usage, states, now, TZ)
+        with patch.object(engine, "_step_budget", reference_step_budget):
+            reference = evaluate([rule], usage, states, now, TZ)
+        assert kept.states == reference.states
+        assert kept.notices == reference.notices
         kept_conditions._KEPT.clear()
         fresh = evaluate([rule], usage, states, now, TZ)
         assert kept.states == fresh.states
