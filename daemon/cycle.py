@@ -219,7 +219,7 @@ def evaluate_rules(
         "rules_evaluated",
         rules=len(config.rules),
         # anomaly and new-member members, and the budget members that can move an alert
-        evaluations=len(result.evaluations) + sum(len(t.outcomes) for t in result.budget_tables),
+        evaluations=len(result.evaluations) + sum(len(t.worked) for t in result.budget_tables),
         firing=len(result.firing),
         transitions=len(result.notices),
         queued_notifications=len(outbox),

@@ -10,6 +10,7 @@ to join on. A family's unit is in its name (``_usd``, ``_requests``, ``_tokens``
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +20,7 @@ from daemon.metrics_text import Samples
 from daemon.rules.anomaly import AnomalyEvaluation
 from daemon.rules.budget import BudgetEvaluation, BudgetTable, Unit
 from daemon.rules.engine import EngineResult
-from daemon.rules.lifecycle import AlertKey
+from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.types import WORKSPACE, Member, Metric
 
 OTHER = "other"
@@ -171,12 +172,21 @@ def bounded_anomalies(result: EngineResult, top_n: int) -> tuple[AnomalyEvaluati
     return tuple(shown)
 
 
-def firing_series(result: EngineResult) -> tuple[tuple[str, str, str, str], ...]:
-    """(rule, scope, condition, severity) of every firing alert."""
+FiringSeries = tuple[tuple[str, str, str, str], ...]
+
+
+def firing_series(
+    firing: Sequence[AlertState], last: tuple[Sequence[AlertState], FiringSeries] = ((), ())
+) -> FiringSeries:
+    """(rule, scope, condition, severity) of every ``firing`` alert, sorted. ``last``: the
+    states the last series were made of, and those series: kept while the states are the
+    same objects (a steady alert stays the same object; 170,000 at 10,000 keys, sorted anew
+    every cycle, were 25 MB made while the last ones were still shown)."""
+    states, series = last
+    if len(states) == len(firing) and all(map(operator.is_, states, firing)):
+        return series
     return tuple(
-        sorted(
-            (s.key.rule, scope_id(s.key.member), s.key.condition, s.severity) for s in result.firing
-        )
+        sorted((s.key.rule, scope_id(s.key.member), s.key.condition, s.severity) for s in firing)
     )
 
 

@@ -24,6 +24,7 @@ from daemon.langdock.checks import REASONS as REJECT_REASONS
 from daemon.metric_series import BudgetRow, CostSeries, Family, series_families
 from daemon.metrics_text import Prefixes, gauge_text
 from daemon.rules.anomaly import AnomalyEvaluation
+from daemon.rules.lifecycle import AlertState
 
 EXPORTS = ("api-keys", "models")
 # Slack outcomes (`SelfReport._count_delivery`): published at 0 from the start, so rate() and
@@ -64,6 +65,8 @@ class Snapshot:
     budgets: tuple[BudgetRow, ...] = ()  # the budget members shown (`budget_rows`)
     anomalies: tuple[AnomalyEvaluation, ...] = ()
     firing: tuple[tuple[str, str, str, str], ...] = ()  # rule, scope, condition, severity
+    # the firing alerts `firing` was made of (`metric_series.firing_series`: kept while same)
+    firing_states: tuple[AlertState, ...] = field(default=(), compare=False, repr=False)
     silenced: tuple[tuple[str, str], ...] = ()
     outbox_pending: int = 0
     store_bytes: int = 0

@@ -115,7 +115,7 @@ class SelfReport:
             self.collector.snapshot = replace(self.collector.snapshot, stats=deepcopy(self.stats))
             return
         self.collector.snapshot = build_snapshot(
-            result, self.stats, self.progress, self.collector.prefixes
+            result, self.stats, self.progress, self.collector.prefixes, self.collector.snapshot
         )
         self.latest = result
 

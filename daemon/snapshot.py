@@ -30,20 +30,25 @@ def build_snapshot(
     stats: Stats,
     progress: BackfillProgress | None,
     prefixes: Prefixes | None = None,
+    last: Snapshot | None = None,
 ) -> Snapshot:
-    """``result.published`` must be loaded (``run_cycle(..., metrics=True)``)."""
+    """``result.published`` must be loaded (``run_cycle(..., metrics=True)``); ``last``: the
+    snapshot it replaces (what did not change is taken from it)."""
     shown = result.published
     if shown is None:
         raise ValueError("the cycle loaded nothing for the metrics (run_cycle metrics=True)")
     costs = cost_series(shown.costs)
     warming = result.readiness.warming if result.readiness is not None else {}
+    firing = tuple(result.engine.firing)
+    kept = (last.firing_states, last.firing) if last is not None else ((), ())
     return Snapshot(
         silenced=silenced_series(shown.silenced),
         costs=costs,
         key_names=key_names(costs, shown.key_names),
         budgets=budget_rows(result.engine.budget_tables, shown.top_keys),
         anomalies=bounded_anomalies(result.engine, shown.top_keys),
-        firing=firing_series(result.engine),
+        firing=firing_series(firing, kept),
+        firing_states=firing,
         **outbox_fields(shown.outbox),
         store_bytes=shown.store_bytes,
         stats=deepcopy(stats),  # a scrape never sees the next cycle's counters with these series

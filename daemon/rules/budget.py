@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -101,7 +102,8 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     members: list[MemberUsage]
     raw_spends: list[Raw]  # in the members' series units (nano-dollars for usd)
     scale: int
-    outcomes: dict[int, int]  # member index → its outcome (`NOTHING`: no conditions)
+    worked: array[int]  # the indexes of the members with an outcome, ascending
+    outcomes: array[int]  # their outcomes, in the same order (`NOTHING`: no conditions)
     thresholds: BudgetConditions  # the rule's thresholds in this period
     forecasts: dict[int, Forecast | None]  # member index → its forecast (forecast rules)
     ranking: Callable[[], list[int]]  # member indexes, the biggest spend first
@@ -111,11 +113,14 @@ class BudgetTable(Sequence[BudgetEvaluation]):
     @property
     def evaluated(self) -> dict[int, BudgetEvaluation]:
         """The evaluations of the members with an outcome worked out (made now)."""
-        return {i: self[i] for i in self.outcomes}
+        return {i: self[i] for i in self.worked}
 
     def conditions_of(self, index: int) -> tuple[Condition, ...]:
         """The conditions of member ``index`` (made now; none without an outcome)."""
-        code = self.outcomes.get(index, NOTHING)
+        at = bisect_left(self.worked, index)
+        if at == len(self.worked) or self.worked[at] != index:
+            return ()
+        code = self.outcomes[at]
         if code == NOTHING:
             return ()
         return self.thresholds.of_reached(self.members[index].member.id, *decode(code))
@@ -196,7 +201,8 @@ def evaluate_budget(
         if stateful:
             hot |= window.indexes_of(stateful)
         candidates = sorted(hot)
-    outcomes: dict[int, int] = {}
+    # 8 bytes a member worked out (a dict of 330,000 members had cost 20 MB at 10,000 keys)
+    worked, outcomes = array("i"), array("I")
     forecasts: dict[int, Forecast | None] = {}
     for i in candidates:
         raw = raw_spends[i]
@@ -224,9 +230,11 @@ def evaluate_budget(
             and stateful is not None
             and members[i].member.id not in stateful
         ):
-            outcomes[i] = NOTHING
+            code = NOTHING
         else:
-            outcomes[i] = outcome(reached, holds)
+            code = outcome(reached, holds)
+        worked.append(i)
+        outcomes.append(code)
     return BudgetTable(
         rule.name,
         rule.window,
@@ -237,6 +245,7 @@ def evaluate_budget(
         members,
         raw_spends,
         scale,
+        worked,
         outcomes,
         kept,
         forecasts,

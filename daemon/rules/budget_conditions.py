@@ -24,12 +24,12 @@ Levels = list[tuple[str, Decimal, Severity]]
 
 RULES_KEPT = 10_000  # rules with kept thresholds (renamed rules leave theirs behind)
 
-NOTHING = -1  # the outcome of a member with nothing to step (no condition worth a look)
+NOTHING = 2**32 - 1  # the outcome of a member with nothing to step (in an array of "I")
 _FORECASTS: tuple[bool | None, ...] = (None, False, True)
 
 
 def outcome(reached: int, forecast: bool | None) -> int:
-    """A member's outcome as one integer (small: the same object for every member)."""
+    """A member's outcome as one integer (kept in an unsigned 32-bit array)."""
     return reached * 3 + _FORECASTS.index(forecast)
 
 

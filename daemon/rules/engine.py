@@ -161,7 +161,7 @@ def evaluate(
             table = evaluate_budget(rule, usage, now, tz, stateful.get(rule.name, set()))
             result.per_rule.append(table)
             if rule.name not in warming:  # else its alerts stand still (carried over below)
-                for i, code in table.outcomes.items():
+                for i, code in zip(table.worked, table.outcomes, strict=True):
                     if code != NOTHING:
                         _step_budget(result, rule, table, i, code, previous, now, seen)
             continue
