@@ -22,6 +22,9 @@ from daemon.rules.types import Condition, Severity
 # (threshold name, the spend it takes, its severity), in the rule's order
 Levels = list[tuple[str, Decimal, Severity]]
 
+# (condition, holds, severity, the end of the alert id): one alert's step (`steps`)
+Step = tuple[str, bool, Severity, str]
+
 RULES_KEPT = 10_000  # rules with kept thresholds (renamed rules leave theirs behind)
 
 NOTHING = 2**32 - 1  # the outcome of a member with nothing to step (in an array of "I")
@@ -42,7 +45,15 @@ def decode(code: int) -> tuple[int, bool | None]:
 class BudgetConditions:
     """The thresholds of one rule in one period."""
 
-    __slots__ = ("forecast_severity", "holding", "levels", "period", "rule", "sorted_levels")
+    __slots__ = (
+        "forecast_severity",
+        "holding",
+        "levels",
+        "period",
+        "rule",
+        "sorted_levels",
+        "steps",
+    )
 
     def __init__(self, rule: str, period: str, levels: Levels, forecast_severity: Severity) -> None:
         self.rule, self.period, self.levels = rule, period, levels
@@ -55,6 +66,19 @@ class BudgetConditions:
             tuple(i in order[:reached] for i in range(len(levels)))
             for reached in range(len(levels) + 1)
         ]
+        # outcome → the engine's steps of a member (`daemon.rules.engine._step_budget`): per
+        # condition, as its conditions list them, (condition, holds, severity, the end of its
+        # alert id after "rule|member|")
+        self.steps = [self._steps(*decode(code)) for code in range(3 * (len(levels) + 1))]
+
+    def _steps(self, reached: int, forecast: bool | None) -> tuple[Step, ...]:
+        steps = [
+            (name, holds, severity, f"{name}|{self.period}")
+            for (name, _, severity), holds in zip(self.levels, self.holding[reached], strict=True)
+        ]
+        if forecast is not None:
+            steps.append(("forecast", forecast, self.forecast_severity, f"forecast|{self.period}"))
+        return tuple(steps)
 
     def of(self, member_id: str, spend: Decimal, forecast: bool | None) -> tuple[Condition, ...]:
         """The member's conditions at ``spend``: each threshold holds when ``spend`` is at or

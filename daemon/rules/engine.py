@@ -22,12 +22,11 @@ from daemon.rules.budget import (
     budget_metric,
     evaluate_budget,
 )
-from daemon.rules.budget_conditions import NOTHING, decode
+from daemon.rules.budget_conditions import NOTHING
 from daemon.rules.lifecycle import (
     AlertKey,
     AlertState,
     Transition,
-    alert_id,
     end_period,
     step,
     step_firing,
@@ -259,18 +258,10 @@ def _step_budget(
     (tests/rules/test_fast_paths.py)."""
     thresholds = table.thresholds
     member = table.members[index].member.id
-    reached, forecast = decode(code)
     stepped: dict[str, AlertState | None] = {}  # condition → its new state
-    steps = [
-        (name, holds, severity)
-        for (name, _, severity), holds in zip(
-            thresholds.levels, thresholds.holding[reached], strict=True
-        )
-    ]
-    if forecast is not None:
-        steps.append(("forecast", forecast, thresholds.forecast_severity))
-    for name, holds, severity in steps:
-        before = previous.get(alert_id(rule.name, member, name, thresholds.period))
+    id_start = f"{rule.name}|{member}|"  # `alert_id`: the rule, the member, the condition...
+    for name, holds, severity, id_end in thresholds.steps[code]:
+        before = previous.get(id_start + id_end)
         if before is None:
             if not holds:
                 continue

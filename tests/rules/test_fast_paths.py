@@ -130,6 +130,32 @@ def test_kept_conditions_start_afresh_with_a_new_period_or_new_thresholds() -> N
     assert not newer.of("k2", Decimal(1), None)[0].holds
 
 
+@given(
+    st.lists(st.decimals(1, 150, places=1), min_size=1, max_size=4, unique=True),
+    st.sampled_from(["k1", "k|2", ""]),
+    st.none() | st.booleans(),
+    st.data(),
+)
+def test_a_members_steps_are_its_conditions(
+    thresholds: list[Decimal], member: str, forecast: bool | None, data: st.DataObject
+) -> None:
+    """What the engine steps for an outcome: each condition's name, outcome, severity and
+    alert id, in the conditions' order."""
+    levels: Levels = [
+        (format(t.normalize(), "f"), t, "warning" if i % 2 else "critical")
+        for i, t in enumerate(thresholds)
+    ]
+    made = BudgetConditions("r|x", "2026-11", levels, "info")
+    reached = data.draw(st.integers(0, len(levels)))
+    steps = made.steps[outcome(reached, forecast)]
+    assert [
+        (name, holds, severity, f"r|x|{member}|{id_end}") for name, holds, severity, id_end in steps
+    ] == [
+        (c.key.condition, c.holds, c.severity, c.key.id)
+        for c in made.of_reached(member, reached, forecast)
+    ]
+
+
 @given(st.integers(0, 4), st.none() | st.booleans())
 def test_an_outcome_is_its_thresholds_and_forecast(reached: int, forecast: bool | None) -> None:
     code = outcome(reached, forecast)
