@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs screenshots install clean
+.PHONY: demo test coverage lint bench docs screenshots install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,26 +17,32 @@ install: $(STAMP)
 demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C to stop)
 	$(BIN)/langdock-budget --log-format console demo
 
-# branch coverage of daemon/ with a floor, raised as it grows (the daemon's own process in the
-# end-to-end tests is not measured; the same code is, by the in-process tests)
-COVERAGE := --cov=daemon --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
-
 # One pytest-xdist worker per core and one more (the end-to-end tests wait on the processes
 # they start: a lease to run out, the next poll), a test file at a time (a module's servers
 # start once), the files of tests marked `long` first (tests/conftest.py). Temporary files are
 # kept in memory where /dev/shm has room (a test's SQLite store syncs to disk as it opens and
-# closes). The coverage data of a run stays in .venv under its own name (pytest-cov combines
-# every .coverage.* beside its data file: runs side by side in one checkout would take each
-# other's), and Python keeps its bytecode cache even where the environment turns it off: every
-# worker and every daemon a test starts would compile the sources again.
+# closes), and Python keeps its bytecode cache even where the environment turns it off: every
+# worker and every daemon a test starts would compile the sources again. `make test` and
+# `make coverage` run the same suite this way; only `coverage` measures.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)' \
   2>/dev/null || echo auto)
 TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 1048576 {print "/dev/shm"}')
+PYTEST := PYTHONDONTWRITEBYTECODE= $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) \
+  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: $(STAMP)  ## the whole test suite, in parallel, with branch coverage
-	COVERAGE_FILE=$(VENV)/.coverage.$$$$ PYTHONDONTWRITEBYTECODE= \
-	  $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) \
-	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(COVERAGE); \
+# Branch coverage of daemon/ with a floor, raised as it grows (the daemon's own process in the
+# end-to-end tests is not measured; the same code is, by the in-process tests). Tracing every
+# line costs the suite about a third more CPU, so it is a target of its own, which CI runs
+# after `make test` (.ci/run). The coverage data of a run stays in .venv under its own name
+# (pytest-cov combines every .coverage.* beside its data file: runs side by side in one
+# checkout would take each other's).
+COVERAGE := --cov=daemon --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
+
+test: $(STAMP)  ## the whole test suite, in parallel
+	$(PYTEST)
+
+coverage: $(STAMP)  ## the whole test suite with branch coverage of daemon/ and its floor
+	COVERAGE_FILE=$(VENV)/.coverage.$$$$ $(PYTEST) $(COVERAGE); \
 	  status=$$?; rm -f $(VENV)/.coverage.$$$$; exit $$status
 
 lint: $(STAMP)  ## ruff + mypy --strict on daemon/

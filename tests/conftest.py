@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +22,16 @@ from daemon.langdock.simulator import Simulator
 from daemon.logs import configure_logging
 from daemon.rules.windows import bucket_end, bucket_start, buckets
 from daemon.store import Store
+from tests import read_ahead
+
+# the PostgreSQL server's fixture, for every module from here: a module (or a conftest) that
+# imported it itself would get a fixture, and a server, of its own in the same worker
+from tests.postgres import postgres  # noqa: F401
+
+# polars (`import FILE.csv`) starts a thread per core in every process that loads it: the test
+# workers (a core each, and one more) and the processes they start would share the cores
+# with a pool each. One thread a process; the imports' results do not depend on it.
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
 NOW = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)  # a Friday
 API_KEY = "sk-test-4c7d1e9f0a2b"
@@ -128,6 +140,19 @@ def _filled(tz: ZoneInfo, backfill: timedelta, now: datetime, store_tz: ZoneInfo
     finally:
         store.close()
     return store.path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # once a run, before any worker starts
+        read_ahead.start()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection left alive (the modules, the tests) lives to the end: frozen out of the
+    collector's full collections, which the tests' garbage would otherwise make look at it
+    again and again (tests/test_heap.py unfreezes it, as the daemon's `CycleHeap` does)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

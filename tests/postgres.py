@@ -1,7 +1,8 @@
 """A real PostgreSQL server for the tests, from Debian's binaries (`initdb` + `pg_ctl` in a
 temporary directory, C locale, TCP on a free loopback port, a password required).
 
-One server per test session (per xdist worker); each test gets a schema of its own
+One server per test session (per xdist worker: `tests/conftest.py` provides the fixture to
+every module, none imports it again); each test gets a schema of its own
 (`PostgresServer.fresh_url`), so tests never see each other's tables. Skipped locally with a
 one-line reason when the binaries are missing; CI installs them (`tests/servers.py`).
 """
@@ -61,6 +62,7 @@ class PostgresServer:
         )
         self.admin_url = f"postgresql://budget@127.0.0.1:{self.port}/postgres"
         self._run = run
+        self._admin: psycopg.Connection[tuple[object, ...]] | None = None
 
     def url(self, schema: str | None = None) -> str:
         """The URL without its password (the daemon takes it from state.password)."""
@@ -70,16 +72,20 @@ class PostgresServer:
     def fresh_url(self) -> str:
         """A URL whose tables live in a new, empty schema."""
         schema = f"t{os.getpid()}_{next(_counter)}"
-        with psycopg.connect(self.admin_url, password=PASSWORD, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
+        self.execute(f"CREATE SCHEMA {schema}")
         return self.url(schema)
 
     def execute(self, sql: str) -> list[tuple[object, ...]]:
-        with psycopg.connect(self.admin_url, password=PASSWORD, autocommit=True) as conn:
-            cur = conn.execute(sql)  # type: ignore[call-overload]
-            return list(cur.fetchall()) if cur.description else []
+        """``sql`` on the server's own connection (autocommit), kept open: a connection is a
+        new server process, which costs the server more than most statements here."""
+        if self._admin is None or self._admin.closed:
+            self._admin = psycopg.connect(self.admin_url, password=PASSWORD, autocommit=True)
+        cur = self._admin.execute(sql)
+        return list(cur.fetchall()) if cur.description else []
 
     def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         subprocess.run(
             [*self._run, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
             capture_output=True,

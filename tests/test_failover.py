@@ -24,11 +24,10 @@ import pytest
 
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import Answer, FakeSlack
-from tests.postgres import PASSWORD, PostgresServer, postgres
+from tests.postgres import PASSWORD, PostgresServer
 from tests.processes import LOCAL, Notifications, free_port
 from tests.tcp_proxy import TcpProxy
 
-__all__ = ["postgres"]  # the session's server, imported for pytest
 pytestmark = pytest.mark.long  # each test runs two daemons for seconds
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -124,28 +125,36 @@ class RunningDaemon:
         text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def scrape(self) -> Scrape | None:
+    def scrape(self, ready: Callable[[str], bool] = lambda text: True) -> Scrape | None:
+        """`/metrics`, parsed; None while the daemon does not listen yet or while its text is
+        not ``ready`` (a look at a line or two: the waits scrape ten times a second, and
+        parsing each whole text took the test about a second of CPU in all)."""
         try:
             text = LOCAL.get(f"{self.base}/metrics", timeout=5).text
         except httpx.TransportError:
             return None  # not listening yet
+        self.last_seen["polls"] = unlabelled(text, "langdock_polls_total")
+        self.last_seen["remaining buckets"] = unlabelled(
+            text, "langdock_backfill_remaining_buckets"
+        )
+        if not ready(text):
+            return None
         samples: dict[str, list[tuple[dict[str, str], float]]] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-        scrape = Scrape(datetime.now(UTC), samples)
-        self.last_seen["polls"] = scrape.polls
-        self.last_seen["remaining buckets"] = scrape.remaining
-        return scrape
+        return Scrape(datetime.now(UTC), samples)
 
     def published(self) -> Scrape | None:
         """A scrape once a cycle published its series (the daemon starts with none)."""
-        scrape = self.scrape()
+        scrape = self.scrape(lambda text: RULE_READY.search(text) is not None)
         return scrape if scrape is not None and "langdock_rule_ready" in scrape.samples else None
 
     def refined(self) -> Scrape | None:
         """A scrape once no bucket of the backfill is left to fetch hour by hour."""
-        scrape = self.scrape()
+        scrape = self.scrape(
+            lambda text: unlabelled(text, "langdock_backfill_remaining_buckets") == 0
+        )
         return scrape if scrape is not None and scrape.remaining == 0 else None
 
     def cycle_after_refinement(self) -> int | None:
@@ -185,6 +194,15 @@ class RunningDaemon:
                 f" daemon stderr (tail):\n{self.tail()}"
             )
             time.sleep(0.1)  # between probes (each a scrape, parsed), not a wait for time to pass
+
+
+RULE_READY = re.compile(r"^langdock_rule_ready\{", re.M)
+
+
+def unlabelled(text: str, name: str) -> float | None:
+    """The value of the series ``name`` without labels in an exposition text, if there."""
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
 
 
 def key_truth(sim: Simulator, key: int, start: datetime, end: datetime) -> Decimal:

@@ -19,9 +19,7 @@ from daemon.state import leader_line, open_store
 from daemon.store import OutboxItem, Store, StoreError
 from daemon.store.db import NotLeader
 from daemon.store.pg import PgConnection
-from tests.postgres import PASSWORD, PostgresServer, postgres
-
-__all__ = ["postgres"]  # the session's server, imported for pytest
+from tests.postgres import PASSWORD, PostgresServer
 
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
 TTL = timedelta(seconds=15)

@@ -108,6 +108,7 @@ def read_all(fd: int, proc: subprocess.Popen[bytes], deadline: float = 60.0) -> 
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.long  # two processes each
 @pytest.mark.parametrize("env_format", [None, "json"])
 def test_console_logs_on_a_terminal_as_a_real_process(
     tmp_path: Path, env_format: str | None
@@ -144,6 +145,7 @@ def test_console_logs_on_a_terminal_as_a_real_process(
     assert '"event": "config_warning"' in piped.stderr
 
 
+@pytest.mark.long  # a process that loads polars
 def test_importing_the_cli_and_running_check_does_not_load_polars(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("langdock: {api_key: x}\nstate: {path: s.db}\ntimezone: UTC\n")

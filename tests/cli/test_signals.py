@@ -20,6 +20,7 @@ from daemon.langdock.simulator import Simulator
 from daemon.store import Store
 from tests.cli.conftest import ROOT, SECRET
 
+pytestmark = pytest.mark.long  # each test starts a process and stops it mid-run
 DEADLINE = 60.0
 
 

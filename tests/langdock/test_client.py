@@ -395,10 +395,14 @@ async def test_a_file_past_the_size_limit_is_refused(
 
 @pytest.mark.long
 async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
-    """A 21 MB export (100,000 rows of 2,100 keys and models, generated as it is sent) through
+    """A 21 MB export (50,000 rows of 2,100 keys and models, generated as it is sent) through
     the real download path: spooled to disk past 8 MiB, parsed as a stream, folded per key
     and model. The peak is the spool's 8 MiB and little more, whatever the file's size (the
-    rows as a list would take about 40 MB more)."""
+    file held whole would pass 12 MiB, the rows as a list take about 15 MB more).
+
+    The keys' names are long (about 250 characters, as a team's description of a key may
+    be): tracing every allocation makes each row cost about 50 us, so the 21 MB come in half
+    the rows of short names (the peak, a chunk of records in cells, stays under 11 MB)."""
     import tracemalloc
 
     import httpx
@@ -406,15 +410,16 @@ async def test_download_and_parse_keep_memory_flat_in_the_file_size() -> None:
     from daemon.langdock.csv import Tally, parse_key_usage, sum_key_usage
     from daemon.langdock.download import download_file
 
-    rows = 100_000
+    rows = 50_000
     header = (
         b"period_start,period_end,org_id,api_key_id,api_key_name,model,requests,total_cost_usd,"
         b"sum_prompt_tokens,sum_completion_tokens,cached_prompt_tokens,cache_creation_tokens,"
         b"no_cache_tokens\r\n"
     )
+    name = b"%d team production integration key" + b" for the nightly batch jobs" * 8
     row = (
         b"2026-11-20T09:00:00.000Z,2026-11-20T09:59:59.999Z,9f8e7d6c-5b4a-4321-8fed-cba98765,"
-        b"3c0ffee0-%04d-4abc-9def-0123456789ab,%d team production integration key,"
+        b"3c0ffee0-%04d-4abc-9def-0123456789ab," + name + b","
         b"claude-sonnet-4-%d,%d,0.%09d,%d,%d,0,0,%d\r\n"
     )
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 from daemon.store import Store
-from tests.postgres import PASSWORD, PostgresServer, postgres  # noqa: F401 (the server)
+from tests.postgres import PASSWORD, PostgresServer
 
 
 class Stores:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,6 +39,7 @@ def spans(now: datetime) -> list[tuple[datetime, datetime]]:
     ]
 
 
+@pytest.mark.long
 def test_kept_points_equal_fresh_points(stores: Stores) -> None:
     def check(history: Cells, polls: Polls, compact_at: int) -> None:
         store = stores.open(with_history(stores, history, days=3), exclusive=True, tz=TZ)

@@ -5,6 +5,7 @@ the month's end, in a zone with DST)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,9 +24,12 @@ from tests.store.histories import (
 )
 
 
+@pytest.mark.long
 def test_kept_sums_equal_fresh_sums(stores: Stores) -> None:
+    # 8 days of history: the 7-day window at `START` and a day before it, where the coarse day
+    # falls (outside the 7 days, inside the month); each day more is 24 writes an example
     def check(history: Cells, coarse: bool, polls: Polls) -> None:
-        where = with_history(stores, history, days=10, coarse=coarse)
+        where = with_history(stores, history, days=8, coarse=coarse)
         store = stores.open(where, exclusive=True, tz=TZ)
         try:
             for _, now in replay(store, polls):
