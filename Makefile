@@ -32,7 +32,7 @@ PYTEST := PYTHONDONTWRITEBYTECODE= $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) \
 
 # Branch coverage of daemon/ with a floor, raised as it grows (the daemon's own process in the
 # end-to-end tests is not measured; the same code is, by the in-process tests). Tracing every
-# line costs the suite about a third more CPU, so it is a target of its own, which CI runs
+# line costs the suite a third to a half more CPU, so it is a target of its own, which CI runs
 # after `make test` (.ci/run). The coverage data of a run stays in .venv under its own name
 # (pytest-cov combines every .coverage.* beside its data file: runs side by side in one
 # checkout would take each other's).
