@@ -170,10 +170,7 @@ async def fetch_into(
 def _covered_meanwhile(store: Store, fetch: Fetch) -> bool:
     """A background hour whose range a cycle stored while the call was out (a coarse day,
     say): the cycle's answer stays; writing the hour would drop that whole range."""
-    return any(
-        s.start < fetch.end and s.end > fetch.start
-        for s in store.segments(fetch.export, fetch.start)
-    )
+    return store.overlaps(fetch.export, fetch.start, fetch.end)
 
 
 _STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), what to do

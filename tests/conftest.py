@@ -24,9 +24,13 @@ from daemon.rules.windows import bucket_end, bucket_start, buckets
 from daemon.store import Store
 from tests import read_ahead
 
-# the PostgreSQL server's fixture, for every module from here: a module (or a conftest) that
-# imported it itself would get a fixture, and a server, of its own in the same worker
-from tests.postgres import postgres  # noqa: F401
+# the PostgreSQL server's fixture, for every module from here (a module or a conftest that
+# imported it itself would get a fixture of its own); one server a run, see tests/postgres.py
+from tests.postgres import (
+    postgres,  # noqa: F401
+    run_home,
+    stop_run_server,
+)
 
 # polars (`import FILE.csv`) starts a thread per core in every process that loads it: the test
 # workers (a core each, and one more) and the processes they start would share the cores
@@ -145,6 +149,14 @@ def _filled(tz: ZoneInfo, backfill: timedelta, now: datetime, store_tz: ZoneInfo
 def pytest_configure(config: pytest.Config) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ:  # once a run, before any worker starts
         read_ahead.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """At the end of the run, the PostgreSQL server of a worker that died before stopping it
+    (the last worker to finish stops it otherwise: `tests.postgres.shared_server`)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        stop_run_server(os.getpid())
+        Path(f"{run_home(os.getpid())}.lock").unlink(missing_ok=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

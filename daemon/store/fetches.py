@@ -46,6 +46,16 @@ class Fetches(StoreBase):
         )
         return [Segment(_dt(s), _dt(e), _dt(f)) for s, e, f in rows]
 
+    def overlaps(self, export: str, start: datetime, end: datetime) -> bool:
+        """Whether a stored range of ``export`` (one bucket or a coarse range) overlaps
+        [start, end): one indexed look, however long the stored history."""
+        row = self._conn.execute(
+            "SELECT 1 FROM segments WHERE export = ? AND bucket_start < ? AND bucket_end > ?"
+            " ORDER BY bucket_start DESC LIMIT 1",
+            (export, _ts(end), _ts(start)),
+        ).fetchone()
+        return row is not None
+
     def stored_buckets(self, start: datetime, end: datetime) -> int:
         """How many hours of key usage (fetched or imported) start in [start, end)."""
         row = self._conn.execute(
