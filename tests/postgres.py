@@ -21,12 +21,15 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
 
 from tests.processes import free_port
 from tests.servers import binary
+
+if TYPE_CHECKING:  # imported where used: every xdist worker loads this module, few use it
+    import psycopg
 
 PASSWORD = "pg-test-secret-7f3a"
 _counter = itertools.count(1)
@@ -79,6 +82,8 @@ class PostgresServer:
     @classmethod
     def attach(cls, root: Path) -> PostgresServer | None:
         """The server another process of this run started in ``root``, if it answers."""
+        import psycopg
+
         try:
             server = cls(root, int((root / "port").read_text()))
             server.execute("SELECT 1")
@@ -100,6 +105,8 @@ class PostgresServer:
     def execute(self, sql: str) -> list[tuple[object, ...]]:
         """``sql`` on the server's own connection (autocommit), kept open: a connection is a
         new server process, which costs the server more than most statements here."""
+        import psycopg
+
         if self._admin is None or self._admin.closed:
             self._admin = psycopg.connect(self.admin_url, password=PASSWORD, autocommit=True)
         cur = self._admin.execute(sql)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
 import pytest
 
 from daemon.config import ConfigError, DigestConfig, load_config
@@ -18,7 +18,6 @@ from daemon.notify.senders import ConsoleSender
 from daemon.state import leader_line, open_store
 from daemon.store import OutboxItem, Store, StoreError
 from daemon.store.db import NotLeader
-from daemon.store.pg import PgConnection
 from tests.postgres import PASSWORD, PostgresServer
 
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -35,11 +34,19 @@ class Ticks:
         return self.now
 
 
+def connect(url: str, password: str, **settings: Any) -> Any:
+    """`PgConnection.connect`, psycopg loaded on first use (every xdist worker collects this
+    module; few of them run it)."""
+    from daemon.store.pg import PgConnection
+
+    return PgConnection.connect(url, password, **settings)
+
+
 def lease(url: str, holder: str, clock: Ticks | None = None) -> Lease:
     # as `daemon.state.lease_for`: a renewal never waits long on a lock
     settings = {"lock_timeout": "500ms", "statement_timeout": "2s"}
     return Lease(
-        lambda: PgConnection.connect(url, PASSWORD, settings=settings),
+        lambda: connect(url, PASSWORD, settings=settings),
         TTL,
         holder,
         monotonic=clock or Ticks(),
@@ -91,7 +98,7 @@ def test_a_lost_server_is_not_holding_the_lease(url: str) -> None:
     clock = Ticks()
     a = lease(url, "a", clock)
     assert a.renew()
-    a._connect = lambda: PgConnection.connect(url.replace("127.0.0.1", "127.0.0.2"), "x")
+    a._connect = lambda: connect(url.replace("127.0.0.1", "127.0.0.2"), "x")
     a._drop_connection()
     assert a.renew()  # still within its own count
     clock.now += TTL.total_seconds()
@@ -138,6 +145,8 @@ def test_an_outbox_row_is_sent_by_one_replica_only(url: str) -> None:
     one, two = Store.open_url(url, PASSWORD), Store.open_url(url, PASSWORD)
     one.queue([OutboxItem("bot:#x", "test", [], None, {"text": "hi"}, T0)])
     (item,) = one.outbox_pending()
+    import psycopg  # here: every xdist worker collects this module, few use PostgreSQL
+
     with psycopg.connect(url, password=PASSWORD) as other:  # a replica's claim, mid-way
         other.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE", (item.id,))
         assert one.outbox_sending(item.id, T0) is None  # skipped, not waited for

@@ -4,7 +4,6 @@ tests/store/ runs every statement against a real one on top."""
 from __future__ import annotations
 
 from daemon.store.dialect import ddl_to_postgres, freeze_tables, to_postgres
-from daemon.store.pg import insert_shape
 
 TABLES = freeze_tables({"meta": (["key", "value"], ["key"]), "seen": (["id"], ["id"])})
 
@@ -43,6 +42,8 @@ def test_migrations_get_wide_integers_identities_and_byte_order() -> None:
 
 
 def test_many_rows_go_as_one_insert_unless_two_meet_on_the_conflict_key() -> None:
+    from daemon.store.pg import insert_shape  # psycopg: loaded by the tests that use it
+
     tables = freeze_tables({"u": (["b", "k", "n"], ["b", "k"])})
     sql = to_postgres(
         "INSERT INTO u (b, k, n) VALUES (7, ?, ?) ON CONFLICT (b, k) DO NOTHING", tables
