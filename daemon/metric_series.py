@@ -135,15 +135,13 @@ def budget_rows(tables: Iterable[BudgetTable], top_n: int) -> tuple[BudgetRow, .
     """Per rule, the ``top_n`` members closest to (or over) their limit: an `each: api_key`
     rule over 10,000 keys must not become 40,000 series. Read from the table's columns (no
     evaluation is made for the 20,000-30,000 members shown); equal to ``budget_row`` of each
-    of ``table.top(top_n)`` (tests/test_metrics_rows.py), in the members' order (by id), not
-    the ranking's: a series keeps its place from cycle to cycle while the ranking moves, so
-    `/metrics` writes its line from its last one (`daemon.metrics_text`)."""
+    of ``table.top(top_n)`` (tests/test_metrics_rows.py)."""
     rows: list[BudgetRow] = []
     for table in tables:
         unit, rule, limit, scale = table.unit, table.rule, table.limit, table.scale
         limit_value = float(limit)
         members, raws, forecasts = table.members, table.raw_spends, table.forecasts
-        for i in sorted(table.ranking()[:top_n]):
+        for i in table.ranking()[:top_n]:
             spend = Decimal(raws[i]).scaleb(-scale)
             member_id = members[i].member.id
             forecast = forecasts.get(i)

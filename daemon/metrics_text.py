@@ -59,24 +59,31 @@ def gauge_text(
 ) -> str:
     """One gauge family: ``# HELP``, ``# TYPE`` and a line per sample."""
     if prefixes is None:
-        return _family_text(name, help_, label_names, samples, None)
+        return _family_text(name, help_, label_names, samples, {})
     family = (help_, label_names, samples)
     last = prefixes.texts.get(name)
-    if last is not None and last[0] == family and _same_zeros(last[0][2], samples):
+    if last is not None and last[0] == family:
         return last[1]
-    usable = last is not None and last[0][1] == label_names and bool(label_names)
-    text = _family_text(name, help_, label_names, samples, last if usable else None)
+    known = _known_prefixes(last, label_names) if last is not None else {}
+    text = _family_text(name, help_, label_names, samples, known)
     prefixes.texts[name] = (family, text)
     return text
 
 
-def _same_zeros(last: Samples, samples: Samples) -> bool:
-    """Whether equal samples also print the same: 0.0 equals -0.0, whose text is "-0.0"."""
-    return all(
-        repr(a) == repr(b)
-        for (_, a), (_, b) in zip(last, samples, strict=True)
-        if b == 0  # rare: spends and limits are positive, alerts fire with 1
-    )
+def _known_prefixes(
+    last: tuple[tuple[str, tuple[str, ...], Samples], str], label_names: tuple[str, ...]
+) -> dict[tuple[str, ...], str]:
+    """Each series' text before its value, as in the family's last text: a line per sample
+    after the two header lines, in the samples' order (label values and help are escaped,
+    so no line holds a newline of its own; a value's text holds no space)."""
+    (_, names, samples), text = last
+    if names != label_names or not names:
+        return {}
+    lines = text.split("\n")[2:-1]  # the text ends with a newline
+    return {
+        values: line[: line.rindex(" ") + 1]
+        for (values, _), line in zip(samples, lines, strict=True)
+    }
 
 
 def _family_text(
@@ -84,52 +91,23 @@ def _family_text(
     help_: str,
     label_names: tuple[str, ...],
     samples: Samples,
-    last: tuple[tuple[str, tuple[str, ...], Samples], str] | None,
+    known: dict[tuple[str, ...], str],
 ) -> str:
-    """The family's text; with ``last`` (its last samples and text, the same label names) a
-    series at the same place as last time (the families keep their order from cycle to
-    cycle) takes its whole line from there if its value is the same, else the text before
-    its value; one that moved takes that text from a look-up made when first needed. The
-    last text has a line per sample after the two header lines, in the samples' order
-    (label values and help are escaped, so no line holds a newline of its own, and a
-    value's text holds no space)."""
     help_text = help_.replace("\\", "\\\\").replace("\n", "\\n")
     lines = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"]
     if not label_names:
         lines += (f"{name} {go_float(value)}\n" for _, value in samples)
         return "".join(lines)
     order = sorted(range(len(label_names)), key=label_names.__getitem__)  # as the client does
-    last_samples: Samples = []
-    last_lines: list[str] = []
-    if last is not None:
-        (_, _, last_samples), text = last
-        last_lines = text.split("\n")[2:-1]  # the text ends with a newline
-    placed = len(last_samples)
-    moved: dict[tuple[str, ...], str] | None = None
-    append = lines.append
-    for i, (values, value) in enumerate(samples):
-        prefix = ""
-        if i < placed and last_samples[i][0] == values:
-            line, old = last_lines[i], last_samples[i][1]
-            # a signed zero prints as "-0.0": equal to 0.0, not the same text
-            if old == value and (value or repr(old) == repr(value)):
-                append(f"{line}\n")
-                continue
-            prefix = line[: line.rindex(" ") + 1]
-        elif placed:
-            if moved is None:
-                moved = {
-                    v: line[: line.rindex(" ") + 1]
-                    for (v, _), line in zip(last_samples, last_lines, strict=True)
-                }
-            prefix = moved.get(values, "")
-        if not prefix:
-            labels = ",".join(f'{label_names[j]}="{_escape(values[j])}"' for j in order)
-            prefix = f"{name}{{{labels}}} "
+    for values, value in samples:
+        prefix = known.get(values)
+        if prefix is None:
+            labels = ",".join(f'{label_names[i]}="{_escape(values[i])}"' for i in order)
+            prefix = known[values] = f"{name}{{{labels}}} "
         # `go_float` inline for the common case (100,000-240,000 lines a cycle): a finite
         # float whose repr has its point within the first six characters is its own text
         text = repr(value) if type(value) is float else ""
         if not 0 < text.find(".") <= 6:
             text = go_float(value)
-        append(f"{prefix}{text}\n")
+        lines.append(f"{prefix}{text}\n")
     return "".join(lines)

@@ -1,7 +1,6 @@
-"""A changed family is written from its last text (`daemon.metrics_text._LastText`): a series
-at the same place with the same value takes its whole line, one with a new value the text
-before its value, one that moved its text from a look-up. The same text as a family written
-afresh, whatever the cycles before it held."""
+"""A changed family is written with the text before each known series' value taken from its
+last text (`daemon.metrics_text._known_prefixes`): the same text as a family written afresh,
+whatever the cycles before it held."""
 
 from __future__ import annotations
 
@@ -39,42 +38,3 @@ def test_a_family_written_from_its_last_text_is_the_family_written_afresh(
     for help_, labels, samples in family_cycles:
         kept = gauge_text("langdock_x", help_, labels, samples, prefixes)
         assert kept == gauge_text("langdock_x", help_, labels, samples)
-
-
-# values whose text differs although they compare equal (or compare unequal to themselves)
-TRICKY = st.sampled_from([0.0, -0.0, 0, 1, 1.0, True, float("nan"), float("inf"), 1e-300])
-
-
-@st.composite
-def evolving(draw: st.DrawFn) -> tuple[tuple[str, ...], list[Samples]]:
-    """A family's samples over cycles as the daemon's are: the same series in the same
-    order, some values changed (to equal values of another text among them), now and then a
-    series added or dropped somewhere, which moves the ones after it."""
-    labels = draw(LABELS.filter(bool))
-    series = draw(st.lists(st.tuples(*[VALUES] * len(labels)), min_size=1, max_size=8, unique=True))
-    samples: Samples = [(values, draw(NUMBERS | TRICKY)) for values in series]
-    made = [samples]
-    for _ in range(draw(st.integers(1, 4))):
-        samples = [
-            (values, draw(TRICKY | NUMBERS) if draw(st.booleans()) else value)
-            for values, value in samples
-        ]
-        if samples and draw(st.booleans()):
-            del samples[draw(st.integers(0, len(samples) - 1))]
-        new = draw(st.tuples(*[VALUES] * len(labels)))
-        if draw(st.booleans()) and all(values != new for values, _ in samples):
-            samples.insert(draw(st.integers(0, len(samples))), (new, draw(TRICKY)))
-        made.append(samples)
-    return labels, made
-
-
-@settings(max_examples=150)
-@given(evolving())
-def test_lines_taken_by_place_are_the_lines_written_afresh(
-    family: tuple[tuple[str, ...], list[Samples]],
-) -> None:
-    labels, cycles_samples = family
-    prefixes = Prefixes()
-    for samples in cycles_samples:
-        kept = gauge_text("langdock_x", "help", labels, samples, prefixes)
-        assert kept == gauge_text("langdock_x", "help", labels, samples)
