@@ -18,8 +18,9 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 	$(BIN)/langdock-budget --log-format console demo
 
 # One pytest-xdist worker per core and two more (the end-to-end tests wait on the processes
-# they start: a lease to run out, the next poll, a browser; on 2 cores 4 workers took 55-63 s,
-# 5 took 68-73 s and 3 took 83 s: docs/PERFORMANCE.md), a test file at a time (a module's servers
+# they start: a lease to run out, the next poll, a browser; on 2 cores 5 workers were slower
+# than 4, 3 and 4 alike within this VM's noise: `bench/suite.py`, docs/PERFORMANCE.md), a
+# test file at a time (a module's servers
 # start once), the files of tests marked `long` first (tests/conftest.py). Temporary files are
 # kept in memory where /dev/shm has room (a test's SQLite store syncs to disk as it opens and
 # closes), and Python keeps its bytecode cache even where the environment turns it off: every
@@ -74,6 +75,7 @@ bench: $(STAMP)  ## benchmarks; numbers go into docs/PERFORMANCE.md
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/firstrun.py
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
