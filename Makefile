@@ -20,8 +20,8 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 # One pytest-xdist worker per core and two more (the end-to-end tests wait on the processes
 # they start: a lease to run out, the next poll, a browser; on 2 cores 5 workers were slower
 # than 4, 3 and 4 alike within this VM's noise: `bench/suite.py`, docs/PERFORMANCE.md), a
-# test file at a time (a module's servers
-# start once), the files of tests marked `long` first (tests/conftest.py). Temporary files are
+# test file at a time (a module's servers start once), the files of tests marked `long`
+# first (tests/conftest.py). Temporary files are
 # kept in memory where /dev/shm has room (a test's SQLite store syncs to disk as it opens and
 # closes), and Python keeps its bytecode cache even where the environment turns it off: every
 # worker and every daemon a test starts would compile the sources again. `make test` and

@@ -33,7 +33,7 @@ from tests.postgres import (
 )
 
 # polars (`import FILE.csv`) starts a thread per core in every process that loads it: the test
-# workers (a core each, and one more) and the processes they start would share the cores
+# workers (a core each, and two more) and the processes they start would share the cores
 # with a pool each. One thread a process; the imports' results do not depend on it.
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
