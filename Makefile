@@ -19,13 +19,13 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 
 # One pytest-xdist worker per core and two more (the end-to-end tests wait on the processes
 # they start: a lease to run out, the next poll, a browser; on 2 cores 5 workers were slower
-# than 4, 3 and 4 alike within this VM's noise: `bench/suite.py`, docs/PERFORMANCE.md), a
-# test file at a time (a module's servers start once), the files of tests marked `long`
-# first (tests/conftest.py). Temporary files are
-# kept in memory where /dev/shm has room (a test's SQLite store syncs to disk as it opens and
-# closes), and Python keeps its bytecode cache even where the environment turns it off: every
-# worker and every daemon a test starts would compile the sources again. `make test` and
-# `make coverage` run the same suite this way; only `coverage` measures.
+# than 4, 3 and 4 alike within this VM's noise: `bench/suite.py`, docs/PERFORMANCE.md), a test
+# file at a time (a module's servers start once), the files of tests marked `long` first
+# (tests/conftest.py). Temporary files are kept in memory where /dev/shm has room (a test's
+# SQLite store syncs to disk as it opens and closes), and Python keeps its bytecode cache even
+# where the environment turns it off: every worker and every daemon a test starts would compile
+# the sources again. `make test` and `make coverage` run the same suite this way; only
+# `coverage` measures.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 2)' \
   2>/dev/null || echo auto)
 TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 1048576 {print "/dev/shm"}')
