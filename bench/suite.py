@@ -55,10 +55,8 @@ def main() -> int:
     parser.add_argument("--workers", help="worker counts to alternate, e.g. 3,4")
     parser.add_argument("--baseline", type=Path, help="a tree whose suite to alternate with")
     args = parser.parse_args()
-    sides: list[tuple[str, Path, str | None]] = [
-        (f"{n} workers" if n else "this tree", ROOT, n or None)
-        for n in (args.workers.split(",") if args.workers else [""])
-    ]
+    counts: list[str | None] = args.workers.split(",") if args.workers else [None]
+    sides = [(f"{n} workers" if n else "this tree", ROOT, n) for n in counts]
     if args.baseline:
         sides.append((f"baseline {args.baseline}", args.baseline.resolve(), None))
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in sides}

@@ -153,7 +153,7 @@ async def fetch_into(
     """One export call into the store; returns the row count. Raises `LangdockError`."""
     if fetch.export == "api-keys":
         key_rows = await client.key_usage(fetch.start, fetch.end)
-        if fetch.why == "history" and _covered_meanwhile(store, fetch):
+        if _covered_meanwhile(store, fetch):
             return 0
         if not fetch.staged:
             return store.replace_key_usage(fetch.start, fetch.end, key_rows, now())
@@ -162,7 +162,7 @@ async def fetch_into(
             store.promote_staged(*fetch.within, fetch.hours)
         return count
     model_rows = await client.model_usage(fetch.start, fetch.end)
-    if fetch.why == "history" and _covered_meanwhile(store, fetch):
+    if _covered_meanwhile(store, fetch):
         return 0
     return store.replace_model_usage(fetch.start, fetch.end, model_rows, now())
 
@@ -170,7 +170,7 @@ async def fetch_into(
 def _covered_meanwhile(store: Store, fetch: Fetch) -> bool:
     """A background hour whose range a cycle stored while the call was out (a coarse day,
     say): the cycle's answer stays; writing the hour would drop that whole range."""
-    return store.overlaps(fetch.export, fetch.start, fetch.end)
+    return fetch.why == "history" and store.overlaps(fetch.export, fetch.start, fetch.end)
 
 
 _STORE_DOWN = (  # SQLite errors no bucket gets past: (error name, message), what to do

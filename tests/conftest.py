@@ -26,11 +26,7 @@ from tests import read_ahead
 
 # the PostgreSQL server's fixture, for every module from here (a module or a conftest that
 # imported it itself would get a fixture of its own); one server a run, see tests/postgres.py
-from tests.postgres import (
-    postgres,  # noqa: F401
-    run_home,
-    stop_run_server,
-)
+from tests.postgres import end_run, postgres  # noqa: F401
 
 # polars (`import FILE.csv`) starts a thread per core in every process that loads it: the test
 # workers (a core each, and two more) and the processes they start would share the cores
@@ -155,8 +151,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """At the end of the run, the PostgreSQL server of a worker that died before stopping it
     (the last worker to finish stops it otherwise: `tests.postgres.shared_server`)."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
-        stop_run_server(os.getpid())
-        Path(f"{run_home(os.getpid())}.lock").unlink(missing_ok=True)
+        end_run(os.getpid())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -80,12 +80,17 @@ class PostgresServer:
         return server
 
     @classmethod
+    def at(cls, root: Path) -> PostgresServer:
+        """The server `start` made in ``root`` (raises `OSError` if there is none)."""
+        return cls(root, int((root / "port").read_text()))
+
+    @classmethod
     def attach(cls, root: Path) -> PostgresServer | None:
         """The server another process of this run started in ``root``, if it answers."""
         import psycopg
 
         try:
-            server = cls(root, int((root / "port").read_text()))
+            server = cls.at(root)
             server.execute("SELECT 1")
         except (OSError, ValueError, psycopg.Error):
             return None
@@ -175,14 +180,19 @@ def shared_server(run: int) -> Iterator[PostgresServer]:
                 stop_run_server(run, server)
 
 
-def stop_run_server(run: int, server: PostgresServer | None = None) -> None:
-    """Stop the run's server (if it is still there) and remove its files."""
+def stop_run_server(run: int, server: PostgresServer) -> None:
+    """Stop the run's server and remove its files."""
+    server.stop()
+    shutil.rmtree(run_home(run), ignore_errors=True)
+
+
+def end_run(run: int) -> None:
+    """At the end of the run (its pytest process): the server a worker that died before
+    stopping it left, and the run's lock file."""
     home = run_home(run)
-    if server is None and (home / "port").exists():
-        server = PostgresServer(home, int((home / "port").read_text()))
-    if server is not None:
-        server.stop()
-    shutil.rmtree(home, ignore_errors=True)
+    if (home / "port").exists():
+        stop_run_server(run, PostgresServer.at(home))
+    Path(f"{home}.lock").unlink(missing_ok=True)
 
 
 def run_of_this_process() -> int:

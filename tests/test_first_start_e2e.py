@@ -91,11 +91,6 @@ class Scrape:
         return {tuple(lb[n] for n in label_names): v for lb, v in self.samples.get(name, [])}
 
     @property
-    def remaining(self) -> float | None:
-        found = self.samples.get("langdock_backfill_remaining_buckets")
-        return found[0][1] if found else None
-
-    @property
     def polls(self) -> int:
         return (
             int(self.value("langdock_polls_total")) if "langdock_polls_total" in self.samples else 0
@@ -147,15 +142,13 @@ class RunningDaemon:
 
     def published(self) -> Scrape | None:
         """A scrape once a cycle published its series (the daemon starts with none)."""
-        scrape = self.scrape(lambda text: RULE_READY.search(text) is not None)
-        return scrape if scrape is not None and "langdock_rule_ready" in scrape.samples else None
+        return self.scrape(lambda text: RULE_READY.search(text) is not None)
 
     def refined(self) -> Scrape | None:
         """A scrape once no bucket of the backfill is left to fetch hour by hour."""
-        scrape = self.scrape(
+        return self.scrape(
             lambda text: unlabelled(text, "langdock_backfill_remaining_buckets") == 0
         )
-        return scrape if scrape is not None and scrape.remaining == 0 else None
 
     def cycle_after_refinement(self) -> int | None:
         """The number of the first cycle that started after the refiner logged the backfill
