@@ -14,7 +14,6 @@ import pytest
 from hypothesis import settings
 
 from daemon.store import Store
-from daemon.store.pg import schema_tables
 from daemon.store.schema import SCHEMA_VERSION
 from tests.postgres import PASSWORD, PostgresServer
 
@@ -67,7 +66,9 @@ class Stores:
 
     def _copy_to_postgres(self, path: str, tz: ZoneInfo) -> str:
         """A new PostgreSQL schema holding every row of the SQLite store at ``path``."""
-        import psycopg
+        import psycopg  # here: every xdist worker collects the store's tests
+
+        from daemon.store.pg import schema_tables
 
         assert self._server is not None
         where = self._server.fresh_url()

@@ -35,25 +35,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.chrome.webdriver import WebDriver
-from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from daemon.langdock.sim_workspace import DEFAULT_KEYS, SimKey
 from daemon.langdock.simulator import Simulator
 from tests.fake_slack import FakeSlack
 from tests.processes import LOCAL, Notifications, free_port
 from tests.servers import binary
+
+# Selenium is imported where it is used: every xdist worker collects this module, one runs it
+# (selenium.webdriver and the trio it brings cost each worker about 0.15 s of CPU)
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
 
 # one daemon and one browser for the module (seconds to start): the module runs early
 pytestmark = pytest.mark.long
@@ -180,6 +178,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = binary("chromium", "chromium")
     for flag in CHROMIUM_FLAGS:
@@ -245,6 +246,9 @@ def _assert_no_sideways_scroll(driver: WebDriver, page: str) -> None:
 
 def _submit(driver: WebDriver, button: WebElement) -> None:
     """Click a form's submit button and wait for the page it leads to."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
     button.click()
     WebDriverWait(driver, WAIT).until(expected_conditions.staleness_of(button))
     WebDriverWait(driver, WAIT).until(
@@ -337,6 +341,9 @@ def test_every_budget_bar_is_its_metric(daemon: Daemon, browser: WebDriver) -> N
 
 
 def test_a_hostile_key_name_is_only_text(daemon: Daemon, browser: WebDriver) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
     label = f"{HOSTILE_NAME} ({HOSTILE.id})"
     for path in ("/", "/rules/tiny", f"/rules/tiny/{HOSTILE.id}"):
         browser.get(daemon.url(path))
@@ -364,6 +371,8 @@ def _refusal(answer: httpx.Response) -> str:
 
 
 def test_nothing_is_written_without_signing_in(daemon: Daemon, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+
     browser.delete_all_cookies()
     browser.get(daemon.url("/"))
     button = browser.find_element(By.CSS_SELECTOR, "#silence-form button[type=submit]")
@@ -403,6 +412,9 @@ def test_nothing_is_written_without_signing_in(daemon: Daemon, browser: WebDrive
 
 
 def test_a_silence_from_the_page_quiets_slack(daemon: Daemon, browser: WebDriver) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
     # sign in with the admin token
     browser.delete_all_cookies()
     browser.get(daemon.url("/login"))
