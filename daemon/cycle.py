@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -30,7 +31,7 @@ from daemon.coverage import (
     warming_rules,
 )
 from daemon.ingest import PollReport, Progress, load_segments, poll, store_failure
-from daemon.langdock import LangdockClient
+from daemon.langdock.pacing import Pacer
 from daemon.notify import (
     SETTLE,
     DeliveryReport,
@@ -57,6 +58,9 @@ from daemon.rules.series import Raw, Series, ts
 from daemon.rules.usage import UsageIndex
 from daemon.rules.windows import bucket_end, bucket_start
 from daemon.store import DB_ERRORS, OutboxItem, Store
+
+if TYPE_CHECKING:
+    from daemon.langdock import LangdockClient
 
 log = structlog.get_logger("langdock_budget.cycle")
 
@@ -86,6 +90,23 @@ def backfill_pace(config: Config, backfilling: bool) -> int:
     """Export calls a minute: the backfill pace while history is missing, else the poll's."""
     steady = config.langdock.max_requests_per_minute
     return max(steady, config.langdock.backfill_max_requests_per_minute) if backfilling else steady
+
+
+def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) -> LangdockClient:
+    """The configured Langdock client (`run` shares one ``pacer`` between its two)."""
+    from daemon.langdock import LangdockClient  # httpx: only where exports are made
+
+    return LangdockClient(
+        config.langdock.base_url,
+        config.api_key(),
+        timeout=config.langdock.timeout.total_seconds(),
+        max_requests_per_minute=config.langdock.max_requests_per_minute,
+        max_retries=config.langdock.max_retries,
+        pacer=pacer,
+        reserve=reserve,
+        max_download_bytes=config.langdock.max_download_bytes,
+        download_deadline=config.langdock.download_timeout.total_seconds(),
+    )
 
 
 def poll_reserve(config: Config) -> int:

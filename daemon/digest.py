@@ -14,8 +14,6 @@ from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
-
 from daemon.config import Config, DigestConfig
 from daemon.cycle import evaluate_rules
 from daemon.formatting import format_amount
@@ -94,6 +92,9 @@ def _lines(items: Sequence[str]) -> str:
 
 
 def digest_message(digest: Digest, tz: ZoneInfo) -> SlackMessage:
+    # slack-sdk loads its web clients too: only when a digest is built (daemon.notify.slack.blocks)
+    from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
+
     kind = "Daily" if digest.period.duration <= timedelta(hours=25) else "Weekly"
     title = f"{kind} LLM spend digest: {digest.period.id}"
     if digest.previous_total:

@@ -11,17 +11,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import structlog
 
 from daemon.coverage import EXPORTS, ExportKind, Fetch, Segment, horizon
-from daemon.langdock import LangdockClient, LangdockError, TransientError
+from daemon.langdock import LangdockError, TransientError
 from daemon.langdock.pacing import Pacer
 from daemon.logs import redact
 from daemon.rules.windows import Period
 from daemon.sdnotify import notify
 from daemon.store import DB_ERRORS, BackendError, Store
+
+if TYPE_CHECKING:
+    from daemon.langdock import LangdockClient
 
 Progress = Callable[[int, int], None]
 log = structlog.get_logger("langdock_budget.ingest")

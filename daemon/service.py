@@ -29,6 +29,7 @@ from daemon.coverage import BackfillProgress
 from daemon.cycle import (
     CycleResult,
     Readiness,
+    make_client,
     poll_reserve,
     run_cycle,
     settle_of,
@@ -41,7 +42,7 @@ from daemon.langdock.pacing import Pacer
 from daemon.leadership import Lease
 from daemon.logs import redactor
 from daemon.metrics import SnapshotCollector, Stats
-from daemon.notify import Sender, SlackSender
+from daemon.notify import Sender
 from daemon.refine import Refiner
 from daemon.replica import Replica
 from daemon.sdnotify import notify, watchdog_interval
@@ -58,22 +59,12 @@ STOP_TIMEOUT = 30.0
 OUTBOX_EVERY = timedelta(minutes=1)
 
 
-def make_client(config: Config, pacer: Pacer | None = None, reserve: int = 0) -> LangdockClient:
-    return LangdockClient(
-        config.langdock.base_url,
-        config.api_key(),
-        timeout=config.langdock.timeout.total_seconds(),
-        max_requests_per_minute=config.langdock.max_requests_per_minute,
-        max_retries=config.langdock.max_retries,
-        pacer=pacer,
-        reserve=reserve,
-        max_download_bytes=config.langdock.max_download_bytes,
-        download_deadline=config.langdock.download_timeout.total_seconds(),
-    )
-
-
 def make_sender(config: Config) -> Sender | None:
-    return SlackSender(config) if config.slack is not None else None
+    if config.slack is None:
+        return None
+    from daemon.notify import SlackSender  # slack-sdk: loaded only for a Slack route
+
+    return SlackSender(config)
 
 
 class Daemon(SelfReport, Replica, Jobs):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from daemon import prometheus_rules
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
-from daemon.notify import SlackSender, route_for, sample_messages
+from daemon.notify import route_for, sample_messages
 
 
 def add_test_alert_parser(sub: Any, command: AddCommand) -> None:
@@ -43,6 +42,8 @@ def add_rules_parser(sub: Any, command: AddCommand) -> None:
 
 
 def cmd_rules_export(args: argparse.Namespace) -> int:
+    from daemon import prometheus_rules  # the metric families: only this command needs them
+
     print(prometheus_rules.render(load(args).rules), end="")
     return EXIT_OK
 
@@ -52,6 +53,8 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
     if config.slack is None:
         print("no Slack route configured: add a slack section (webhook_url or token + channel)")
         return EXIT_FAILED
+    from daemon.notify import SlackSender  # slack-sdk: loaded only by the commands that send
+
     sender = SlackSender(config)
     routes = sorted(
         {route_for(rule, config) or "" for rule in config.rules} - {""}

@@ -19,10 +19,8 @@ from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, utc
 from daemon.cli.once import render_cycle
 from daemon.config import load_config
 from daemon.cycle import CycleResult
-from daemon.langdock.simulator import Simulator
 from daemon.notify import ConsoleSender
 from daemon.rules.durations import parse_duration
-from daemon.service import Daemon
 from daemon.state import open_store
 
 DEMO_KEY = "demo-not-a-secret"
@@ -144,6 +142,10 @@ def banner_lines(
 async def run_demo(args: argparse.Namespace) -> bool:
     """`run` itself (the same cycle, background backfill, `/metrics` and `/healthz`) against
     the simulator, with Slack messages and each cycle's tables printed."""
+    # the daemon's scheduler, web server and metrics, loaded when a demo starts (as `run` does)
+    from daemon.langdock.simulator import Simulator
+    from daemon.service import Daemon
+
     simulator = Simulator(
         api_key=DEMO_KEY, spike_start=utc_now() + parse_duration(args.spike_after)
     )

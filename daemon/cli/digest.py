@@ -8,7 +8,7 @@ from typing import Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.cycle import settle_of
-from daemon.notify import SlackSender, deliver, render_readable, route_for
+from daemon.notify import deliver, render_readable, route_for
 from daemon.state import command_sender, open_store, store_exists, store_name
 
 
@@ -51,6 +51,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         queue_digest(store, route, message, now)
         # delivery reads the clock itself: Slack may ask it to wait between tries
+        from daemon.notify import SlackSender  # slack-sdk: loaded only to send
+
         sender = command_sender(store, SlackSender(config))
         report = asyncio.run(deliver(store, sender, utc_now, settle=settle_of(config)))
     finally:

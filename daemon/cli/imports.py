@@ -1,7 +1,7 @@
 """`langdock-budget import FILE.csv [--reconcile]`: the web UI's per-call export into the store.
 
-`daemon.importer` loads polars only when a file is read, so registering this command costs
-the other commands (and the daemon) nothing.
+`daemon.importer` loads polars only when a file is read, and this module loads the importer
+only when the command runs, so registering it costs the other commands (and the daemon) nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import asyncio
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon import importer
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.config import Config
+from daemon.cycle import make_client
 from daemon.money import format_usd
-from daemon.service import make_client
 from daemon.state import open_store
+
+if TYPE_CHECKING:
+    from daemon import importer
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -48,6 +50,8 @@ def add_parser(sub: Any, command: AddCommand) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from daemon import importer
+
     config = load(args)
     try:
         result = importer.read_calls(args.file, config.tz, strict=args.strict)
@@ -77,6 +81,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:
     """The file's per-key daily cost next to the API-key export's, day by day."""
+    from daemon import importer
+
     assert result.first is not None and result.last is not None
     ours = result.cost_by_key_day(config.tz)
     days = importer.day_ranges(result.first, result.last, config.tz)

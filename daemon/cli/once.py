@@ -8,19 +8,20 @@ import asyncio
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.cli.rules_table import render_evaluations
 from daemon.cli.spend import render_report, spend_report
 from daemon.config import Config
-from daemon.cycle import CycleResult, refine_pace, run_cycle
+from daemon.cycle import CycleResult, make_client, refine_pace, run_cycle
 from daemon.ingest import PollReport
-from daemon.langdock import LangdockClient
-from daemon.notify import Sender, SlackSender
-from daemon.service import make_client
+from daemon.notify import Sender
 from daemon.state import command_sender, open_store
 from daemon.store import Store
+
+if TYPE_CHECKING:
+    from daemon.langdock import LangdockClient
 
 
 def add_parser(sub: Any, command: AddCommand) -> None:
@@ -55,7 +56,11 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 async def _once(config: Config, store: Store, *, dry_run: bool) -> CycleResult:
-    sender = command_sender(store, SlackSender(config)) if config.slack is not None else None
+    sender: Sender | None = None
+    if config.slack is not None:
+        from daemon.notify import SlackSender  # slack-sdk: loaded only for a Slack route
+
+        sender = command_sender(store, SlackSender(config))
     async with make_client(config) as client:
         return await cycle_once(config, store, client, sender=sender, dry_run=dry_run)
 

@@ -11,9 +11,12 @@
 - `simulator` and `sim_workspace`: a loopback stand-in for the API, for `demo` and tests.
 
 The public client API is re-exported here: ``from daemon.langdock import LangdockClient``.
+`LangdockClient` is imported when first asked for: it loads httpx and tenacity (~50 ms), which
+the store (it reads `csv`'s column names) and the commands that make no export call never need.
 """
 
-from daemon.langdock.client import LangdockClient
+from typing import TYPE_CHECKING, Any
+
 from daemon.langdock.pacing import Clock, Pacer, Sleep
 from daemon.langdock.protocol import (
     AuthError,
@@ -26,6 +29,9 @@ from daemon.langdock.protocol import (
     export_endpoint,
     wall_clock,
 )
+
+if TYPE_CHECKING:
+    from daemon.langdock.client import LangdockClient
 
 __all__ = [
     "AuthError",
@@ -42,3 +48,11 @@ __all__ = [
     "export_endpoint",
     "wall_clock",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LangdockClient":
+        from daemon.langdock.client import LangdockClient
+
+        return LangdockClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from daemon.langdock.csv import ExportFormatError, MalformedFileError, Tally
+from daemon.langdock.protocol import one_line
 
 T = TypeVar("T")
 Parse = Callable[[IO[str], Tally], list[T]]
@@ -36,7 +36,6 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 DEFAULT_DOWNLOAD_DEADLINE = 300.0  # seconds for one whole download (langdock.download_timeout)
 _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_AFTER = 300.0
-_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
 _NEXT_POLL = "nothing stored, the next poll retries"
 
 
@@ -267,12 +266,6 @@ def retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), _MAX_RETRY_AFTER)
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line, every URL without its query (a signed URL's query is its
-    signature): for error messages built from what a server or a file said."""
-    return _URL_QUERY.sub(r"\1", " ".join(text.split()))
 
 
 def clean(text: str, secret: str) -> str:

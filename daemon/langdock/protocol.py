@@ -6,17 +6,18 @@ whose message says what to do.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-import httpx
-
-from daemon.langdock.download import one_line
+if TYPE_CHECKING:  # the answers come from the client (`daemon.langdock.client`), which loads it
+    import httpx
 
 ExportKind = Literal["api-keys", "models"]
+_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#]\S*")
 
 
 class LangdockError(Exception):
@@ -93,6 +94,12 @@ def export_body(start: datetime, end: datetime, zone: ZoneInfo, **extra: str) ->
         "to": {"date": wall_clock(last, zone), "timezone": zone.key},
         **extra,
     }
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, every URL without its query (a signed URL's query is its
+    signature): for error messages built from what a server or a file said."""
+    return _URL_QUERY.sub(r"\1", " ".join(text.split()))
 
 
 def export_endpoint(base_url: str, kind: ExportKind) -> str:

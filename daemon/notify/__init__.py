@@ -6,8 +6,12 @@ contributors the messages name] → render (`slack.blocks`, pure; `plan.render`)
 (`deliver`: the outbox, retries, dead letters) through a sender (`slack.sender` for
 slack-sdk, `senders.ConsoleSender` for `demo`). `routes` names where a rule's messages go.
 
-What the cycle, the service and the command line use is re-exported here.
+What the cycle, the service and the command line use is re-exported here; `SlackSender`
+when first asked for, since it loads all of slack-sdk (~20 ms), which a process without a
+Slack route never needs.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from daemon.notify.deliver import (
     MAX_WAIT,
@@ -31,7 +35,9 @@ from daemon.notify.senders import (
     render_readable,
 )
 from daemon.notify.silence import Silenced, silence_matcher
-from daemon.notify.slack.sender import SlackSender
+
+if TYPE_CHECKING:
+    from daemon.notify.slack.sender import SlackSender
 
 __all__ = [
     "CONSOLE",
@@ -63,3 +69,11 @@ __all__ = [
     "sample_messages",
     "silence_matcher",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlackSender":
+        from daemon.notify.slack.sender import SlackSender
+
+        return SlackSender
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,10 @@ Everything that comes from Langdock (key names, model names) goes through `name`
 strips control and bidi-override characters, escapes ``& < >`` for mrkdwn and shows the value
 as inline code, so a key called ``<!channel>`` or ``*x*`` is shown literally and pings no one.
 The fallback ``text`` uses `plain`: the same, but inline code only where Slack would format.
+
+slack-sdk is imported by the few functions that build blocks, when the first message is built:
+importing any of it loads its web clients too (~20 ms), which a process with no Slack route (and
+no `demo` console) never needs.
 """
 
 from __future__ import annotations
@@ -15,17 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-from slack_sdk.models.blocks import (
-    Block,
-    ContextBlock,
-    DividerBlock,
-    HeaderBlock,
-    MarkdownTextObject,
-    SectionBlock,
-)
 
 from daemon.formatting import format_amount, format_metric, format_score
 from daemon.money import format_percent
@@ -34,6 +29,9 @@ from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.durations import format_duration
 from daemon.rules.lifecycle import AlertState
 from daemon.rules.new_member import NewMemberEvaluation
+
+if TYPE_CHECKING:
+    from slack_sdk.models.blocks import Block, ContextBlock, DividerBlock, HeaderBlock, SectionBlock
 
 EMOJI = {
     "info": ":large_blue_circle:",
@@ -118,11 +116,33 @@ def _member_text(label: str) -> str:
 
 
 def _section(text: str) -> SectionBlock:
+    from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
+
     return SectionBlock(text=MarkdownTextObject(text=text[:MAX_SECTION]))
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> SectionBlock:
+    from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
+
     return SectionBlock(fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in pairs])
+
+
+def _header(text: str) -> HeaderBlock:
+    from slack_sdk.models.blocks import HeaderBlock
+
+    return HeaderBlock(text=text)
+
+
+def _context(text: str) -> ContextBlock:
+    from slack_sdk.models.blocks import ContextBlock, MarkdownTextObject
+
+    return ContextBlock(elements=[MarkdownTextObject(text=text)])
+
+
+def _divider() -> DividerBlock:
+    from slack_sdk.models.blocks import DividerBlock
+
+    return DividerBlock()
 
 
 def _blocks(*blocks: Block) -> list[dict[str, Any]]:
@@ -298,9 +318,9 @@ def resolved_message(
     return SlackMessage(
         text,
         _blocks(
-            HeaderBlock(text=f"{emoji} {title}"[:150]),
+            _header(f"{emoji} {title}"[:150]),
             _fields(pairs),
-            ContextBlock(elements=[MarkdownTextObject(text=f"langdock-budget · {escape(key.id)}")]),
+            _context(f"langdock-budget · {escape(key.id)}"),
         ),
     )
 
@@ -322,9 +342,9 @@ def group_message(lines: Sequence[str], worst: str, tz: ZoneInfo, now: datetime)
     return SlackMessage(
         text[:3000],
         _blocks(
-            HeaderBlock(text=title[:150]),
+            _header(title[:150]),
             *sections,
-            ContextBlock(elements=[MarkdownTextObject(text=f"langdock-budget · {_when(now, tz)}")]),
+            _context(f"langdock-budget · {_when(now, tz)}"),
         ),
     )
 
@@ -337,21 +357,14 @@ def _message(
     tz: ZoneInfo,
     mention: str | None,
 ) -> SlackMessage:
-    blocks: list[Block] = [HeaderBlock(text=f"{EMOJI[state.severity]} {title}"[:150])]
+    blocks: list[Block] = [_header(f"{EMOJI[state.severity]} {title}"[:150])]
     if mention:
         blocks.append(_section(mention))  # set in config by the operator: not escaped
     # Slack allows 10 fields per section.
     blocks += [_fields(pairs[i : i + 10]) for i in range(0, len(pairs), 10)]
     blocks += [
-        DividerBlock(),
-        ContextBlock(
-            elements=[
-                MarkdownTextObject(
-                    text=f"langdock-budget · {escape(state.key.id)}"
-                    f" · since {_when(state.since, tz)}"
-                )
-            ]
-        ),
+        _divider(),
+        _context(f"langdock-budget · {escape(state.key.id)} · since {_when(state.since, tz)}"),
     ]
     return SlackMessage(f"{mention} {text}" if mention else text, _blocks(*blocks))
 
