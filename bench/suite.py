@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,9 @@ def main() -> int:
     parser.add_argument("--workers", help="worker counts to alternate, e.g. 3,4")
     parser.add_argument("--baseline", type=Path, help="a tree whose suite to alternate with")
     args = parser.parse_args()
+    # started in the background (`cmd &`, nohup), this process ignores SIGINT and so would
+    # every process of the suite: the CLI's SIGTERM tests need it handled as usual
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     counts: list[str | None] = args.workers.split(",") if args.workers else [None]
     sides = [(f"{n} workers" if n else "this tree", ROOT, n) for n in counts]
     if args.baseline:
