@@ -3,7 +3,8 @@
 Runs ``make test`` in this tree ``--runs`` times (default 3) and prints, per run, its wall
 time, the CPU (user + system) of every process it waited for (pytest, its workers, the daemons
 and servers they started and waited for; a PostgreSQL server is started by ``pg_ctl`` and not
-waited for, so its CPU is not counted), the load average before it, and the ranges.
+waited for, so its CPU is not counted), the load average and how fast the machine ran Python
+just before it (`probe_s`), and the ranges.
 
     python bench/suite.py [--runs 3] [--workers 3,4] [--baseline DIR]
 
@@ -49,6 +50,15 @@ def run_suite(tree: Path, workers: str | None) -> tuple[float, float, str]:
     return wall, cpu, summary
 
 
+def probe_s() -> float:
+    """CPU seconds of a fixed pure-Python loop: how fast the machine runs Python right now.
+    On this VM the same suite takes from 74 to 121 s of CPU from one hour to the next; the
+    probe moves with it, so runs of different hours can be told apart from changes."""
+    started = time.process_time()
+    sum(i * i for i in range(5_000_000))
+    return time.process_time() - started
+
+
 def span(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}"
 
@@ -70,12 +80,12 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     for run in range(1, args.runs + 1):
         for name, tree, workers in sides:
-            load = os.getloadavg()[0]
+            load, probe = os.getloadavg()[0], probe_s()
             wall, cpu, summary = run_suite(tree, workers)
             results[name].append((wall, cpu))
             print(
                 f"suite run {run}, {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, load before"
-                f" {load:.1f} on {cores} cores; {summary}",
+                f" {load:.1f} on {cores} cores, CPU probe {probe:.2f} s; {summary}",
                 flush=True,
             )
     for name, measured in results.items():
