@@ -100,10 +100,10 @@ def rules_yaml() -> str:
 
 async def one_cycle(config_path: Path) -> tuple[float, float, int, int]:
     from daemon.config import load_config
-    from daemon.cycle import run_cycle
+    from daemon.cycle import make_client, run_cycle
     from daemon.logs import configure_logging
     from daemon.metrics import render
-    from daemon.service import Daemon, make_client
+    from daemon.service import Daemon
     from daemon.store import Store
 
     configure_logging("json", "warning")

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from daemon.config import Config, load_config
 from daemon.coverage import Segment
-from daemon.cycle import CycleResult, run_cycle
+from daemon.cycle import CycleResult, make_client, run_cycle
 from daemon.ingest import PollReport
 from daemon.langdock import DataError, LangdockClient
 from daemon.langdock.csv import KeyUsage, ModelUsage, parse_key_usage, parse_model_usage
@@ -29,7 +29,6 @@ from daemon.published import load_published
 from daemon.refine import Refiner
 from daemon.rules.engine import EngineResult
 from daemon.rules.windows import bucket_start
-from daemon.service import make_client
 from daemon.snapshot import build_snapshot
 from daemon.store import Store
 from tests.conftest import FakeClock
