@@ -17,6 +17,7 @@ from typing import Any
 
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, utc_now
 from daemon.cli.once import render_cycle
+from daemon.cli.signals import run_async
 from daemon.config import load_config
 from daemon.cycle import CycleResult
 from daemon.notify import ConsoleSender
@@ -109,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not ok:
             print(f"demo: {option} {value!r}: use a duration of at least {least}s", file=sys.stderr)
             return EXIT_CONFIG
-    return EXIT_OK if asyncio.run(run_demo(args)) else EXIT_FAILED
+    return EXIT_OK if run_async(run_demo(args)) else EXIT_FAILED
 
 
 def banner_lines(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
+from daemon.cli.signals import run_async
 from daemon.cycle import settle_of
 from daemon.notify import deliver, render_readable, route_for
 from daemon.state import command_sender, open_store, store_exists, store_name
@@ -54,7 +54,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
         from daemon.notify import SlackSender  # slack-sdk: loaded only to send
 
         sender = command_sender(store, SlackSender(config))
-        report = asyncio.run(deliver(store, sender, utc_now, settle=settle_of(config)))
+        report = run_async(deliver(store, sender, utc_now, settle=settle_of(config)))
     finally:
         store.close()
     print(f"digest: {report.sent} sent" + ("" if report.ok else ", queued for retry"))

@@ -7,13 +7,13 @@ only when the command runs, so registering it costs the other commands (and the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
+from daemon.cli.signals import run_async
 from daemon.config import Config
 from daemon.cycle import make_client
 from daemon.money import format_usd
@@ -76,7 +76,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"  {line}")
     if not args.reconcile or result.first is None or result.last is None:
         return EXIT_OK
-    return asyncio.run(_reconcile(config, result, args.tolerance))
+    return run_async(_reconcile(config, result, args.tolerance))
 
 
 async def _reconcile(config: Config, result: importer.ImportResult, tolerance: Decimal) -> int:

@@ -4,7 +4,6 @@ which `demo` prints after each of its cycles too)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.cli.common import EXIT_FAILED, EXIT_OK, AddCommand, load, utc_now
 from daemon.cli.rules_table import render_evaluations
+from daemon.cli.signals import run_async
 from daemon.cli.spend import render_report, spend_report
 from daemon.config import Config
 from daemon.cycle import CycleResult, make_client, refine_pace, run_cycle
@@ -45,7 +45,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = load(args)
     store = open_store(config, exclusive=True)
     try:
-        result = asyncio.run(_once(config, store, dry_run=args.dry_run))
+        result = run_async(_once(config, store, dry_run=args.dry_run))
         print(render_cycle(store, config, result, utc_now()))
     finally:
         store.close()

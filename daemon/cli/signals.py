@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
+from collections.abc import Coroutine
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class StopSignals:
-    """While a command runs, SIGTERM stops it the way Ctrl-C does: inside `asyncio.run` the
-    running cycle is cancelled at its next await (connections closed, no partial bucket,
+    """While a command runs, SIGTERM stops it the way Ctrl-C does: inside `run_async` the
+    running coroutine is cancelled at its next await (connections closed, no partial bucket,
     `demo` removes its store), elsewhere KeyboardInterrupt is raised; `main` then logs one
     line and exits 0 for SIGTERM, 130 for Ctrl-C. `run` installs its own handlers."""
 
@@ -35,3 +39,39 @@ class StopSignals:
         if not callable(on_sigint):  # SIGINT ignored (a background job): stop all the same
             raise KeyboardInterrupt
         on_sigint(signal.SIGINT, frame)  # asyncio.run's handler cancels its main task
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` for a command: SIGTERM cancels ``main`` at its next await, as Ctrl-C
+    does, then KeyboardInterrupt is raised for `main` (the CLI's) to log one line. This holds
+    where SIGINT is ignored too (a job a shell started in the background): asyncio.run then
+    installs no handler of its own, and KeyboardInterrupt raised by the signal handler between
+    any two bytecodes left tracebacks from wherever the loop was."""
+    stopped = False
+
+    async def cancelled_by_sigterm() -> T:
+        handler = signal.getsignal(signal.SIGTERM)
+        owner = getattr(handler, "__self__", None)
+        task = asyncio.current_task()
+        if not isinstance(owner, StopSignals) or task is None:  # no StopSignals: not a command
+            return await main
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped, owner.received = True, "SIGTERM"
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, handler)
+
+    try:
+        return asyncio.run(cancelled_by_sigterm())
+    except asyncio.CancelledError:
+        if stopped:
+            raise KeyboardInterrupt from None
+        raise

@@ -24,12 +24,19 @@ pytestmark = pytest.mark.long  # each test starts a process and stops it mid-run
 DEADLINE = 60.0
 
 
-class Process:
-    """A CLI process whose stdout and stderr are read line by line as they come."""
+# a job a shell starts in the background ignores SIGINT (so Ctrl-C reaches the foreground only)
+IN_THE_BACKGROUND = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+
+class Process:
+    """A CLI process whose stdout and stderr are read line by line as they come (with
+    ``background``, started as a shell's background job: SIGINT ignored)."""
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, background: bool = False
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", *args],
+            [*(IN_THE_BACKGROUND if background else []), sys.executable, "-m", "daemon.cli", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -88,12 +95,18 @@ def backfill_config(tmp_path: Path, base_url: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("sig", "code", "background"),
+    [(signal.SIGTERM, 0, False), (signal.SIGINT, 130, False), (signal.SIGTERM, 0, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-to-a-background-job"],
+)
 def test_a_signal_during_a_backfill_stops_once_cleanly(
-    tmp_path: Path, live_simulator: Simulator, sig: signal.Signals, code: int
+    tmp_path: Path, live_simulator: Simulator, sig: signal.Signals, code: int, background: bool
 ) -> None:
     config = backfill_config(tmp_path, live_simulator.base_url)
-    once = Process("--config", str(config), "once", env={"CLI_TEST_KEY": SECRET})
+    once = Process(
+        "--config", str(config), "once", env={"CLI_TEST_KEY": SECRET}, background=background
+    )
     try:
         once.wait_for(r'"event": "poll_started"')
         assert once.stop(sig) == code
@@ -125,9 +138,11 @@ def test_the_demo_removes_its_store_when_stopped(sig: signal.Signals) -> None:
 
 
 @pytest.mark.usefixtures("demo_port")
-def test_sigterm_mid_poll_also_removes_the_demo_store() -> None:
-    """A slow first poll (long backfill): the stop lands while export calls are in flight."""
-    demo = Process("demo", "--backfill", "30d", "--log-level", "info")
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background-job"])
+def test_sigterm_mid_poll_also_removes_the_demo_store(background: bool) -> None:
+    """A slow first poll (long backfill): the stop lands while export calls are in flight;
+    also where the demo runs as a shell's background job (SIGINT ignored)."""
+    demo = Process("demo", "--backfill", "30d", "--log-level", "info", background=background)
     try:
         store = Path(demo.wait_for(r"throw-away store in (\S+);").group(1))
         demo.wait_for(r"poll_started")
