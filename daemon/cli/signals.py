@@ -65,9 +65,13 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         loop.add_signal_handler(signal.SIGTERM, stop)
         try:
             return await main
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, handler)
+        finally:  # back to StopSignals' handler; a SIGTERM meanwhile waits for it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                loop.remove_signal_handler(signal.SIGTERM)  # (which leaves SIG_DFL)
+                signal.signal(signal.SIGTERM, handler)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     try:
         return asyncio.run(cancelled_by_sigterm())
