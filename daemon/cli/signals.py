@@ -22,6 +22,9 @@ class StopSignals:
         self.received = "SIGINT"
         self._previous: Any = None
         self._installed = False
+        self._in_loop = False  # inside `run`'s asyncio.run
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        self._deferred = False  # a SIGTERM came while the loop started or shut down
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -35,47 +38,55 @@ class StopSignals:
 
     def _on_sigterm(self, _signum: int, frame: FrameType | None) -> None:
         self.received = "SIGTERM"
+        if self._running is not None:  # the loop cancels the command's coroutine
+            loop, task = self._running
+            loop.call_soon_threadsafe(task.cancel)
+            return
+        if self._in_loop:  # asyncio's own set-up or clean-up: stop once it is done
+            self._deferred = True
+            return
         on_sigint = signal.getsignal(signal.SIGINT)
         if not callable(on_sigint):  # SIGINT ignored (a background job): stop all the same
             raise KeyboardInterrupt
-        on_sigint(signal.SIGINT, frame)  # asyncio.run's handler cancels its main task
+        on_sigint(signal.SIGINT, frame)
+
+    def run(self, main: Coroutine[Any, Any, T]) -> T:
+        """`asyncio.run(main)`, ``main`` cancelled by SIGTERM (see `run_async`)."""
+
+        async def watched() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            if self._deferred:  # a SIGTERM while the loop started: stop before beginning
+                main.close()
+                raise asyncio.CancelledError
+            self._running = (asyncio.get_running_loop(), task)
+            try:
+                return await main
+            finally:
+                self._running = None
+
+        self._in_loop, self._deferred = True, False
+        try:
+            result = asyncio.run(watched())
+        except asyncio.CancelledError:
+            if self.received == "SIGTERM":
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            self._in_loop = False
+        if self._deferred:
+            raise KeyboardInterrupt
+        return result
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` for a command: SIGTERM cancels ``main`` at its next await, as Ctrl-C
-    does, then KeyboardInterrupt is raised for `main` (the CLI's) to log one line. This holds
-    where SIGINT is ignored too (a job a shell started in the background): asyncio.run then
-    installs no handler of its own, and KeyboardInterrupt raised by the signal handler between
-    any two bytecodes left tracebacks from wherever the loop was."""
-    stopped = False
-
-    async def cancelled_by_sigterm() -> T:
-        handler = signal.getsignal(signal.SIGTERM)
-        owner = getattr(handler, "__self__", None)
-        task = asyncio.current_task()
-        if not isinstance(owner, StopSignals) or task is None:  # no StopSignals: not a command
-            return await main
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            nonlocal stopped
-            stopped, owner.received = True, "SIGTERM"
-            task.cancel()
-
-        loop.add_signal_handler(signal.SIGTERM, stop)
-        try:
-            return await main
-        finally:  # back to StopSignals' handler; a SIGTERM meanwhile waits for it
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-            try:
-                loop.remove_signal_handler(signal.SIGTERM)  # (which leaves SIG_DFL)
-                signal.signal(signal.SIGTERM, handler)
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-    try:
-        return asyncio.run(cancelled_by_sigterm())
-    except asyncio.CancelledError:
-        if stopped:
-            raise KeyboardInterrupt from None
-        raise
+    does; if that ends ``main`` (CancelledError), KeyboardInterrupt is raised for `main` (the
+    CLI's) to log one line (the demo catches the cancellation itself and says it stopped).
+    This holds where SIGINT is ignored too (a job a shell started in the background):
+    asyncio.run installs no handler of its own then, and KeyboardInterrupt raised by the
+    signal handler between any two bytecodes left tracebacks from wherever the loop was."""
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if isinstance(owner, StopSignals) and threading.current_thread() is threading.main_thread():
+        return owner.run(main)
+    return asyncio.run(main)  # not a command's main thread: no handler of ours

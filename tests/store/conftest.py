@@ -45,8 +45,8 @@ class Stores:
         """A new database holding what ``fill`` writes into an empty one as its writer (in
         ``tz``): an SQLite file filled once a ``key``, copied. PostgreSQL gets its tables row
         for row (the schema is the same; writing a history of hundreds of hours statement by
-        statement over the socket cost the store's property tests about 5 s of CPU, and the
-        tests' polls still write through PostgreSQL's own path)."""
+        statement over the socket cost the store's property tests about 5 s of CPU; the tests'
+        polls still write, and sum their days, through PostgreSQL's own path)."""
         if key not in self._filled:
             self._filled[key] = self._fill(fill, tz)
         if self._server is not None:
@@ -75,20 +75,22 @@ class Stores:
         self.open(where, exclusive=True, tz=tz).close()  # the tables, as the writer makes them
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
+            # AUTOINCREMENT's counters: an identity goes on where SQLite's would
+            counters = dict(source.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
             with psycopg.connect(where, password=PASSWORD) as target:
                 for table, (columns, _) in schema_tables(SCHEMA_VERSION):
                     if table.startswith("sqlite_"):
-                        continue  # SQLite's own (AUTOINCREMENT's counters)
+                        continue
                     names = ", ".join(columns)
                     rows = source.execute(f"SELECT {names} FROM {table}").fetchall()
                     target.execute(f"DELETE FROM {table}")  # the opening's meta, its lease
                     with target.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
-                    if "id" in columns and rows:  # the identity goes on after the copied ids
+                    if counters.get(table):
                         target.execute(
-                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id))"
-                            f" FROM {table}"
+                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), %s)",
+                            (counters[table],),
                         )
         finally:
             source.close()
