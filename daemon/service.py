@@ -42,7 +42,7 @@ from daemon.langdock.pacing import Pacer
 from daemon.leadership import Lease
 from daemon.logs import redactor
 from daemon.metrics import SnapshotCollector, Stats
-from daemon.notify import Sender
+from daemon.notify import Sender, slack_sender
 from daemon.refine import Refiner
 from daemon.replica import Replica
 from daemon.sdnotify import notify, watchdog_interval
@@ -57,14 +57,6 @@ from daemon.web.server import WebServer
 log = structlog.get_logger("langdock_budget.daemon")
 STOP_TIMEOUT = 30.0
 OUTBOX_EVERY = timedelta(minutes=1)
-
-
-def make_sender(config: Config) -> Sender | None:
-    if config.slack is None:
-        return None
-    from daemon.notify import SlackSender  # slack-sdk: loaded only for a Slack route
-
-    return SlackSender(config)
 
 
 class Daemon(SelfReport, Replica, Jobs):
@@ -92,7 +84,7 @@ class Daemon(SelfReport, Replica, Jobs):
         self.client = make_client(config, self.pacer)
         self.background = make_client(config, self.pacer, poll_reserve(config))
         self.console = sender is not None
-        self.sender = sender or make_sender(config)
+        self.sender = sender or slack_sender(config)
         self.on_cycle = on_cycle
         self.idle = asyncio.Event()  # set while no cycle runs: the refiner waits for it
         self.idle.set()
@@ -314,7 +306,7 @@ class Daemon(SelfReport, Replica, Jobs):
         if new.state != self.config.state:  # path, url, password, lease: the store stays
             log.warning("reload_state_ignored", fix="restart to use another store or lease")
         if not self.console:
-            self.sender = make_sender(new)
+            self.sender = slack_sender(new)
         if new.poll.interval != self.config.poll.interval:
             self.scheduler.reschedule_job(
                 "cycle", trigger="interval", seconds=new.poll.interval.total_seconds()

@@ -16,7 +16,7 @@ from daemon.cli.spend import render_report, spend_report
 from daemon.config import Config
 from daemon.cycle import CycleResult, make_client, refine_pace, run_cycle
 from daemon.ingest import PollReport
-from daemon.notify import Sender
+from daemon.notify import Sender, slack_sender
 from daemon.state import command_sender, open_store
 from daemon.store import Store
 
@@ -56,11 +56,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 async def _once(config: Config, store: Store, *, dry_run: bool) -> CycleResult:
-    sender: Sender | None = None
-    if config.slack is not None:
-        from daemon.notify import SlackSender  # slack-sdk: loaded only for a Slack route
-
-        sender = command_sender(store, SlackSender(config))
+    slack = slack_sender(config)
+    sender = command_sender(store, slack) if slack is not None else None
     async with make_client(config) as client:
         return await cycle_once(config, store, client, sender=sender, dry_run=dry_run)
 

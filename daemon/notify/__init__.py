@@ -7,9 +7,11 @@ contributors the messages name] → render (`slack.blocks`, pure; `plan.render`)
 slack-sdk, `senders.ConsoleSender` for `demo`). `routes` names where a rule's messages go.
 
 What the cycle, the service and the command line use is re-exported here; `SlackSender`
-when first asked for, since it loads all of slack-sdk (~20 ms), which a process without a
-Slack route never needs.
+when first asked for (or made by `slack_sender`), since it loads all of slack-sdk (~20 ms),
+which a process without a Slack route never needs.
 """
+
+from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from daemon.notify.senders import (
 from daemon.notify.silence import Silenced, silence_matcher
 
 if TYPE_CHECKING:
+    from daemon.config import Config
     from daemon.notify.slack.sender import SlackSender
 
 __all__ = [
@@ -68,7 +71,17 @@ __all__ = [
     "route_target",
     "sample_messages",
     "silence_matcher",
+    "slack_sender",
 ]
+
+
+def slack_sender(config: Config) -> SlackSender | None:
+    """The sender of the configured Slack route; None without one (slack-sdk not loaded)."""
+    if config.slack is None:
+        return None
+    from daemon.notify.slack.sender import SlackSender
+
+    return SlackSender(config)
 
 
 def __getattr__(name: str) -> Any:
