@@ -54,6 +54,7 @@ class SeenRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    status: int | None = None  # the status answered, set before the answer is written
 
 
 class Simulator(SimWorkspace):
@@ -100,6 +101,7 @@ class Simulator(SimWorkspace):
         self.seen: list[SeenRequest] = []
         self.request_seen = threading.Event()  # set on every request (tests wait on it)
         self._files: dict[str, bytes] = {}
+        self._answering = threading.local()  # .record: the request a server thread answers
         self._secret = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -122,6 +124,10 @@ class Simulator(SimWorkspace):
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                sim._answering.record.status = code
+                super().send_response(code, message)
 
             def do_POST(self) -> None:
                 sim._handle(self, "POST")
@@ -169,8 +175,10 @@ class Simulator(SimWorkspace):
         except json.JSONDecodeError:
             body = raw.decode("utf-8", "replace")
         headers = {k.lower(): v for k, v in handler.headers.items()}
+        record = SeenRequest(method, handler.path, headers, body)
+        self._answering.record = record  # this server thread's request, for its status
         with self._lock:
-            self.seen.append(SeenRequest(method, handler.path, headers, body))
+            self.seen.append(record)
         self.request_seen.set()
         path = urlsplit(handler.path).path
         if method == "GET" and path.startswith("/download/"):
