@@ -25,7 +25,9 @@ demo: $(STAMP)  ## run the daemon against the bundled Langdock simulator (Ctrl-C
 # SQLite store syncs to disk as it opens and closes), and Python keeps its bytecode cache even
 # where the environment turns it off: every worker and every daemon a test starts would compile
 # the sources again. `make test` and `make coverage` run the same suite this way; only
-# `coverage` measures.
+# `coverage` measures, and only `test` loads the property tests' quick profile (a quarter of
+# each property's examples, tests/properties.py): CI runs both, so every change meets the
+# full counts too.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 2)' \
   2>/dev/null || echo auto)
 TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 1048576 {print "/dev/shm"}')
@@ -40,8 +42,8 @@ PYTEST := PYTHONDONTWRITEBYTECODE= $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) \
 # checkout would take each other's).
 COVERAGE := --cov=daemon --cov-branch --cov-report=term:skip-covered --cov-fail-under=90
 
-test: $(STAMP)  ## the whole test suite, in parallel
-	$(PYTEST)
+test: $(STAMP)  ## the whole test suite, in parallel (property tests: a quarter of their examples)
+	$(PYTEST) --hypothesis-profile=quick
 
 coverage: $(STAMP)  ## the whole test suite with branch coverage of daemon/ and its floor
 	COVERAGE_FILE=$(VENV)/.coverage.$$$$ $(PYTEST) $(COVERAGE); \

@@ -28,6 +28,10 @@ from tests import read_ahead
 # imported it itself would get a fixture of its own); one server a run, see tests/postgres.py
 from tests.postgres import end_run, postgres  # noqa: F401
 
+# hypothesis' profiles, `full` (CI's `make coverage`) and `quick` (`make test`), registered
+# before pytest loads the one it is given: tests/properties.py
+from tests.properties import PROFILES  # noqa: F401
+
 # polars (`import FILE.csv`) starts a thread per core in every process that loads it: the test
 # workers (a core each, and two more) and the processes they start would share the cores
 # with a pool each. One thread a process; the imports' results do not depend on it.

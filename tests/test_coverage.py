@@ -47,6 +47,7 @@ from daemon.rules.windows import (
     window_period,
 )
 from daemon.store import Store
+from tests.properties import examples
 from tests.rules.helpers import budget
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -197,7 +198,7 @@ async def test_first_start_then_steady_polls_are_two_calls(tmp_path: Path) -> No
 
 
 @pytest.mark.long
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     start=st.datetimes(
         min_value=datetime(2026, 3, 1), max_value=datetime(2026, 11, 8), timezones=st.just(UTC)

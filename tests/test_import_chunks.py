@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from daemon.importer import read_calls
 from daemon.importer.read import normalize_header
 from daemon.rules.windows import bucket_start
+from tests.properties import examples
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = (
@@ -87,7 +88,7 @@ def unquoted(cell: str) -> str:
 
 
 @pytest.mark.long
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     calls,
     st.sampled_from(["UTC", "Asia/Kolkata", "Europe/Berlin", "Australia/Lord_Howe"]),

@@ -19,6 +19,7 @@ from daemon.langdock.simulator import Fault, Simulator
 from daemon.rules.windows import buckets, calendar_period
 from daemon.store import Store
 from tests.conftest import NOW, FakeClock
+from tests.properties import examples
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SETTLE = timedelta(minutes=90)
@@ -68,7 +69,7 @@ def test_first_start_covers_the_backfill_coarsely_newest_first() -> None:
     assert len(models) == 7  # the running hour and the six before it; the rest later
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(
     start=st.datetimes(
         min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)

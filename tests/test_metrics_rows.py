@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from daemon.metric_series import budget_row, budget_rows
 from daemon.rules.budget import evaluate_budget
+from tests.properties import examples
 from tests.rules.helpers import budget, hourly, index
 
 TZ = ZoneInfo("Europe/Berlin")
 START = datetime(2026, 10, 20, tzinfo=UTC)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(
     st.lists(
         st.decimals(0, 3, places=12, allow_nan=False, allow_infinity=False), min_size=1, max_size=6

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from daemon.metric_series import CostSeries
 from daemon.metrics import Snapshot
 from daemon.metrics_text import Prefixes, Samples, gauge_text, go_float
+from tests.properties import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ['evil"} 1\nfake 2', "back\\slash", "\u202eright-to-left", "*bold* <!here>", ""]
@@ -71,7 +72,7 @@ def test_every_kind_of_number_is_written_as_the_client_writes_it() -> None:
     assert mine == client_text(families)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     st.lists(
         st.floats(allow_nan=True, allow_infinity=True)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.metrics_text import Prefixes, Samples, gauge_text
+from tests.properties import examples
 
 # label values that look like the line's own parts: spaces, quotes, backslashes, newlines,
 # braces, and a value's text
@@ -29,7 +30,7 @@ def cycles(draw: st.DrawFn) -> list[tuple[str, tuple[str, ...], Samples]]:
     return made
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(cycles())
 def test_a_family_written_from_its_last_text_is_the_family_written_afresh(
     family_cycles: list[tuple[str, tuple[str, ...], Samples]],

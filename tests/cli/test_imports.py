@@ -19,6 +19,7 @@ from daemon.importer import read_calls
 from daemon.langdock.simulator import Simulator
 from daemon.store import Store
 from tests.conftest import API_KEY
+from tests.properties import examples
 
 HEADER = [
     "Date",
@@ -151,7 +152,7 @@ def as_csv(rows: list[list[str]]) -> bytes:
     return handle.getvalue().encode()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     st.lists(
         st.tuples(

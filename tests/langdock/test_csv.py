@@ -26,6 +26,7 @@ from daemon.langdock.csv import (
     sum_model_usage,
 )
 from daemon.store import Store
+from tests.properties import examples
 
 
 def lines(text: str) -> io.StringIO:
@@ -318,7 +319,9 @@ key_rows = st.lists(
 )
 
 
-@settings(max_examples=50, deadline=None)  # two SQLite stores an example: 200 ms+ when busy
+@settings(
+    max_examples=examples(50), deadline=None
+)  # two SQLite stores an example: 200 ms+ when busy
 @given(key_rows)
 def test_the_store_keeps_the_same_of_folded_and_unfolded_rows(rows: list[KeyUsage]) -> None:
     """What the client now hands the store (one row per key and model) stores exactly what

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import daemon.langdock.csv as csv_module
 from daemon.langdock.csv import KeyUsage, Tally, parse_key_usage, sum_key_usage
 from daemon.langdock.download import _parse
+from tests.properties import examples
 
 COLUMNS = [
     "api_key_id",
@@ -175,7 +176,7 @@ def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> in
 
 
 @pytest.mark.long
-@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=SLOW_AND_PATCHED)
 @given(files())
 def test_column_wise_read_equals_the_row_path(chunk: int, file: tuple[str, bool]) -> None:
     text, grouped = file
@@ -187,7 +188,7 @@ def test_column_wise_read_equals_the_row_path(chunk: int, file: tuple[str, bool]
     assert gc.isenabled()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=SLOW_AND_PATCHED)
 @given(st.text(st.sampled_from('ab1,."\r\n 0-e$'), max_size=120), st.booleans())
 def test_column_wise_read_equals_the_row_path_on_any_text(
     chunk: int, body: str, grouped: bool

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.langdock.pacing import WINDOW, Pacer
+from tests.properties import examples
 
 
 class VirtualTime:
@@ -168,7 +169,7 @@ gaps = st.one_of(
 
 
 @pytest.mark.long
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     per_minute=st.integers(1, 12),
     callers=st.lists(

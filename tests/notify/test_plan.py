@@ -19,6 +19,7 @@ from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.schema import AnyRule
 from daemon.rules.usage import KeyPoint
 from daemon.store import OutboxItem
+from tests.properties import examples
 from tests.rules.helpers import H, budget, hourly, index
 
 UTCZ = ZoneInfo("UTC")
@@ -220,7 +221,7 @@ def test_a_silenced_lead_says_nothing_and_is_announced_when_the_silence_ends() -
 THRESHOLDS = [Decimal(50), Decimal(80), Decimal(100)]
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=examples(75), deadline=None)
 @given(spends=st.lists(st.integers(0, 160), min_size=1, max_size=12))
 def test_at_most_one_message_per_evaluation_and_exactly_when_the_highest_changes(
     spends: list[int],

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from daemon.rules.anomaly import evaluate_anomaly, robust_score
 from daemon.rules.usage import ModelPoint, UsageIndex
+from tests.properties import examples
 from tests.rules.helpers import H, anomaly, hourly, index
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -115,7 +116,7 @@ samples = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     samples,
     st.decimals(min_value=0, max_value=10**6, places=3),

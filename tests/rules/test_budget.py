@@ -15,6 +15,7 @@ from daemon.rules.engine import evaluate
 from daemon.rules.series import Series
 from daemon.rules.usage import KeyPoint
 from daemon.rules.windows import calendar_period
+from tests.properties import examples
 from tests.rules.helpers import H, budget, hourly, index
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -140,7 +141,7 @@ def test_hour_of_week_forecast_uses_recent_weeks() -> None:
     assert linear.forecast is not None and linear.forecast.projected == 60
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     values=st.lists(st.decimals(min_value=0, max_value=1000, places=4), min_size=1, max_size=200),
     zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata"]),
@@ -159,7 +160,7 @@ def test_forecast_equals_spend_at_the_end_of_the_window(
     assert forecast is not None and forecast.projected == spend
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     chunks=st.lists(
         st.tuples(st.integers(0, 28 * 24 - 1), st.decimals(min_value=0, max_value=60, places=2)),

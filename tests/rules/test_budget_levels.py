@@ -19,6 +19,7 @@ from daemon.rules import budget_conditions as kept_conditions
 from daemon.rules.budget import evaluate_budget
 from daemon.rules.series import NANOS, Raw, Series
 from daemon.rules.usage import KeyPoint, UsageIndex
+from tests.properties import examples
 from tests.rules.helpers import budget
 
 NOW = datetime(2026, 11, 29, 20, 7, tzinfo=UTC)
@@ -26,7 +27,7 @@ HOUR = datetime(2026, 11, 29, 3, tzinfo=UTC)
 NANO = Decimal(1).scaleb(-NANOS)
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=examples(75), deadline=None)
 @given(
     thresholds=st.lists(st.decimals(1, 150, places=1), min_size=1, max_size=4, unique=True),
     limit=st.decimals(Decimal("0.000000001"), 500, places=9),  # levels between nano-dollars

@@ -32,6 +32,7 @@ from daemon.rules.schema import BudgetRule
 from daemon.rules.series import Series
 from daemon.rules.types import Condition, Member
 from daemon.rules.windows import Period, window_period
+from tests.properties import examples
 from tests.rules.helpers import H, budget, hourly, index
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -56,7 +57,7 @@ def alert_states(draw: st.DrawFn) -> AlertState:
     )
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(alert_states(), st.booleans(), instants, durations, durations, severities)
 def test_the_steady_firing_step_is_step(
     previous: AlertState,
@@ -87,7 +88,7 @@ def direct_conditions(
 money = st.decimals(min_value=0, max_value=1000, places=9, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(
     st.lists(st.decimals(1, 150, places=1), min_size=1, max_size=4, unique=True),
     st.decimals(1, 500, places=2),
@@ -246,7 +247,7 @@ def reference_step_budget(
             result.notices.append(Notice(transition, evaluation))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.lists(st.integers(0, 40), min_size=3, max_size=3),  # each key's cents an hour
     st.sampled_from(["day", "week", "month", "24h", "7d"]),
@@ -319,7 +320,7 @@ def test_an_engine_run_stepping_outcomes_is_one_stepping_conditions(
         states = kept.states
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.lists(st.integers(0, 500), min_size=24 * 7, max_size=24 * 7),  # a week's cents by hour
     st.integers(0, 60 * 24 * 30),

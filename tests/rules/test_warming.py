@@ -17,6 +17,7 @@ from daemon.rules.budget import BudgetEvaluation
 from daemon.rules.engine import evaluate
 from daemon.rules.lifecycle import AlertKey, AlertState
 from daemon.rules.usage import KeyPoint
+from tests.properties import examples
 from tests.rules.helpers import H, anomaly, budget, hourly, index
 
 UTCZ = ZoneInfo("UTC")
@@ -62,7 +63,7 @@ def test_previous_states_of_a_warming_rule_are_carried_over_unchanged() -> None:
     assert {n.transition.reason for n in warm.notices} == {"period ended", "condition cleared"}
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(
     statuses=st.lists(st.sampled_from(["firing", "pending", "resolved"]), max_size=6),
     spend=st.integers(0, 30),

@@ -19,6 +19,7 @@ from daemon.rules.windows import (
     validate_window,
     window_period,
 )
+from tests.properties import examples
 
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
 instants = st.datetimes(
@@ -26,7 +27,7 @@ instants = st.datetimes(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     instant=instants, zone=st.sampled_from(ZONES), unit=st.sampled_from(["day", "week", "month"])
 )
@@ -44,7 +45,7 @@ def test_calendar_periods_partition_time(instant: datetime, zone: str, unit: str
     assert local_start.minute == 0 and local_start.hour in (0, 1)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(instant=instants, zone=st.sampled_from(ZONES))
 def test_buckets_partition_time_and_align_with_local_hours(instant: datetime, zone: str) -> None:
     tz = ZoneInfo(zone)
@@ -55,7 +56,7 @@ def test_buckets_partition_time_and_align_with_local_hours(instant: datetime, zo
     assert start.astimezone(tz).minute == 0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(instant=instants, zone=st.sampled_from(ZONES))
 def test_a_calendar_day_is_an_exact_run_of_buckets(instant: datetime, zone: str) -> None:
     tz = ZoneInfo(zone)

@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from daemon.store import Store
 from daemon.store.schema import SCHEMA_VERSION
+from tests import properties
 from tests.postgres import PASSWORD, PostgresServer
 
 
@@ -116,6 +117,5 @@ def examples(stores: Stores, *, sqlite: int, postgresql: int) -> settings:
     """Hypothesis settings for a property run on either backend: PostgreSQL answers each
     statement over a socket, so it runs fewer examples of the same property (the SQL it is
     given is the same; the examples check its dialect)."""
-    return settings(
-        max_examples=sqlite if stores.backend == "sqlite" else postgresql, deadline=None
-    )
+    full = sqlite if stores.backend == "sqlite" else postgresql
+    return settings(max_examples=properties.examples(full), deadline=None)

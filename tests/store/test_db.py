@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from daemon.langdock.csv import KeyUsage
 from daemon.store import SCHEMA_VERSION, Store, StoreError
+from tests.properties import examples
 from tests.store.helpers import T0, H, usage
 
 
@@ -45,7 +46,7 @@ def test_money_sums_are_exact_decimals(store: Store) -> None:
     assert total.cost_usd == Decimal("1.0")  # a float sum would give 0.9999999999999999
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     st.lists(
         st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False, allow_infinity=False),

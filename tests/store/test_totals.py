@@ -26,6 +26,7 @@ from daemon.rules.engine import evaluate
 from daemon.rules.usage import KeyPoint, UsageIndex
 from daemon.rules.windows import buckets, calendar_period
 from daemon.store import Store
+from tests.properties import examples
 from tests.store.helpers import T0, H, usage
 
 
@@ -163,7 +164,7 @@ def summary(evaluations: list[Any]) -> list[tuple[Any, ...]]:
     ]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(usage_rows, rule_specs)
 def test_grouped_selections_equal_the_row_by_row_index(
     rows: list[tuple[int, str, str, Decimal, int, int]], specs: list[dict[str, Any]]
