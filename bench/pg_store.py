@@ -52,7 +52,7 @@ def postgres_copy(sqlite_path: Path) -> Iterator[tuple[str, str]]:
 
     root = Path(tempfile.mkdtemp(prefix="langdock-budget-bench-pg-"))
     root.chmod(0o755)
-    server = PostgresServer(root)
+    server = PostgresServer.start(root)
     try:
         url = server.url()
         Store.open_url(url, PASSWORD).close()  # the tables, at this code's schema
