@@ -49,10 +49,10 @@ coverage: $(STAMP)  ## the whole test suite with branch coverage of daemon/ and 
 	COVERAGE_FILE=$(VENV)/.coverage.$$$$ $(PYTEST) $(COVERAGE); \
 	  status=$$?; rm -f $(VENV)/.coverage.$$$$; exit $$status
 
-lint: $(STAMP)  ## ruff + mypy --strict on daemon/
+lint: $(STAMP)  ## ruff + mypy --strict on daemon/ and bench/
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
-	$(BIN)/mypy daemon
+	$(BIN)/mypy daemon bench
 	$(BIN)/hadolint Dockerfile
 	@if command -v systemd-analyze >/dev/null; then \
 	  sed "s#/opt/langdock-budget/venv/bin/langdock-budget#$(CURDIR)/$(BIN)/langdock-budget#" \

@@ -13,13 +13,12 @@ import json
 import multiprocessing
 import os
 import resource
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 KEYS, MODELS = 10_000, 10
 
@@ -61,7 +60,8 @@ def serve(port_queue: Any) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             which = "keys" if "api-keys" in self.path else "models"
             count = KEYS * MODELS if which == "keys" else MODELS
-            host = f"http://127.0.0.1:{self.server.server_address[1]}"
+            _, port = cast(tuple[str, int], self.server.server_address)
+            host = f"http://127.0.0.1:{port}"
             body = {
                 "success": True,
                 "data": {"downloadUrl": f"{host}/dl/{which}", "recordCount": count},
@@ -154,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

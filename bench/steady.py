@@ -40,6 +40,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.langdock.csv import KeyUsage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -52,7 +56,7 @@ CACHE = Path(__file__).parent / ".cache"
 INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's, not on PATH
 
 
-def rows_of(keys: int, hour: datetime, change: int = 0) -> list[object]:
+def rows_of(keys: int, hour: datetime, change: int = 0) -> list[KeyUsage]:
     from daemon.langdock.csv import KeyUsage
 
     salt = int(hour.timestamp()) // 3600 + change
@@ -92,7 +96,7 @@ def build(keys: int) -> Path:
     hour = END - timedelta(days=DAYS)
     done = 0
     while hour <= END:
-        store.replace_key_usage(hour, hour + timedelta(hours=1), rows_of(keys, hour), hour)  # type: ignore[arg-type]
+        store.replace_key_usage(hour, hour + timedelta(hours=1), rows_of(keys, hour), hour)
         hour += timedelta(hours=1)
         done += 1
         spent = time.perf_counter() - started
@@ -148,7 +152,7 @@ def play(keys: int, polls: int, kept: bool, url: str | None = None) -> dict[str,
                 running,
                 running + timedelta(hours=1),
                 rows_of(keys, running, poll),
-                now,  # type: ignore[arg-type]
+                now,
             )
             if now.minute == 30:  # settle_after 90m: the hour that ended 90 minutes ago
                 settled = running - timedelta(hours=2)
@@ -156,7 +160,7 @@ def play(keys: int, polls: int, kept: bool, url: str | None = None) -> dict[str,
                     settled,
                     settled + timedelta(hours=1),
                     rows_of(keys, settled, 1),
-                    now,  # type: ignore[arg-type]
+                    now,
                 )
             store.refresh_rollups(now)
             if not kept:
@@ -201,11 +205,12 @@ def main() -> int | None:
     args = parser.parse_args()
     if args.play:
         print(json.dumps(play(args.keys, args.polls, args.play == "kept", args.url)))
-        return
+        return None
     modes = args.modes.split(",") + (["baseline"] if args.baseline else [])
     if "postgresql" not in modes:
         build(args.keys)
-        return measure(args, modes, None)
+        measure(args, modes, None)
+        return None
     from pg_store import postgres_copy
 
     if not any(shutil.which(name) for name in ("initdb", *glob.glob(INITDB))):
@@ -213,12 +218,13 @@ def main() -> int | None:
         return None
     with postgres_copy(build(args.keys)) as (url, password):
         os.environ["PGPASSWORD"] = password
-        return measure(args, modes, url)
+        measure(args, modes, url)
+    return None
 
 
 def measure(args: argparse.Namespace, modes: list[str], url: str | None) -> None:
     """Each run plays every mode, one process each, interleaved."""
-    results: dict[str, list[dict[str, object]]] = {mode: [] for mode in modes}
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for _ in range(args.runs):
         for mode in results:
             script, env = Path(__file__), None
@@ -260,14 +266,14 @@ def measure(args: argparse.Namespace, modes: list[str], url: str | None) -> None
     }
     for mode in modes:
         runs, label = results[mode], labels[mode]
-        first = [float(r["times"][0]) for r in runs]  # type: ignore[index]
-        steady = [r["times"][1:] for r in runs]  # type: ignore[index]
-        medians = [statistics.median(t) for t in steady]  # type: ignore[arg-type]
-        worst = [max(t) for t in steady]  # type: ignore[type-var]
-        cpu = [statistics.median(r.get("cpu", [0.0, 0.0])[1:]) for r in runs]  # type: ignore[attr-defined]
-        peaks = [float(r["peak_mb"]) for r in runs]  # type: ignore[arg-type]
+        first = [float(r["times"][0]) for r in runs]
+        steady: list[list[float]] = [r["times"][1:] for r in runs]
+        medians = [statistics.median(t) for t in steady]
+        worst = [max(t) for t in steady]
+        cpu = [statistics.median(r.get("cpu", [0.0, 0.0])[1:]) for r in runs]
+        peaks = [float(r["peak_mb"]) for r in runs]
         # the heap's care after a cycle (`daemon.heap`): a freeze, an hourly full collection
-        heap = [max(r.get("between", [0.0])) for r in runs]  # type: ignore[attr-defined]
+        heap = [max(r.get("between", [0.0])) for r in runs]
         print(
             f"steady: {label:<24} cycle median {span(medians)} s ({span(cpu)} s CPU),"
             f" slowest {span(worst)} s,"
