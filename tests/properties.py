@@ -4,7 +4,7 @@ Every property states its full count (`examples(200)`; a property without one ru
 default, 100). `make coverage`, which CI runs on every change, runs the `full` profile: each
 count as stated. `make test`, the loop a developer runs after each edit, loads the `quick`
 profile (`--hypothesis-profile=quick`): a quarter of each count, never fewer than five. Both
-replay the failing examples hypothesis saved in `.hypothesis/` first. README, "Tests".
+replay the failing examples hypothesis saved in `.hypothesis/` first. README, "Development".
 """
 
 from __future__ import annotations

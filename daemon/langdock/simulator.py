@@ -126,14 +126,22 @@ class Simulator(SimWorkspace):
                 return
 
             def send_response(self, code: int, message: str | None = None) -> None:
-                sim._answering.record.status = code
+                record = getattr(sim._answering, "record", None)  # None: a malformed request
+                if record is not None:
+                    record.status = code
                 super().send_response(code, message)
 
             def do_POST(self) -> None:
-                sim._handle(self, "POST")
+                self._answer("POST")
 
             def do_GET(self) -> None:
-                sim._handle(self, "GET")
+                self._answer("GET")
+
+            def _answer(self, method: str) -> None:
+                try:
+                    sim._handle(self, method)
+                finally:
+                    sim._answering.record = None
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
