@@ -132,16 +132,10 @@ class Simulator(SimWorkspace):
                 super().send_response(code, message)
 
             def do_POST(self) -> None:
-                self._answer("POST")
+                sim._handle(self, "POST")
 
             def do_GET(self) -> None:
-                self._answer("GET")
-
-            def _answer(self, method: str) -> None:
-                try:
-                    sim._handle(self, method)
-                finally:
-                    sim._answering.record = None
+                sim._handle(self, "GET")
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -184,10 +178,18 @@ class Simulator(SimWorkspace):
             body = raw.decode("utf-8", "replace")
         headers = {k.lower(): v for k, v in handler.headers.items()}
         record = SeenRequest(method, handler.path, headers, body)
-        self._answering.record = record  # this server thread's request, for its status
         with self._lock:
             self.seen.append(record)
         self.request_seen.set()
+        self._answering.record = record  # this server thread's request, while it answers it
+        try:
+            self._route(handler, method, headers, body)
+        finally:
+            self._answering.record = None
+
+    def _route(
+        self, handler: BaseHTTPRequestHandler, method: str, headers: dict[str, str], body: Any
+    ) -> None:
         path = urlsplit(handler.path).path
         if method == "GET" and path.startswith("/download/"):
             self._download(handler, path.rsplit("/", 1)[1], headers)
